@@ -1,0 +1,208 @@
+"""The exception hierarchy, and the one place where driver errors are translated.
+
+    StoreError
+    ├── InvalidProjectId         (ValueError)  an ID that could leave the projects directory
+    ├── InvalidValue             (ValueError)  an argument that cannot be stored (float money, ...)
+    ├── ProjectNotFound          (LookupError)
+    ├── ProjectExists
+    ├── NotFound                 (LookupError) a record
+    ├── ConstraintViolation      (ValueError)  a foreign key, unique or check constraint failed
+    ├── CorruptDatabase          a file that is not a healthy SQLite database
+    ├── SchemaTooNew             written by a newer demiarch-store
+    ├── MigrationError
+    ├── PoolTimeout              (TimeoutError) no connection within acquire_timeout
+    ├── DatabaseBusy             (TimeoutError) another process held the lock past busy_deadline
+    ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
+    ├── StoreClosed
+    └── BackupError
+
+Every message names what went wrong, the project, the path and what the user can do. Bound
+parameter values never appear in a message: they may hold secrets.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+__all__ = [
+    "BackupError",
+    "ConstraintViolation",
+    "CorruptDatabase",
+    "DatabaseBusy",
+    "InvalidProjectId",
+    "InvalidValue",
+    "MigrationError",
+    "NotFound",
+    "PoolTimeout",
+    "ProjectExists",
+    "ProjectNotFound",
+    "SchemaTooNew",
+    "StorageError",
+    "StoreClosed",
+    "StoreError",
+    "translate",
+]
+
+
+class StoreError(Exception):
+    """Base class of every error raised by demiarch-store."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        project: str | None = None,
+        path: Path | str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.project = project
+        self.path = Path(path) if path is not None else None
+        self.hint = hint
+        parts = [message]
+        where = []
+        if project is not None:
+            where.append(f"project {project!r}")
+        if path is not None:
+            where.append(f"at {str(path)!r}")
+        if where:
+            parts.append(f" ({', '.join(where)})")
+        if hint:
+            parts.append(f": {hint}")
+        super().__init__("".join(parts))
+
+
+class InvalidProjectId(StoreError, ValueError):
+    """A project ID that is empty, too long or could escape the projects directory."""
+
+
+class InvalidValue(StoreError, ValueError):
+    """An argument a repository cannot store faithfully."""
+
+
+class ProjectNotFound(StoreError, LookupError):
+    """No project with this ID exists in the projects directory."""
+
+
+class ProjectExists(StoreError):
+    """A project with this ID already exists."""
+
+
+class NotFound(StoreError, LookupError):
+    """No record with this ID."""
+
+
+class ConstraintViolation(StoreError, ValueError):
+    """A foreign key, unique or check constraint refused a write."""
+
+
+class CorruptDatabase(StoreError):
+    """The file is not a healthy SQLite database."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer version of demiarch-store."""
+
+
+class MigrationError(StoreError):
+    """A schema migration failed; the database was left as it was."""
+
+
+class PoolTimeout(StoreError, TimeoutError):
+    """No connection became free within ``acquire_timeout``."""
+
+
+class DatabaseBusy(StoreError, TimeoutError):
+    """Another process held the write lock for longer than ``busy_deadline``."""
+
+
+class StorageError(StoreError, OSError):
+    """The operating system refused: disk full, read-only file, I/O error or permissions."""
+
+
+class StoreClosed(StoreError):
+    """The store or project was used after ``close()``."""
+
+
+class BackupError(StoreError):
+    """A backup could not be written, verified or restored."""
+
+
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_STORAGE = {
+    sqlite3.SQLITE_FULL: ("the disk is full", "free some space and retry"),
+    sqlite3.SQLITE_IOERR: ("an I/O error occurred", "check the disk and the file system"),
+    sqlite3.SQLITE_READONLY: (
+        "the database is read-only",
+        "check the permissions of the file and its directory",
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "the database file cannot be opened",
+        "check that the directory exists and is writable",
+    ),
+    sqlite3.SQLITE_PERM: ("permission denied", "check the permissions of the file"),
+    sqlite3.SQLITE_NOLFS: ("the file is too large", "free some space or split the project"),
+}
+
+
+def translate(
+    exc: BaseException,
+    *,
+    project: str | None,
+    path: Path | str | None,
+    action: str,
+) -> BaseException:
+    """Return the StoreError for a driver error; return anything else unchanged.
+
+    This is the only place where ``sqlite3`` errors become the library's errors.
+    """
+    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+            oserr = StorageError(
+                f"{action} failed: {exc.strerror or exc}",
+                project=project,
+                path=path,
+                hint="check the permissions and free space of the projects directory",
+            )
+            oserr.__cause__ = exc
+            return oserr
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    detail = str(exc)
+    err: StoreError
+    if primary in _BUSY:
+        err = DatabaseBusy(
+            f"{action} failed: the database is locked by another connection",
+            project=project,
+            path=path,
+            hint="another process holds the write lock; retry later or raise busy_deadline",
+        )
+    elif primary in _CORRUPT:
+        err = CorruptDatabase(
+            f"{action} failed: the file is not a healthy SQLite database ({detail})",
+            project=project,
+            path=path,
+            hint="restore it from a backup, or move it aside and recreate the project",
+        )
+    elif primary == sqlite3.SQLITE_CONSTRAINT:
+        err = ConstraintViolation(
+            f"{action} failed: {detail}",
+            project=project,
+            path=path,
+            hint="a referenced record does not exist or a unique value is already taken",
+        )
+    elif primary in _STORAGE:
+        what, hint = _STORAGE[primary]
+        err = StorageError(f"{action} failed: {what}", project=project, path=path, hint=hint)
+    else:
+        # Never echo the SQL's parameters; sqlite3 messages name tables and columns only.
+        err = StoreError(
+            f"{action} failed: {detail}",
+            project=project,
+            path=path,
+            hint="this is likely a bug in demiarch-store; please report it",
+        )
+    err.__cause__ = exc
+    return err

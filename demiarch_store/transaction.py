@@ -1,0 +1,201 @@
+"""The unit of work (``project.transaction()``) and the read snapshot (``project.read()``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+from .errors import NotFound, StoreError
+from .pool import Op, Pool, Worker, interactive_job, read_job
+from .repositories import Repositories
+
+__all__ = ["Session", "Snapshot", "Transaction"]
+
+
+class Session(Repositories):
+    """What repositories run on: a unit of work or a snapshot."""
+
+    _pool: Pool
+
+    def defer(self, op: Op) -> None:
+        """Queue a write for commit."""
+        raise StoreError(
+            "cannot write in a read snapshot",
+            project=self._pool.project,
+            path=self._pool.path,
+            hint="write inside `async with project.transaction() as tx:`",
+        )
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        """Run one query and return its rows."""
+        raise NotImplementedError  # pragma: no cover - both subclasses define it
+
+    def not_found(self, message: str) -> NotFound:
+        return NotFound(message, project=self._pool.project, path=self._pool.path)
+
+
+class Transaction(Session):
+    """One unit of work: commits when its block ends, rolls back on any exception.
+
+    Writes are collected and sent to the writer in one hop at commit. A read inside the unit
+    first takes the writer for the unit alone (``BEGIN IMMEDIATE``) and flushes the writes so
+    far, so the unit reads its own writes.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._ops: list[Op] = []
+        self._flushed = 0
+        self._held = False
+        self._ended = False
+        self._failed: BaseException | None = None
+        self._depth = 0
+
+    async def __aenter__(self) -> Transaction:
+        self._pool.enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ended = True
+        pool = self._pool
+        try:
+            if self._held:
+                if exc is None and self._failed is None:
+                    await pool.commit_held(self._ops[self._flushed :])
+                else:
+                    pool.release_writer(rollback=True)
+                    pool.counters.rollbacks += 1
+            elif exc is None and self._ops:
+                await pool.commit_group(self._ops)
+            elif exc is not None:
+                pool.counters.rollbacks += 1
+        finally:
+            pool.leave()
+
+    def _check(self) -> None:
+        if self._ended:
+            raise StoreError(
+                "the transaction has ended",
+                project=self._pool.project,
+                path=self._pool.path,
+                hint="use the repositories only inside the `async with` block",
+            )
+        if self._failed is not None:
+            raise StoreError(
+                "the transaction failed earlier and will be rolled back",
+                project=self._pool.project,
+                path=self._pool.path,
+                hint="leave the `async with` block and start a new transaction",
+            ) from self._failed
+
+    def defer(self, op: Op) -> None:
+        self._check()
+        self._ops.append(op)
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return await self._interact(sql, params)  # type: ignore[no-any-return]
+
+    async def flush(self) -> None:
+        """Send the writes so far to the database now (errors surface here, not at commit)."""
+        await self._interact(None, None)
+
+    async def _interact(self, sql: str | None, params: Mapping[str, Any] | None) -> Any:
+        self._check()
+        pool = self._pool
+        begin = not self._held
+        if begin:
+            await pool.acquire_writer()
+            self._held = True
+        ops = self._ops[self._flushed :]
+        self._flushed = len(self._ops)
+        try:
+            return await pool.writer.submit(
+                interactive_job, begin, ops, sql, params, pool.config.busy_deadline, pool
+            )
+        except asyncio.CancelledError:
+            self._failed = asyncio.CancelledError()
+            raise
+        except BaseException as exc:
+            err = pool.translate(exc, "running a transaction")
+            self._failed = err
+            raise err from None
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[Transaction]:
+        """Nest a unit: an exception inside undoes only the writes made inside, then propagates."""
+        self._check()
+        self._depth += 1
+        name = f"sp{self._depth}"
+        mark = len(self._ops)
+        self._ops.append(Op(f"SAVEPOINT {name}", ()))
+        try:
+            yield self
+        except BaseException:
+            if mark >= self._flushed:
+                del self._ops[mark:]  # never reached the database
+            else:
+                self._ops.append(Op(f"ROLLBACK TO {name}", ()))
+                self._ops.append(Op(f"RELEASE {name}", ()))
+            raise
+        else:
+            if mark >= self._flushed:
+                del self._ops[mark]  # the savepoint is not needed any more
+            else:
+                self._ops.append(Op(f"RELEASE {name}", ()))
+        finally:
+            self._depth -= 1
+
+
+class Snapshot(Session):
+    """A read-only, consistent view on a reader connection, taken at its first query."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._worker: Worker | None = None
+        self._started = False
+
+    async def __aenter__(self) -> Snapshot:
+        self._pool.enter()
+        try:
+            self._worker = await self._pool.acquire_reader()
+        except BaseException:
+            self._pool.leave()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self._pool.release_reader(worker, started=self._started)
+        self._pool.leave()
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        worker = self._worker
+        if worker is None:
+            raise StoreError(
+                "the read snapshot has ended",
+                project=self._pool.project,
+                path=self._pool.path,
+                hint="use the repositories only inside the `async with` block",
+            )
+        begin = not self._started
+        self._started = True
+        try:
+            return await worker.submit(read_job, begin, sql, params)  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise self._pool.translate(exc, "reading") from None
