@@ -1,0 +1,560 @@
+"""The ``demiarch-store`` command line: see, check and drive the projects of a store.
+
+Built on Click, with Rich for tables and progress. Each command runs one ``asyncio.run`` over a
+``Store``. A ``StoreError`` becomes one line on stderr (what, project, path, what to do) and exit
+code 1; usage errors, including a malformed project ID, exit 2; ``--debug`` adds the traceback.
+Machine output (``--json``) goes to stdout; progress bars go to stderr and only to a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import sqlite3
+import sys
+import traceback
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from .config import StoreConfig
+from .errors import CorruptDatabase, InvalidProjectId, ProjectNotFound, StorageError, StoreError
+from .ids import validate_project_id
+from .migrate import HEAD_REVISION, known_revisions
+from .project import AsyncProjectStore
+from .store import ProjectInfo, Store, describe
+
+__all__ = ["cli", "main"]
+
+T = TypeVar("T")
+
+PROG = "demiarch-store"
+
+_STATUS_STYLE = {
+    "ok": "green",
+    "empty": "yellow",
+    "corrupt": "bold red",
+    "newer_schema": "magenta",
+    "unreadable": "red",
+}
+
+
+@dataclass
+class State:
+    """What the global options set, shared by every command of one invocation."""
+
+    projects_dir: Path | None = None
+    debug: bool = False
+    out: Console = field(default_factory=lambda: Console(highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+
+    def config(self) -> StoreConfig:
+        """Return the store's settings: ``--projects-dir`` if given, else the defaults."""
+        if self.projects_dir is not None:
+            return StoreConfig(projects_dir=self.projects_dir)
+        return StoreConfig()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one command's async work to completion."""
+        return asyncio.run(coro)
+
+    def cli_hint(self, command: str) -> str:
+        """Return a command line to suggest, repeating ``--projects-dir`` if it was given."""
+        if self.projects_dir is None:
+            return f"{PROG} {command}"
+        return f"{PROG} --projects-dir {_quote(str(self.projects_dir))} {command}"
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Progress]:
+        """Show a progress bar on stderr when it is a terminal (nothing otherwise)."""
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[item]}"),
+            console=self.err,
+            transient=True,
+            disable=not self.err.is_terminal,
+        )
+        with bar:
+            bar.add_task(description, total=total, item="")
+            yield bar
+
+
+def _quote(text: str) -> str:
+    return shlex.quote(text)
+
+
+def _project_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Validate a project ID before anything touches the file system (a usage error if bad)."""
+    try:
+        return validate_project_id(value)
+    except InvalidProjectId:
+        raise click.BadParameter(
+            f"{value!r} is not a project ID: IDs are lowercase letters, digits, '-' and '_' "
+            f"(run `{PROG} list` to see them)",
+            ctx=ctx,
+            param=param,
+        ) from None
+
+
+project_id_argument = click.argument("project_id", metavar="ID", callback=_project_id)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    amount = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        amount /= 1024
+        if amount < 1024 or unit == "TiB":
+            break
+    return f"{amount:.1f} {unit}"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# -- the group ----------------------------------------------------------------------------------
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--projects-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Projects directory (default: $DEMIARCH_HOME/projects, else ~/.demiarch/projects).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="demiarch-store", prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, projects_dir: Path | None, debug: bool) -> None:
+    """See, check and drive demiarch-store projects: one SQLite database per project."""
+    state = ctx.ensure_object(State)
+    state.projects_dir = projects_dir
+    state.debug = debug
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+
+pass_state = click.make_pass_decorator(State, ensure=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    state = State()
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name=PROG,
+            standalone_mode=False,
+            obj=state,
+        )
+    except click.exceptions.Abort as exc:
+        why = exc.__cause__ or exc.__context__
+        if isinstance(why, KeyboardInterrupt):
+            click.echo("\nInterrupted.", err=True)
+            return 130
+        # After end of input at a prompt the cursor still sits on the prompt's line.
+        click.echo(("\n" if isinstance(why, EOFError) else "") + "Aborted.", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except StoreError as exc:
+        if state.debug:
+            traceback.print_exc()
+        click.secho(f"error: {exc}", err=True, fg="red")
+        return 1
+    except Exception as exc:
+        if state.debug:
+            traceback.print_exc()
+        click.secho(
+            f"error: unexpected {type(exc).__name__}: {exc} "
+            f"(run again with --debug for the traceback, and please report it)",
+            err=True,
+            fg="red",
+        )
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+# -- list, create, show, delete -----------------------------------------------------------------
+
+
+async def _list_projects(config: StoreConfig) -> list[ProjectInfo]:
+    async with Store(config) as store:
+        return await store.list_projects()
+
+
+def _info_json(info: ProjectInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "status": info.status,
+        "updated_at": info.updated_at,
+        "size_bytes": info.size_bytes,
+        "revision": info.revision,
+        "path": info.path,
+        "error": info.error,
+    }
+
+
+@cli.command("list")
+@json_option
+@pass_state
+def list_command(state: State, as_json: bool) -> None:
+    """List the projects: ID, name, status, last update and size."""
+    config = state.config()
+    infos = state.run(_list_projects(config))
+    if as_json:
+        _emit_json([_info_json(i) for i in infos])
+        return
+    out = state.out
+    if not infos:
+        out.print(
+            f"No projects in {config.projects_dir}. "
+            f"Create one with: {state.cli_hint('create NAME')}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Last update", no_wrap=True)
+    table.add_column("Size", justify="right", no_wrap=True)
+    for info in infos:
+        table.add_row(
+            info.id,
+            Text(info.name or "-"),
+            Text(info.status, style=_STATUS_STYLE.get(info.status, "")),
+            _when(info.updated_at),
+            _size(info.size_bytes),
+        )
+    out.print(table)
+    for info in infos:
+        if info.status != "ok":
+            out.print(Text(f"{info.id}: {info.status}: {info.error}", style="dim"), soft_wrap=True)
+    count = len(infos)
+    out.print(
+        f"{count} project{'s' if count != 1 else ''} in {config.projects_dir}",
+        markup=False,
+        style="dim",
+        soft_wrap=True,
+    )
+
+
+async def _create(config: StoreConfig, name: str, description: str | None) -> dict[str, Any]:
+    async with Store(config) as store:
+        project = await store.create_project(name=name, description=description)
+        return {"id": project.id, "name": name, "path": project.path}
+
+
+@cli.command("create")
+@click.argument("name")
+@click.option("--description", help="A longer description of the project.")
+@json_option
+@pass_state
+def create_command(state: State, name: str, description: str | None, as_json: bool) -> None:
+    """Create a project called NAME and print its ID."""
+    created = state.run(_create(state.config(), name, description))
+    if as_json:
+        _emit_json(created)
+        return
+    state.out.print(
+        f"Created project {created['id']} ({name!r}) at {created['path']}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
+    """Count the rows of every table in one read transaction (a job on a reader thread)."""
+    conn.execute("BEGIN")
+    try:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' AND name != 'alembic_version' ORDER BY name"
+            )
+        ]
+        counts = {}
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            counts[name] = int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+        return counts
+    finally:
+        conn.execute("ROLLBACK")
+
+
+async def run_on_reader(project: AsyncProjectStore, job: Any, *args: Any, action: str) -> Any:
+    """Run ``job(conn, *args)`` in one hop on one of the project's reader connections."""
+    pool = project.pool
+    pool.enter()
+    try:
+        worker = await pool.acquire_reader()
+        try:
+            return await worker.submit(job, *args)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise pool.translate(exc, action) from None
+        finally:
+            pool.release_reader(worker, started=False)
+    finally:
+        pool.leave()
+
+
+async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
+    async with project.read() as r:
+        records = await r.projects.list(limit=1)
+    counts = await run_on_reader(project, _count_rows, action="counting rows")
+    record = records[0] if records else None
+    return {
+        "id": project.id,
+        "name": record.name if record else None,
+        "description": record.description if record else None,
+        "created_at": record.created_at if record else None,
+        "updated_at": record.updated_at if record else None,
+        "path": project.path,
+        "revision": project.revision,
+        "head": HEAD_REVISION,
+        "database_bytes": _file_size(project.path),
+        "wal_bytes": _file_size(Path(f"{project.path}-wal")),
+        "tables": counts,
+    }
+
+
+async def _show(config: StoreConfig, project_id: str) -> dict[str, Any]:
+    async with Store(config) as store:
+        project = await store.open_project(project_id)
+        return await _project_facts(project)
+
+
+def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Project", Text(f"{facts['id']}  {facts['name'] or '-'}"))
+    if facts.get("description"):
+        grid.add_row("Description", Text(facts["description"]))
+    grid.add_row("Path", Text(str(facts["path"])))
+    revision = facts["revision"]
+    state = "head" if revision == facts["head"] else f"head is {facts['head']}"
+    grid.add_row("Schema", Text(f"revision {revision} ({state})"))
+    grid.add_row("Created", _when(facts["created_at"]))
+    grid.add_row("Updated", _when(facts["updated_at"]))
+    grid.add_row(
+        "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
+    )
+    out.print(grid)
+    rows = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    rows.add_column("Table")
+    rows.add_column("Rows", justify="right")
+    for name, count in facts["tables"].items():
+        rows.add_row(name, f"{count:,}")
+    out.print(rows)
+
+
+@cli.command("show")
+@project_id_argument
+@json_option
+@pass_state
+def show_command(state: State, project_id: str, as_json: bool) -> None:
+    """Show a project: schema revision, rows per table, file and WAL size."""
+    facts = state.run(_show(state.config(), project_id))
+    if as_json:
+        _emit_json(facts)
+        return
+    _render_facts(state.out, facts)
+
+
+async def _delete(state: State, project_id: str, yes: bool) -> None:
+    async with Store(state.config()) as store:
+        directory = store.project_dir(project_id)
+        if not directory.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=directory,
+                hint=f"run `{state.cli_hint('list')}` to see the projects",
+            )
+        if not yes:
+            info = describe(project_id, store.database_path(project_id))
+            name = f" ({info.name!r})" if info.name else ""
+            click.confirm(
+                f"Delete project {project_id}{name} and every file in {directory}?",
+                abort=True,
+                err=True,
+            )
+        await store.delete_project(project_id)
+
+
+@cli.command("delete")
+@project_id_argument
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def delete_command(state: State, project_id: str, yes: bool) -> None:
+    """Delete a project and all its files (asks first unless --yes)."""
+    state.run(_delete(state, project_id, yes))
+    state.out.print(f"Deleted project {project_id}.", markup=False)
+
+
+# -- schema revisions ---------------------------------------------------------------------------
+
+
+def _describe_existing(state: State, project_id: str) -> ProjectInfo:
+    """Describe a project read-only; raise for a missing, corrupt or unreadable one."""
+    store = Store(state.config())
+    directory = store.project_dir(project_id)
+    if not directory.is_dir():
+        raise ProjectNotFound(
+            "no such project",
+            project=project_id,
+            path=directory,
+            hint=f"run `{state.cli_hint('list')}` to see the projects",
+        )
+    info = describe(project_id, store.database_path(project_id))
+    if info.status == "corrupt":
+        raise CorruptDatabase(
+            f"the file is not a healthy SQLite database ({info.error})",
+            project=project_id,
+            path=info.path,
+            hint="restore it from a backup, or delete the project",
+        )
+    if info.status == "unreadable":
+        raise StorageError(
+            f"the database cannot be read ({info.error})",
+            project=project_id,
+            path=info.path,
+            hint="check the permissions of the file and its directory",
+        )
+    return info
+
+
+@cli.command("revision")
+@project_id_argument
+@json_option
+@pass_state
+def revision_command(state: State, project_id: str, as_json: bool) -> None:
+    """Show a project's schema revision and the head revision, without changing anything."""
+    info = _describe_existing(state, project_id)
+    known = known_revisions()
+    current = info.revision
+    if current == HEAD_REVISION:
+        verdict = "up to date"
+    elif current is None:
+        verdict = "no schema yet: it gets one when the project is next opened"
+    elif current in known:
+        verdict = f"behind: run `{state.cli_hint('migrate ' + project_id)}` to upgrade it"
+    else:
+        verdict = "newer than this demiarch-store: upgrade demiarch-store to open it"
+    if as_json:
+        _emit_json(
+            {
+                "id": project_id,
+                "current": current,
+                "head": HEAD_REVISION,
+                "status": info.status,
+                "up_to_date": current == HEAD_REVISION,
+                "known": list(known),
+            }
+        )
+        return
+    state.out.print(
+        f"Project {project_id}: schema revision {current or 'none'}, head {HEAD_REVISION} "
+        f"({verdict})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+_DEMO_AGENTS = ("planner", "coder", "reviewer", "tester")
+
+
+async def _demo_agent(
+    project: AsyncProjectStore, conversation_id: str, name: str, turns: int
+) -> None:
+    for turn in range(1, turns + 1):
+        async with project.transaction() as tx:
+            await tx.messages.append(
+                conversation_id,
+                role="assistant",
+                content=f"{name}: step {turn} done",
+                meta={"agent": name, "turn": turn},
+            )
+        await asyncio.sleep(0)
+
+
+async def _demo(config: StoreConfig, agents: int, turns: int) -> dict[str, Any]:
+    names = [_DEMO_AGENTS[i % len(_DEMO_AGENTS)] + ("" if i < 4 else str(i)) for i in range(agents)]
+    async with Store(config) as store:
+        project = await store.create_project(name="demo: agent runtime")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="build a todo app")
+            await tx.messages.append(conv.id, role="user", content="Build me a todo app.")
+        await asyncio.gather(*(_demo_agent(project, conv.id, n, turns) for n in names))
+        return await _project_facts(project)
+
+
+@cli.command("demo")
+@click.option("--agents", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--turns", default=5, show_default=True, type=click.IntRange(1, 1000))
+@pass_state
+def demo_command(state: State, agents: int, turns: int) -> None:
+    """Create a demo project that several concurrent agents write to, then show it."""
+    facts = state.run(_demo(state.config(), agents, turns))
+    _render_facts(state.out, facts)
+    state.out.print(
+        f"Delete it with: {state.cli_hint('delete --yes ' + facts['id'])}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m demiarch_store` uses __main__.py
+    sys.exit(main())
+

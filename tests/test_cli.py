@@ -1,0 +1,449 @@
+"""The command line, end to end: real files under tmp_path, through ``main`` and real processes.
+
+Most tests call ``demiarch_store.cli.main(argv)`` in this process (the same function the
+``demiarch-store`` script and ``python -m demiarch_store`` run) and read what it printed; a few
+run it as a child process, and one drives it in a pseudo-terminal to check what a person sees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demiarch_store.cli import main
+from demiarch_store.schema import HEAD_REVISION
+
+TIMEOUT = 120
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def projects_dir(tmp_path: Path) -> Path:
+    return tmp_path / "projects"
+
+
+@pytest.fixture
+def run(
+    projects_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Run:
+    """Run the CLI in this process with ``--projects-dir`` set; ``input`` feeds prompts."""
+    monkeypatch.setenv("COLUMNS", "200")  # Rich wraps at 80 columns when not on a terminal
+
+    def invoke(*args: str, input: str | None = None, projects: bool = True) -> Result:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input or ""))
+        argv = (["--projects-dir", str(projects_dir)] if projects else []) + list(args)
+        code = main(argv)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def create(run: Run, name: str = "my app") -> str:
+    result = run("create", name, "--json")
+    assert result.code == 0, result.err
+    project_id: str = result.json()["id"]
+    return project_id
+
+
+def corrupt(projects_dir: Path, project_id: str) -> Path:
+    path = projects_dir / project_id / "database.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database, it was overwritten by mistake" * 100)
+    return path
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# -- list ---------------------------------------------------------------------------------------
+
+
+def test_list_without_projects_says_how_to_create_one(run: Run, projects_dir: Path) -> None:
+    result = run("list")
+    assert result.code == 0
+    assert result.out.strip() == (
+        f"No projects in {projects_dir}. Create one with: "
+        f"demiarch-store --projects-dir {projects_dir} create NAME"
+    )
+    assert run("list", "--json").json() == []
+    assert not projects_dir.exists()  # listing never creates anything
+
+
+def test_list_uses_demiarch_home(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEMIARCH_HOME", str(tmp_path / "home"))
+    empty = run("list", projects=False)
+    home_projects = tmp_path / "home" / "projects"
+    assert empty.out.strip() == (
+        f"No projects in {home_projects}. Create one with: demiarch-store create NAME"
+    )
+    created = run("create", "at home", "--json", projects=False).json()
+    assert Path(created["path"]).parent.parent == home_projects
+    listed = run("list", "--json", projects=False).json()
+    assert [p["id"] for p in listed] == [created["id"]]
+
+
+def test_create_then_list_as_table_and_json(run: Run, projects_dir: Path) -> None:
+    first = create(run, "first app")
+    second = create(run, "second app")
+    result = run("list")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    header = next(line for line in lines if "ID" in line)
+    for column in ("ID", "Name", "Status", "Last update", "Size"):
+        assert column in header
+    row = next(line for line in lines if first in line)
+    assert "first app" in row and " ok " in row and "UTC" in row and "KiB" in row
+    assert second in result.out
+    assert f"2 projects in {projects_dir}" in result.out
+
+    listed = run("list", "--json").json()
+    assert [p["id"] for p in listed] == sorted([first, second])
+    entry = listed[0]
+    assert entry["name"] == "first app"
+    assert entry["status"] == "ok"
+    assert entry["revision"] == HEAD_REVISION
+    assert entry["size_bytes"] > 0
+    assert entry["path"] == str(projects_dir / first / "database.sqlite")
+    assert entry["error"] is None
+    assert entry["updated_at"].endswith("+00:00")
+
+
+def test_list_reports_bad_projects_without_failing(run: Run, projects_dir: Path) -> None:
+    good = create(run, "good")
+    bad = create(run, "bad")
+    corrupt(projects_dir, bad)
+    (projects_dir / "emptyone").mkdir()
+    (projects_dir / "Not A Project").mkdir()  # foreign names are ignored
+    result = run("list")
+    assert result.code == 0
+    assert f"{bad}: corrupt:" in result.out
+    assert "emptyone: empty: the project directory holds no database" in result.out
+    statuses = {p["id"]: p["status"] for p in run("list", "--json").json()}
+    assert statuses == {good: "ok", bad: "corrupt", "emptyone": "empty"}
+
+
+# -- create, show, revision ---------------------------------------------------------------------
+
+
+def test_create_prints_id_and_path(run: Run, projects_dir: Path) -> None:
+    result = run("create", "notes", "--description", "a place for notes")
+    assert result.code == 0
+    assert result.out.startswith("Created project ")
+    project_id = result.out.split()[2]
+    assert f"at {projects_dir / project_id / 'database.sqlite'}" in result.out
+    facts = run("show", project_id, "--json").json()
+    assert facts["name"] == "notes"
+    assert facts["description"] == "a place for notes"
+
+
+def test_show_counts_rows_and_sizes(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    result = run("show", project_id, "--json")
+    assert result.code == 0
+    facts = result.json()
+    assert facts["id"] == project_id
+    assert facts["name"] == "my app"
+    assert facts["revision"] == facts["head"] == HEAD_REVISION
+    assert facts["tables"]["projects"] == 1
+    assert facts["tables"]["messages"] == 0
+    assert "alembic_version" not in facts["tables"]
+    assert facts["database_bytes"] == (projects_dir / project_id / "database.sqlite").stat().st_size
+    assert facts["wal_bytes"] >= 0
+
+    human = run("show", project_id)
+    assert human.code == 0
+    assert f"revision {HEAD_REVISION} (head)" in human.out
+    assert "projects" in human.out and "conversations" in human.out
+    assert "WAL" in human.out
+
+
+def test_demo_writes_concurrent_agents_and_shows_them(run: Run) -> None:
+    result = run("demo", "--agents", "3", "--turns", "4")
+    assert result.code == 0, result.err
+    assert "demo: agent runtime" in result.out
+    assert "Delete it with: demiarch-store --projects-dir" in result.out
+    [info] = run("list", "--json").json()
+    facts = run("show", info["id"], "--json").json()
+    assert facts["tables"]["messages"] == 1 + 3 * 4
+    assert facts["tables"]["conversations"] == 1
+
+
+def test_revision_reads_without_migrating(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    result = run("revision", project_id, "--json")
+    assert result.code == 0
+    assert result.json()["current"] == HEAD_REVISION
+    assert result.json()["up_to_date"] is True
+    human = run("revision", project_id)
+    assert human.out.strip() == (
+        f"Project {project_id}: schema revision {HEAD_REVISION}, head {HEAD_REVISION} "
+        "(up to date)"
+    )
+
+    path = projects_dir / project_id / "database.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    conn.close()
+    newer = run("revision", project_id, "--json").json()
+    assert newer["current"] == "9999" and newer["up_to_date"] is False
+    assert newer["status"] == "newer_schema"
+    assert "newer than this demiarch-store" in run("revision", project_id).out
+    # Opening it refuses, with one clear line, and leaves the file alone.
+    shown = run("show", project_id)
+    assert shown.code == 1
+    line = one_error_line(shown)
+    assert "9999" in line and project_id in line and "upgrade demiarch-store" in line
+    assert run("revision", project_id, "--json").json()["current"] == "9999"
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+def test_delete_asks_first(run: Run, projects_dir: Path) -> None:
+    project_id = create(run, "precious")
+    refused = run("delete", project_id, input="n\n")
+    assert refused.code == 1
+    assert "Delete project" in refused.err and "'precious'" in refused.err
+    assert "Aborted." in refused.err
+    assert (projects_dir / project_id).is_dir()
+
+    no_answer = run("delete", project_id, input="")  # end of input is not a yes
+    assert no_answer.code == 1
+    assert (projects_dir / project_id).is_dir()
+
+    accepted = run("delete", project_id, input="y\n")
+    assert accepted.code == 0
+    assert accepted.out.strip() == f"Deleted project {project_id}."
+    assert not (projects_dir / project_id).exists()
+
+
+def test_delete_yes_removes_even_a_corrupt_project(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    corrupt(projects_dir, project_id)
+    result = run("delete", "--yes", project_id)
+    assert result.code == 0
+    assert run("list", "--json").json() == []
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["show", "delete", "revision"])
+def test_unknown_project_is_one_line_and_exit_1(run: Run, command: str) -> None:
+    extra = ["--yes"] if command == "delete" else []
+    result = run(command, "doesnotexist", *extra)
+    assert result.code == 1
+    line = one_error_line(result)
+    assert "no such project" in line and "'doesnotexist'" in line and "list" in line
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("bad_id", ["../etc", "UPPER", "a/b", "", "x" * 65, "-rf"])
+def test_invalid_id_is_a_usage_error(run: Run, projects_dir: Path, bad_id: str) -> None:
+    result = run("show", "--", bad_id)
+    assert result.code == 2
+    assert "is not a project ID" in result.err
+    assert "Usage: demiarch-store show" in result.err
+    assert not projects_dir.exists()
+
+
+def test_corrupt_database_is_one_line_and_exit_1(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    path = corrupt(projects_dir, project_id)
+    before = path.read_bytes()
+    for command in ("show", "revision"):
+        result = run(command, project_id)
+        assert result.code == 1, command
+        line = one_error_line(result)
+        assert project_id in line and str(path) in line
+        assert "restore it from a backup" in line
+    assert path.read_bytes() == before  # nothing tried to repair it behind our back
+
+
+def test_debug_shows_the_traceback(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    corrupt(projects_dir, project_id)
+    result = run("--debug", "show", project_id)
+    assert result.code == 1
+    assert "Traceback (most recent call last)" in result.err
+    assert result.err.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nosuchcommand"],
+        ["show"],
+        ["list", "--nosuchoption"],
+        ["demo", "--agents", "0"],
+        ["create"],
+    ],
+)
+def test_usage_errors_exit_2(run: Run, args: list[str]) -> None:
+    result = run(*args)
+    assert result.code == 2
+    assert "Usage: demiarch-store" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_help_and_version_exit_0(run: Run) -> None:
+    result = run("--help")
+    assert result.code == 0
+    for command in ("list", "create", "show", "delete", "revision", "demo"):
+        assert command in result.out
+    assert run("--version").out.startswith("demiarch-store, version ")
+
+
+def test_projects_dir_that_is_a_file_is_reported(run: Run, tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    usage = run("--projects-dir", str(blocker), "create", "x", projects=False)
+    assert usage.code == 2
+    assert "is a file" in usage.err
+    below = run("--projects-dir", str(blocker / "projects"), "create", "x", projects=False)
+    assert below.code == 1
+    line = one_error_line(below)
+    assert "cannot create the project directory" in line and str(blocker) in line
+
+
+# -- real processes -----------------------------------------------------------------------------
+
+
+def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "demiarch_store", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_module_and_script_entry_points(projects_dir: Path) -> None:
+    made = _child("--projects-dir", str(projects_dir), "create", "from a child", "--json")
+    assert made.returncode == 0, made.stderr
+    project_id = json.loads(made.stdout)["id"]
+    script = Path(sys.executable).with_name("demiarch-store")
+    listed = subprocess.run(
+        [str(script), "--projects-dir", str(projects_dir), "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [p["id"] for p in json.loads(listed.stdout)] == [project_id]
+    missing = _child("--projects-dir", str(projects_dir), "show", "nosuchproject")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: no such project")
+    usage = _child("--projects-dir", str(projects_dir), "show", "../x")
+    assert usage.returncode == 2
+
+
+def _pty_run(args: list[str], *, answer: str | None = None, env: dict[str, str]) -> str:
+    """Run the CLI on a pseudo-terminal (120 columns); return everything it displayed."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_store", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "TERM": "xterm-256color", **env},
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if answer is not None and b"[y/N]" in seen:
+                os.write(master, answer.encode())
+                answer = None
+        assert proc.wait(timeout=TIMEOUT) == 0, seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+        os.close(master)
+    return seen.decode(errors="replace")
+
+
+def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) -> None:
+    env = {"DEMIARCH_HOME": str(tmp_path / "home"), "COLUMNS": "", "NO_COLOR": ""}
+    env = {k: v for k, v in env.items() if v}
+    base = ["--projects-dir", str(projects_dir)]
+    empty = _pty_run([*base, "list"], env=env)
+    assert f"No projects in {projects_dir}." in empty
+    assert "Create one with: demiarch-store --projects-dir" in empty
+
+    made = _child(*base, "create", "terminal app", "--json")
+    project_id = json.loads(made.stdout)["id"]
+    screen = _pty_run([*base, "list"], env=env)
+    assert "\x1b[" in screen  # a terminal gets colours
+    plain = _strip_ansi(screen)
+    lines = plain.splitlines()
+    header = next(line for line in lines if "Last update" in line)
+    assert header.split() == ["ID", "Name", "Status", "Last", "update", "Size"]
+    row = next(line for line in lines if project_id in line)
+    assert "terminal app" in row and "ok" in row
+    assert any(set(line.strip()) == {"─"} for line in lines)  # the header rule
+
+    deleted = _pty_run([*base, "delete", project_id], answer="y\r", env=env)
+    assert "[y/N]" in deleted and f"Deleted project {project_id}." in deleted
+    assert not (projects_dir / project_id).exists()
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
