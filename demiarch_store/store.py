@@ -135,8 +135,8 @@ class Store:
         self._check_open()
         project_id = new_project_id() if project_id is None else validate_project_id(project_id)
         directory = self.project_dir(project_id)
-        make_private_dir(self.projects_dir)
         try:
+            make_private_dir(self.projects_dir)
             os.mkdir(directory, 0o700)
         except FileExistsError:
             raise ProjectExists(
