@@ -120,8 +120,8 @@ class Worker:
         try:
             await asyncio.shield(fut)
         finally:
-            # The thread returns right after resolving the future; the join is short.
-            await asyncio.shield(asyncio.to_thread(self._thread.join, 5.0))
+            # The thread returns right after resolving the future, so this join is short.
+            self._thread.join(timeout=5.0)
 
     @property
     def alive(self) -> bool:
