@@ -130,8 +130,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(value: datetime | None, *, seconds: bool = True) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M")
 
 
 def _size(n: int) -> str:
@@ -257,18 +259,18 @@ def list_command(state: State, as_json: bool) -> None:
             soft_wrap=True,
         )
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("ID", no_wrap=True)
     table.add_column("Name")
     table.add_column("Status", no_wrap=True)
-    table.add_column("Last update", no_wrap=True)
+    table.add_column("Last update (UTC)", no_wrap=True)
     table.add_column("Size", justify="right", no_wrap=True)
     for info in infos:
         table.add_row(
             info.id,
             Text(info.name or "-"),
             Text(info.status, style=_STATUS_STYLE.get(info.status, "")),
-            _when(info.updated_at),
+            _when(info.updated_at, seconds=False),
             _size(info.size_bytes),
         )
     out.print(table)
@@ -389,7 +391,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
         "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
     )
     out.print(grid)
-    rows = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    rows = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     rows.add_column("Table")
     rows.add_column("Rows", justify="right")
     for name, count in facts["tables"].items():

@@ -126,7 +126,7 @@ def test_create_then_list_as_table_and_json(run: Run, projects_dir: Path) -> Non
     for column in ("ID", "Name", "Status", "Last update", "Size"):
         assert column in header
     row = next(line for line in lines if first in line)
-    assert "first app" in row and " ok " in row and "UTC" in row and "KiB" in row
+    assert "first app" in row and " ok " in row and "KiB" in row
     assert second in result.out
     assert f"2 projects in {projects_dir}" in result.out
 
@@ -433,7 +433,7 @@ def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) ->
     plain = _strip_ansi(screen)
     lines = plain.splitlines()
     header = next(line for line in lines if "Last update" in line)
-    assert header.split() == ["ID", "Name", "Status", "Last", "update", "Size"]
+    assert header.split() == ["ID", "Name", "Status", "Last", "update", "(UTC)", "Size"]
     row = next(line for line in lines if project_id in line)
     assert "terminal app" in row and "ok" in row
     assert any(set(line.strip()) == {"─"} for line in lines)  # the header rule
