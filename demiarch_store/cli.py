@@ -60,6 +60,7 @@ class State:
     debug: bool = False
     out: Console = field(default_factory=lambda: Console(highlight=False))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    log_handler: logging.Handler | None = None
 
     def config(self) -> StoreConfig:
         """Return the store's settings: ``--projects-dir`` if given, else the defaults."""
@@ -174,7 +175,11 @@ def cli(ctx: click.Context, projects_dir: Path | None, debug: bool) -> None:
     state.projects_dir = projects_dir
     state.debug = debug
     if debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+        state.log_handler = logging.StreamHandler(sys.stderr)
+        state.log_handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
+        log = logging.getLogger("demiarch_store")
+        log.addHandler(state.log_handler)
+        log.setLevel(logging.DEBUG)
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
@@ -183,6 +188,16 @@ pass_state = click.make_pass_decorator(State, ensure=True)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
     state = State()
+    try:
+        return _main(argv, state)
+    finally:
+        if state.log_handler is not None:
+            log = logging.getLogger("demiarch_store")
+            log.removeHandler(state.log_handler)
+            log.setLevel(logging.NOTSET)
+
+
+def _main(argv: Sequence[str] | None, state: State) -> int:
     try:
         result = cli.main(
             args=list(argv) if argv is not None else None,
@@ -391,6 +406,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
         "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
     )
     out.print(grid)
+    out.print()
     rows = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     rows.add_column("Table")
     rows.add_column("Rows", justify="right")
