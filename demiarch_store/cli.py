@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -95,6 +95,13 @@ class State:
             yield bar
 
 
+    def spinner(self, message: str) -> AbstractContextManager[Any]:
+        """Show a spinner on stderr while slow work runs, when stderr is a terminal."""
+        if not self.err.is_terminal:
+            return nullcontext()
+        return self.err.status(message)
+
+
 def _quote(text: str) -> str:
     return shlex.quote(text)
 
@@ -113,6 +120,19 @@ def _project_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 project_id_argument = click.argument("project_id", metavar="ID", callback=_project_id)
+
+
+def _existing_dir(state: State, store: Store, project_id: str) -> Path:
+    """Return the project's directory, or raise ``ProjectNotFound`` saying how to list them."""
+    directory = store.project_dir(project_id)
+    if not directory.is_dir():
+        raise ProjectNotFound(
+            "no such project",
+            project=project_id,
+            path=directory,
+            hint=f"run `{state.cli_hint('list')}` to see the projects",
+        )
+    return directory
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
@@ -383,8 +403,9 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
     }
 
 
-async def _show(config: StoreConfig, project_id: str) -> dict[str, Any]:
-    async with Store(config) as store:
+async def _show(state: State, project_id: str) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         return await _project_facts(project)
 
@@ -421,7 +442,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
 @pass_state
 def show_command(state: State, project_id: str, as_json: bool) -> None:
     """Show a project: schema revision, rows per table, file and WAL size."""
-    facts = state.run(_show(state.config(), project_id))
+    facts = state.run(_show(state, project_id))
     if as_json:
         _emit_json(facts)
         return
@@ -430,14 +451,7 @@ def show_command(state: State, project_id: str, as_json: bool) -> None:
 
 async def _delete(state: State, project_id: str, yes: bool) -> None:
     async with Store(state.config()) as store:
-        directory = store.project_dir(project_id)
-        if not directory.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=directory,
-                hint=f"run `{state.cli_hint('list')}` to see the projects",
-            )
+        directory = _existing_dir(state, store, project_id)
         if not yes:
             info = describe(project_id, store.database_path(project_id))
             name = f" ({info.name!r})" if info.name else ""
@@ -465,14 +479,7 @@ def delete_command(state: State, project_id: str, yes: bool) -> None:
 def _describe_existing(state: State, project_id: str) -> ProjectInfo:
     """Describe a project read-only; raise for a missing, corrupt or unreadable one."""
     store = Store(state.config())
-    directory = store.project_dir(project_id)
-    if not directory.is_dir():
-        raise ProjectNotFound(
-            "no such project",
-            project=project_id,
-            path=directory,
-            hint=f"run `{state.cli_hint('list')}` to see the projects",
-        )
+    _existing_dir(state, store, project_id)
     info = describe(project_id, store.database_path(project_id))
     if info.status == "corrupt":
         raise CorruptDatabase(
