@@ -94,7 +94,6 @@ class State:
             bar.add_task(description, total=total, item="")
             yield bar
 
-
     def spinner(self, message: str) -> AbstractContextManager[Any]:
         """Show a spinner on stderr while slow work runs, when stderr is a terminal."""
         if not self.err.is_terminal:
@@ -133,6 +132,7 @@ def _existing_dir(state: State, store: Store, project_id: str) -> Path:
             hint=f"run `{state.cli_hint('list')}` to see the projects",
         )
     return directory
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
@@ -582,4 +582,3 @@ def demo_command(state: State, agents: int, turns: int) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - `python -m demiarch_store` uses __main__.py
     sys.exit(main())
-

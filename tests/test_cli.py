@@ -101,9 +101,7 @@ def test_list_without_projects_says_how_to_create_one(run: Run, projects_dir: Pa
     assert not projects_dir.exists()  # listing never creates anything
 
 
-def test_list_uses_demiarch_home(
-    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_list_uses_demiarch_home(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMIARCH_HOME", str(tmp_path / "home"))
     empty = run("list", projects=False)
     home_projects = tmp_path / "home" / "projects"
@@ -210,8 +208,7 @@ def test_revision_reads_without_migrating(run: Run, projects_dir: Path) -> None:
     assert result.json()["up_to_date"] is True
     human = run("revision", project_id)
     assert human.out.strip() == (
-        f"Project {project_id}: schema revision {HEAD_REVISION}, head {HEAD_REVISION} "
-        "(up to date)"
+        f"Project {project_id}: schema revision {HEAD_REVISION}, head {HEAD_REVISION} (up to date)"
     )
 
     path = projects_dir / project_id / "database.sqlite"
