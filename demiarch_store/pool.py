@@ -23,12 +23,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
 from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
+from .health import Checkpoint, Reservoir, idle_checkpoint, optimize_on_close
 
 __all__ = ["Op", "Pool", "RowMissing", "Worker"]
 
@@ -41,6 +42,9 @@ _STOP: Final = object()
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+# When the writer goes idle, look at the WAL's size after this many commits or seconds.
+_UPKEEP_COMMITS: Final = 50
+_UPKEEP_SECONDS: Final = 1.0
 
 
 class RowMissing(Exception):
@@ -83,6 +87,10 @@ class _Counters:
     busy_errors: int = 0
     pool_timeouts: int = 0
     groups: int = 0
+    idle_checkpoints: int = 0
+    last_checkpoint: Checkpoint | None = None
+    pool_wait: Reservoir = field(default_factory=Reservoir)
+    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 class Worker:
@@ -285,6 +293,8 @@ class Pool:
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
+        self._upkeep_commits = 0
+        self._upkeep_due = time.monotonic() + _UPKEEP_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -306,6 +316,8 @@ class Pool:
             return
         self._closed = True
         await self._idle.wait()
+        if self._writer is not None:
+            self._writer.post(optimize_on_close)  # runs before the writer's stop
         workers = [w for w in (self._writer, *self._readers_all) if w is not None]
         self._readers_idle.clear()
         errors = []
@@ -460,6 +472,20 @@ class Pool:
             self._writer.post(_rollback_if_active)
         self._writer_busy = False
         self._pump()
+        self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Now and then, when the writer has gone idle, let it check the WAL's size."""
+        if self._writer_busy or self._writer is None:
+            return
+        commits = self.counters.commits
+        if commits == self._upkeep_commits:
+            return
+        now = time.monotonic()
+        if commits - self._upkeep_commits >= _UPKEEP_COMMITS or now >= self._upkeep_due:
+            self._upkeep_commits = commits
+            self._upkeep_due = now + _UPKEEP_SECONDS
+            self._writer.post(idle_checkpoint, self)
 
     def _pump(self) -> None:
         queue_ = self._queue
@@ -512,6 +538,7 @@ class Pool:
             if unit.late is not None:
                 _resolve(unit.late, outcome)
         self._pump()
+        self._upkeep()
 
     # -- readers ------------------------------------------------------------------------------
 
