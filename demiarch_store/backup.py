@@ -6,12 +6,15 @@ that creates, renames or removes database files outside SQLite.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -246,6 +249,39 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
     return revision
 
 
+# Every SQLite connection to a WAL database holds a shared lock on this byte of the -shm file
+# (the "DMS" lock of SQLite's unix VFS) for as long as it is open.
+_SHM_DMS_BYTE = 128
+
+
+@contextmanager
+def no_other_users(live: Path, project: str | None) -> Iterator[None]:
+    """Hold the -shm file's DMS lock exclusively: no other process has ``live`` open.
+
+    Touches no file (unlike opening a SQLite connection, which may checkpoint or delete a
+    WAL). Must only be used once this process has closed its own connections to ``live``:
+    closing the descriptor drops every POSIX lock the process holds on the -shm file.
+    """
+    try:
+        fd = os.open(f"{live}-shm", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield  # no -shm: no connection in WAL mode is open
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE, os.SEEK_SET)
+        except OSError as exc:
+            raise DatabaseBusy(
+                "the project is open in another process",
+                project=project,
+                path=live,
+                hint="close it there, then retry",
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
+
+
 def _guard(live: Path, project: str | None) -> sqlite3.Connection | None:
     """Lock ``live`` against every other connection before its files are moved or replaced.
 
@@ -283,20 +319,21 @@ def replace_database(staging: Path, live: Path, *, project: str | None) -> None:
     it is), so the old WAL is checkpointed away and the side files removed before the rename;
     a crash at any point leaves either the old database, whole, or the new one.
     """
-    guard = _guard(live, project) if live.exists() else None
-    try:
-        for suffix in ("-wal", "-shm", "-journal"):
-            if guard is not None and suffix == "-journal":
-                continue  # the guard's own (inactive) journal; it removes it on close
-            try:
-                os.unlink(f"{live}{suffix}")
-            except FileNotFoundError:
-                pass
-        os.replace(staging, live)
-        fsync_dir(live.parent)
-    finally:
-        if guard is not None:
-            guard.close()
+    with no_other_users(live, project):
+        guard = _guard(live, project) if live.exists() else None
+        try:
+            for suffix in ("-wal", "-shm", "-journal"):
+                if guard is not None and suffix == "-journal":
+                    continue  # the guard's own (inactive) journal; it removes it on close
+                try:
+                    os.unlink(f"{live}{suffix}")
+                except FileNotFoundError:
+                    pass
+            os.replace(staging, live)
+            fsync_dir(live.parent)
+        finally:
+            if guard is not None:
+                guard.close()
 
 
 # -- quarantine ------------------------------------------------------------------------------
@@ -305,37 +342,34 @@ QUARANTINE_DIR = "quarantine"
 
 
 def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path | None]:
-    """Move the database and its side files into a new quarantine folder, together.
+    """Move the database and its side files into a new quarantine folder, together, unchanged.
 
     Then restore the newest backup that passes the checks of ``stage_restore``. Returns the
     quarantine folder and the backup restored (None when there was no good one).
     """
     parent = live.parent / QUARANTINE_DIR
-    try:
-        os.mkdir(parent, 0o700)
-        os.chmod(parent, 0o700)
-    except FileExistsError:
-        pass
-    while True:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = parent / f"{stamp}-{new_record_id()[-6:]}"
+    with no_other_users(live, project):
         try:
-            os.mkdir(target, 0o700)
+            os.mkdir(parent, 0o700)
+            os.chmod(parent, 0o700)
         except FileExistsError:
-            continue
-        os.chmod(target, 0o700)
-        break
-    guard = _guard(live, project) if live.exists() else None
-    try:
+            pass
+        while True:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = parent / f"{stamp}-{new_record_id()[-6:]}"
+            try:
+                os.mkdir(target, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(target, 0o700)
+            break
+        # Moved as they are: a WAL may hold the only copy of recent commits.
         for suffix in ("", "-wal", "-shm", "-journal"):
             src = Path(f"{live}{suffix}")
             if src.exists() or src.is_symlink():
                 os.rename(src, target / src.name)
         fsync_dir(target)
         fsync_dir(live.parent)
-    finally:
-        if guard is not None:
-            guard.close()
     restored = None
     for backup in list_backups(live.parent / BACKUPS_DIR):
         staging = live.with_name(f".{live.name}.restore-{os.getpid()}-{new_record_id()}")

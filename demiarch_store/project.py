@@ -302,18 +302,27 @@ class AsyncProjectStore:
             )
         backup = Path(backup)
         staging = self.path.with_name(f".{self.path.name}.restore-{os.getpid()}-{new_record_id()}")
+        was_open = self._pool is not None
         try:
             await asyncio.to_thread(stage_restore, backup, staging, project=self.id, live=self.path)
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.close()
-            await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
+            try:
+                await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
+            except BaseException:
+                if was_open:  # the old database is still in place: carry on with it
+                    await self._reopen()
+                raise
         finally:
             await asyncio.to_thread(remove_file, staging)
+        await self._reopen()
+
+    async def _reopen(self) -> None:
         try:
             await self.open()
         except BaseException:
-            await self.close()
+            await self.close()  # marks the project closed, so a Store forgets it
             raise
 
     async def check(self, *, full: bool = False) -> HealthReport:
@@ -389,10 +398,10 @@ def _backup_error(exc: BaseException, project: str, path: Path) -> BackupError:
             path=path,
             hint="choose a new file name or a directory",
         )
-    if isinstance(exc, OSError):
-        why = exc.strerror or str(exc)
-    elif isinstance(exc, StoreError):
+    if isinstance(exc, StoreError):
         why = str(exc)
+    elif isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
     else:
         why = str(exc) if isinstance(exc, Exception) else type(exc).__name__
     return BackupError(

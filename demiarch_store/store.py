@@ -310,6 +310,8 @@ class Store:
             target, restored = await asyncio.to_thread(
                 quarantine_database, path, project=project_id
             )
+        except StoreError:
+            raise
         except OSError as exc:
             raise StorageError(
                 f"cannot move the database aside: {exc.strerror}",
