@@ -500,3 +500,27 @@ async def test_quarantine_refuses_while_another_process_has_the_project_open(
         await holder.wait()
     assert project.path.exists()
     assert (await (await store.open_project(project.id)).check()).ok
+
+
+async def test_restore_over_a_database_too_damaged_to_open(store: Store) -> None:
+    project = await store.create_project(name="wrecked")
+    await fill(project, 6)
+    backup = await project.backup()
+    await project.close()
+    with open(project.path, "r+b") as f:
+        f.write(b"not sqlite at all")
+    with pytest.raises(CorruptDatabase):
+        await store.open_project(project.id)
+    restored = await store.restore_project(project.id, backup)
+    assert (await restored.check(full=True)).ok
+    async with restored.read() as r:
+        assert await r.messages.count() == 6
+
+
+async def test_concurrent_backups_get_distinct_names(project: AsyncProjectStore) -> None:
+    await fill(project, 20)
+    paths = await asyncio.gather(*(project.backup() for _ in range(4)))
+    assert len(set(paths)) == 4
+    assert sorted(project.backups()) == sorted(paths)
+    for path in paths:
+        assert len(message_ids(path)) == 20
