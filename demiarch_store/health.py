@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 __all__ = [
+    "UPKEEP_COMMITS",
+    "UPKEEP_SECONDS",
     "Checkpoint",
     "HealthReport",
     "Percentiles",
@@ -40,6 +42,10 @@ __all__ = [
 log = logging.getLogger("demiarch_store")
 
 RESERVOIR_SIZE = 1024
+UPKEEP_COMMITS = 50
+"""When the writer goes idle, it looks at the WAL's size after this many commits..."""
+UPKEEP_SECONDS = 1.0
+"""...or after this many seconds, whichever comes first."""
 _MAX_ROWS = 100
 
 

@@ -29,7 +29,14 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
 from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
-from .health import Checkpoint, Reservoir, idle_checkpoint, optimize_on_close
+from .health import (
+    UPKEEP_COMMITS,
+    UPKEEP_SECONDS,
+    Checkpoint,
+    Reservoir,
+    idle_checkpoint,
+    optimize_on_close,
+)
 
 __all__ = ["Op", "Pool", "RowMissing", "Worker"]
 
@@ -42,9 +49,6 @@ _STOP: Final = object()
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
-# When the writer goes idle, look at the WAL's size after this many commits or seconds.
-_UPKEEP_COMMITS: Final = 50
-_UPKEEP_SECONDS: Final = 1.0
 
 
 class RowMissing(Exception):
@@ -296,7 +300,7 @@ class Pool:
         self._closed = False
         self._deadline = config.busy_deadline
         self._upkeep_commits = 0
-        self._upkeep_due = time.monotonic() + _UPKEEP_SECONDS
+        self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -490,9 +494,9 @@ class Pool:
         if commits == self._upkeep_commits:
             return
         now = time.monotonic()
-        if commits - self._upkeep_commits >= _UPKEEP_COMMITS or now >= self._upkeep_due:
+        if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
-            self._upkeep_due = now + _UPKEEP_SECONDS
+            self._upkeep_due = now + UPKEEP_SECONDS
             self._writer.post(idle_checkpoint, self)
 
     def _arm_watchdog(self, delay: float) -> None:
