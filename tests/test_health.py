@@ -207,6 +207,8 @@ async def test_stats_count_commits_rollbacks_timeouts_and_busy(config: StoreConf
 
         async with project.read() as r:
             await r.conversations.list()
+            async with project.transaction() as tx:  # a newer state: no sharing r's snapshot
+                await tx.messages.append(conv.id, role="user", content="newer")
             held = project.stats()
             with pytest.raises(PoolTimeout):
                 async with project.read():
@@ -222,12 +224,12 @@ async def test_stats_count_commits_rollbacks_timeouts_and_busy(config: StoreConf
             await release(proc)
 
         s = project.stats()
-        assert (s.commits, s.rollbacks) == (2, 3)
+        assert (s.commits, s.rollbacks) == (3, 3)
         assert s.group_commits >= 2
         assert s.pool_timeouts == 1
         assert s.database_busy == 1
         assert s.busy_retries >= 1
-        assert s.transaction_seconds.count == 5
+        assert s.transaction_seconds.count == 6
         t = s.transaction_seconds
         assert 0 < t.p50 <= t.p95 <= t.p99 <= t.max
         assert s.pool_wait.count == 1  # the one read that got a connection
