@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from .pool import Pool
 from .transaction import Snapshot, Transaction
 
 __all__ = ["AsyncProjectStore", "create_database_file", "make_private_dir"]
+
+log = logging.getLogger("demiarch_store")
 
 
 def make_private_dir(path: Path) -> None:
@@ -312,7 +315,10 @@ class AsyncProjectStore:
                 await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
             except BaseException:
                 if was_open:  # the old database is still in place: carry on with it
-                    await self._reopen()
+                    try:
+                        await self._reopen()
+                    except StoreError as exc:  # now closed; the first error says why
+                        log.warning("reopening %s after a failed restore: %s", self.id, exc)
                 raise
         finally:
             await asyncio.to_thread(remove_file, staging)
