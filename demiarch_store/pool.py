@@ -21,6 +21,7 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ def connect(
 
     Returns the connection and what ``check`` returned. Runs as a worker's first job.
     """
-    uri = f"file:{path}?mode=rw"
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"  # a path may hold ? # or %
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
     )

@@ -27,7 +27,7 @@ from .migrate import HEAD_REVISION, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "make_private_dir"]
+__all__ = ["AsyncProjectStore", "create_database_file", "has_sqlite_header", "make_private_dir"]
 
 log = logging.getLogger("demiarch_store")
 
@@ -45,6 +45,16 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(d, 0o700)
+
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def has_sqlite_header(path: Path) -> bool:
+    """Return True for an empty file or one that starts with SQLite's 100-byte header."""
+    with open(path, "rb") as f:
+        head = f.read(100)
+    return head == b"" or (len(head) == 100 and head.startswith(_MAGIC))
 
 
 def create_database_file(path: Path) -> None:
@@ -128,6 +138,17 @@ class AsyncProjectStore:
                     project=self.id,
                     path=path,
                     hint="move it aside",
+                )
+            elif not has_sqlite_header(path):
+                # Refuse before SQLite opens it: closing a read-write connection to a file
+                # with a damaged header deletes its -wal, which may hold the only copy of
+                # recent commits.
+                raise CorruptDatabase(
+                    "the file is not a SQLite database (its header is damaged)",
+                    project=self.id,
+                    path=path,
+                    hint="restore it from a backup (store.quarantine_project() moves it aside "
+                    "and restores the newest good backup)",
                 )
         except OSError as exc:
             raise StorageError(
