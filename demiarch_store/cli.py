@@ -9,6 +9,7 @@ Machine output (``--json``) goes to stdout; progress bars go to stderr and only 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shlex
@@ -116,6 +117,12 @@ def _project_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
             ctx=ctx,
             param=param,
         ) from None
+
+
+def _optional_project_id(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    return None if value is None else _project_id(ctx, param, value)
 
 
 project_id_argument = click.argument("project_id", metavar="ID", callback=_project_id)
@@ -533,6 +540,277 @@ def revision_command(state: State, project_id: str, as_json: bool) -> None:
         markup=False,
         soft_wrap=True,
     )
+
+
+# -- backups ------------------------------------------------------------------------------------
+
+
+async def _backup(config: StoreConfig, project_id: str, dest: Path | None) -> dict[str, Any]:
+    async with Store(config) as store:
+        project = await store.open_project(project_id)
+        path = await project.backup(dest)
+        return {"id": project_id, "backup": path, "size_bytes": _file_size(path)}
+
+
+@cli.command("backup")
+@project_id_argument
+@click.option(
+    "--to",
+    "dest",
+    type=click.Path(path_type=Path),
+    help="A new file, or a directory to write into. Default: the project's backups/ "
+    "directory, where only the newest keep_backups are kept.",
+)
+@json_option
+@pass_state
+def backup_command(state: State, project_id: str, dest: Path | None, as_json: bool) -> None:
+    """Write a consistent, verified backup of a project (it stays usable meanwhile)."""
+    with state.spinner(f"Backing up {project_id}"):
+        result = state.run(_backup(state.config(), project_id, dest))
+    if as_json:
+        _emit_json(result)
+        return
+    state.out.print(
+        f"Backed up project {project_id} to {result['backup']} ({_size(result['size_bytes'])})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+async def _restore(state: State, project_id: str, backup: Path, yes: bool) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
+        if not yes:
+            click.confirm(
+                f"Replace the database of project {project_id} with {backup}? What it holds "
+                f"now is lost unless you back it up first",
+                abort=True,
+                err=True,
+            )
+        project = await store.restore_project(project_id, backup)
+        return await _project_facts(project)
+
+
+@cli.command("restore")
+@project_id_argument
+@click.argument("backup", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def restore_command(state: State, project_id: str, backup: Path, yes: bool, as_json: bool) -> None:
+    """Replace a project's database with BACKUP (checked first; asks unless --yes)."""
+    facts = state.run(_restore(state, project_id, backup, yes))
+    if as_json:
+        _emit_json(facts)
+        return
+    state.out.print(f"Restored project {project_id} from {backup}.", markup=False, soft_wrap=True)
+    _render_facts(state.out, facts)
+
+
+# -- health -------------------------------------------------------------------------------------
+
+
+async def _check_one(store: Store, project_id: str, name: str | None, full: bool) -> dict[str, Any]:
+    """Check one project; one that cannot even be opened is reported as a problem."""
+    try:
+        project = await store.open_project(project_id)
+    except ProjectNotFound:
+        raise
+    except StoreError as exc:
+        return {"id": project_id, "name": name, "ok": False, "problems": [str(exc)]}
+    try:
+        report = await project.check(full=full)
+    finally:
+        await project.close()  # checking every project must not keep them all open
+    data = dataclasses.asdict(report)
+    data.update(id=project_id, name=name, problems=list(report.problems))
+    return data
+
+
+async def _check(state: State, project_id: str | None, full: bool) -> list[dict[str, Any]]:
+    async with Store(state.config()) as store:
+        if project_id is not None:
+            _existing_dir(state, store, project_id)
+            return [await _check_one(store, project_id, None, full)]
+        infos = await store.list_projects()
+        results = []
+        with state.progress("Checking", total=len(infos)) as bar:
+            for info in infos:
+                bar.update(bar.task_ids[0], item=info.id)
+                if info.status == "ok":
+                    results.append(await _check_one(store, info.id, info.name, full))
+                else:
+                    problem = f"{info.status}: {info.error}"
+                    results.append(
+                        {"id": info.id, "name": info.name, "ok": False, "problems": [problem]}
+                    )
+                bar.advance(bar.task_ids[0])
+        return results
+
+
+@cli.command("check")
+@click.argument("project_id", metavar="[ID]", required=False, callback=_optional_project_id)
+@click.option("--all", "all_", is_flag=True, help="Check every project (with a progress bar).")
+@click.option("--full", is_flag=True, help="Run the slower integrity_check, not quick_check.")
+@json_option
+@pass_state
+def check_command(
+    state: State, project_id: str | None, all_: bool, full: bool, as_json: bool
+) -> int:
+    """Check a project's database (or --all): integrity, foreign keys, schema, WAL, modes.
+
+    Exits 1 when a problem is found.
+    """
+    if (project_id is None) == (not all_):
+        raise click.UsageError("give a project ID or --all (not both)")
+    results = state.run(_check(state, project_id, full))
+    if as_json:
+        _emit_json(results if all_ else results[0])
+    elif all_:
+        _render_check_table(state, results)
+    else:
+        _render_check(state.out, results[0])
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _render_check(out: Console, result: Mapping[str, Any]) -> None:
+    verdict = Text("healthy", style="green") if result["ok"] else Text("PROBLEMS", style="bold red")
+    out.print(Text(f"Project {result['id']}: ").append(verdict))
+    for problem in result["problems"]:
+        out.print(Text(f"  - {problem}"), soft_wrap=True)
+    if "check" not in result:
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row(result["check"], Text(", ".join(result["integrity"])))
+    grid.add_row("Foreign keys", f"{len(result['foreign_key_violations'])} violations")
+    grid.add_row("Schema", f"revision {result['revision']} (head {result['head_revision']})")
+    grid.add_row(
+        "Files",
+        f"database {_size(result['database_bytes'])}, WAL {_size(result['wal_bytes'])}, "
+        f"shared memory {_size(result['shm_bytes'])}",
+    )
+    grid.add_row(
+        "Pages",
+        f"{result['page_count']:,} of {_size(result['page_size'])}, "
+        f"{result['freelist_pages']:,} free",
+    )
+    out.print(grid)
+
+
+def _render_check_table(state: State, results: list[dict[str, Any]]) -> None:
+    out = state.out
+    if not results:
+        out.print(f"No projects in {state.config().projects_dir}.", markup=False, soft_wrap=True)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name")
+    table.add_column("Health", no_wrap=True)
+    table.add_column("Problems")
+    for r in results:
+        health = Text("ok", style="green") if r["ok"] else Text("problems", style="bold red")
+        table.add_row(r["id"], Text(r["name"] or "-"), health, Text("\n".join(r["problems"])))
+    out.print(table)
+    bad = sum(not r["ok"] for r in results)
+    out.print(
+        f"{len(results)} checked, {len(results) - bad} healthy, {bad} with problems",
+        style="dim" if not bad else "red",
+    )
+
+
+async def _vacuum(config: StoreConfig, project_id: str) -> dict[str, int]:
+    async with Store(config) as store:
+        project = await store.open_project(project_id)
+        wal = Path(f"{project.path}-wal")
+        before = _file_size(project.path) + _file_size(wal)
+        await project.vacuum()
+        after = _file_size(project.path) + _file_size(wal)
+        return {"before_bytes": before, "after_bytes": after}
+
+
+@cli.command("vacuum")
+@project_id_argument
+@json_option
+@pass_state
+def vacuum_command(state: State, project_id: str, as_json: bool) -> None:
+    """Rebuild a project's database to give free pages back to the file system."""
+    with state.spinner(f"Vacuuming {project_id}"):
+        sizes = state.run(_vacuum(state.config(), project_id))
+    if as_json:
+        _emit_json({"id": project_id, **sizes})
+        return
+    state.out.print(
+        f"Vacuumed project {project_id}: {_size(sizes['before_bytes'])} -> "
+        f"{_size(sizes['after_bytes'])} (database and WAL)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _pages(conn: sqlite3.Connection) -> dict[str, int]:
+    """Read the page figures (a job on a reader thread)."""
+    return {
+        name: int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("page_size", "page_count", "freelist_count")
+    }
+
+
+async def _stats(state: State, project_id: str) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
+        project = await store.open_project(project_id)
+        facts = await _project_facts(project)
+        pages = await run_on_reader(project, _pages, action="reading the page counts")
+        return {
+            "id": project_id,
+            "name": facts["name"],
+            "database_bytes": facts["database_bytes"],
+            "wal_bytes": facts["wal_bytes"],
+            "shm_bytes": _file_size(Path(f"{project.path}-shm")),
+            "page_size": pages["page_size"],
+            "page_count": pages["page_count"],
+            "freelist_pages": pages["freelist_count"],
+            "tables": facts["tables"],
+            "pool": dataclasses.asdict(project.stats()),
+        }
+
+
+@cli.command("stats")
+@project_id_argument
+@json_option
+@pass_state
+def stats_command(state: State, project_id: str, as_json: bool) -> None:
+    """Show a project's storage figures, rows per table and connection-pool counters."""
+    stats = state.run(_stats(state, project_id))
+    if as_json:
+        _emit_json(stats)
+        return
+    out = state.out
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Project", Text(f"{stats['id']}  {stats['name'] or '-'}"))
+    grid.add_row(
+        "Files",
+        f"database {_size(stats['database_bytes'])}, WAL {_size(stats['wal_bytes'])}, "
+        f"shared memory {_size(stats['shm_bytes'])}",
+    )
+    free = stats["freelist_pages"] * stats["page_size"]
+    grid.add_row(
+        "Pages",
+        f"{stats['page_count']:,} of {_size(stats['page_size'])}; {stats['freelist_pages']:,} "
+        f"free ({_size(free)} that `vacuum` gives back)",
+    )
+    grid.add_row("Rows", ", ".join(f"{t} {n:,}" for t, n in stats["tables"].items()))
+    pool = stats["pool"]
+    grid.add_row(
+        "Pool",
+        f"{pool['connections']} connections; this run: {pool['commits']} commits, "
+        f"{pool['rollbacks']} rollbacks, {pool['busy_retries']} busy retries",
+    )
+    out.print(grid)
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ run it as a child process, and one drives it in a pseudo-terminal to check what 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from demiarch_store import Store, StoreConfig
 from demiarch_store.cli import main
 from demiarch_store.schema import HEAD_REVISION
 
@@ -256,6 +258,163 @@ def test_delete_yes_removes_even_a_corrupt_project(run: Run, projects_dir: Path)
     assert run("list", "--json").json() == []
 
 
+# -- backup, restore, check, vacuum -------------------------------------------------------------
+
+
+def add_messages(projects_dir: Path, project_id: str, count: int, size: int = 100) -> str:
+    """Write a conversation of ``count`` messages straight through the library."""
+
+    async def write() -> str:
+        async with Store(StoreConfig(projects_dir=projects_dir)) as store:
+            project = await store.open_project(project_id)
+            async with project.transaction() as tx:
+                conv = await tx.conversations.create(title="filler")
+                await tx.messages.append_many(
+                    conv.id, [{"role": "user", "content": "x" * size}] * count
+                )
+            return conv.id
+
+    return asyncio.run(write())
+
+
+def test_backup_to_the_default_place_and_to_a_file(
+    run: Run, projects_dir: Path, tmp_path: Path
+) -> None:
+    project_id = create(run)
+    result = run("backup", project_id, "--json")
+    assert result.code == 0, result.err
+    made = Path(result.json()["backup"])
+    assert made.parent == projects_dir / project_id / "backups"
+    assert made.stat().st_mode & 0o777 == 0o600
+    assert result.json()["size_bytes"] == made.stat().st_size
+
+    dest = tmp_path / "copy.sqlite"
+    human = run("backup", project_id, "--to", str(dest))
+    assert human.code == 0
+    assert human.out.startswith(f"Backed up project {project_id} to {dest} (")
+    with sqlite3.connect(f"file:{dest}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT name FROM projects").fetchone() == ("my app",)
+    conn.close()
+
+    again = run("backup", project_id, "--to", str(dest))
+    assert again.code == 1
+    line = one_error_line(again)
+    assert "already exists" in line and project_id in line
+
+
+def test_restore_asks_then_puts_the_backup_back(
+    run: Run, projects_dir: Path, tmp_path: Path
+) -> None:
+    project_id = create(run)
+    backup = tmp_path / "before.sqlite"
+    assert run("backup", project_id, "--to", str(backup)).code == 0
+    add_messages(projects_dir, project_id, 10)
+    assert run("show", project_id, "--json").json()["tables"]["messages"] == 10
+
+    refused = run("restore", project_id, str(backup), input="n\n")
+    assert refused.code == 1 and "Replace the database" in refused.err
+    assert run("show", project_id, "--json").json()["tables"]["messages"] == 10
+
+    restored = run("restore", project_id, str(backup), "--yes", "--json")
+    assert restored.code == 0, restored.err
+    assert restored.json()["tables"]["messages"] == 0
+    assert run("show", project_id, "--json").json()["tables"]["messages"] == 0
+
+
+def test_restore_refuses_a_bad_backup_and_keeps_the_project(
+    run: Run, projects_dir: Path, tmp_path: Path
+) -> None:
+    project_id = create(run)
+    add_messages(projects_dir, project_id, 3)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a backup" * 500)
+    for backup in (garbage, tmp_path / "missing.sqlite"):
+        result = run("restore", project_id, str(backup), "--yes")
+        assert result.code == 1
+        line = one_error_line(result)
+        assert project_id in line
+    assert run("show", project_id, "--json").json()["tables"]["messages"] == 3
+    missing = run("restore", "nosuchproject", str(garbage), "--yes")
+    assert missing.code == 1 and "no such project" in one_error_line(missing)
+
+
+def test_check_a_healthy_and_a_corrupt_project(run: Run, projects_dir: Path) -> None:
+    good = create(run, "good")
+    healthy = run("check", good, "--json")
+    assert healthy.code == 0, healthy.out + healthy.err
+    report = healthy.json()
+    assert report["ok"] is True and report["problems"] == []
+    assert report["check"] == "quick_check" and report["integrity"] == ["ok"]
+    human = run("check", good, "--full")
+    assert human.code == 0
+    assert f"Project {good}: healthy" in human.out and "integrity_check" in human.out
+
+    bad = create(run, "bad")
+    corrupt(projects_dir, bad)
+    sick = run("check", bad, "--json")
+    assert sick.code == 1
+    assert sick.json()["ok"] is False
+    assert "restore it from a backup" in sick.json()["problems"][0]
+    assert "PROBLEMS" in run("check", bad).out
+
+
+def test_check_reports_damaged_pages(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    add_messages(projects_dir, project_id, 200, size=500)
+    path = projects_dir / project_id / "database.sqlite"
+    with open(path, "r+b") as f:  # the header is intact, some b-tree pages are not
+        f.seek(4096 * 5)
+        f.write(b"\xff" * 4096 * 3)
+    result = run("check", project_id, "--json")
+    assert result.code == 1
+    report = result.json()
+    assert report["ok"] is False and report["integrity"] != ["ok"]
+    assert any("quick_check failed" in p for p in report["problems"])
+    human = run("check", project_id)
+    assert "PROBLEMS" in human.out and "quick_check failed" in human.out
+
+
+def test_check_all_shows_every_project(run: Run, projects_dir: Path) -> None:
+    good = create(run, "good")
+    bad = create(run, "bad")
+    corrupt(projects_dir, bad)
+    result = run("check", "--all")
+    assert result.code == 1
+    assert good in result.out and bad in result.out
+    assert "2 checked, 1 healthy, 1 with problems" in result.out
+    listed = run("check", "--all", "--json").json()
+    assert {r["id"]: r["ok"] for r in listed} == {good: True, bad: False}
+    corrupt_free = run("delete", "--yes", bad)
+    assert corrupt_free.code == 0
+    assert run("check", "--all").code == 0
+
+
+@pytest.mark.parametrize("args", [["check"], ["check", "--all", "someid"]])
+def test_check_needs_one_id_or_all(run: Run, args: list[str]) -> None:
+    result = run(*args)
+    assert result.code == 2
+    assert "give a project ID or --all" in result.err
+
+
+def test_vacuum_gives_space_back(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    conv = add_messages(projects_dir, project_id, 300, size=2000)
+
+    async def drop() -> None:
+        async with Store(StoreConfig(projects_dir=projects_dir)) as store:
+            project = await store.open_project(project_id)
+            async with project.transaction() as tx:
+                await tx.conversations.delete(conv)
+
+    asyncio.run(drop())
+    result = run("vacuum", project_id, "--json")
+    assert result.code == 0, result.err
+    sizes = result.json()
+    assert sizes["after_bytes"] < sizes["before_bytes"]
+    human = run("vacuum", project_id)
+    assert human.out.startswith(f"Vacuumed project {project_id}: ")
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
@@ -434,6 +593,10 @@ def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) ->
     row = next(line for line in lines if project_id in line)
     assert "terminal app" in row and "ok" in row
     assert any(set(line.strip()) == {"─"} for line in lines)  # the header rule
+
+    checked = _pty_run([*base, "check", "--all"], env=env)
+    assert "Checking" in checked  # the progress bar, drawn on the terminal then cleared
+    assert "1 checked, 1 healthy, 0 with problems" in _strip_ansi(checked)
 
     deleted = _pty_run([*base, "delete", project_id], answer="y\r", env=env)
     assert "[y/N]" in deleted and f"Deleted project {project_id}." in deleted
