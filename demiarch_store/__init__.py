@@ -1,6 +1,6 @@
 """demiarch-store: an async, embedded per-project SQLite data layer for agent frameworks."""
 
-from .config import StoreConfig
+from .config import StoreConfig, load_config
 from .errors import (
     BackupError,
     ConstraintViolation,
@@ -49,6 +49,7 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "Transaction",
+    "load_config",
     "new_project_id",
     "validate_project_id",
 ]

@@ -7,13 +7,14 @@ import os
 import shutil
 import sqlite3
 import stat
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from .config import StoreConfig
+from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
     InvalidProjectId,
@@ -24,11 +25,11 @@ from .errors import (
     StoreError,
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
-from .migrate import read_revision
-from .project import AsyncProjectStore, make_private_dir
+from .migrate import known_revisions, read_revision
+from .project import AsyncProjectStore, make_private_dir, open_files
 from .schema import HEAD_REVISION
 
-__all__ = ["ProjectInfo", "ProjectStatus", "Store"]
+__all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "readonly_uri", "scan"]
 
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
@@ -57,7 +58,7 @@ class Store:
     """
 
     def __init__(self, config: StoreConfig | None = None) -> None:
-        self.config = config if config is not None else StoreConfig()
+        self.config = config if config is not None else load_config()
         self._open: dict[str, AsyncProjectStore] = {}
         self._opening: dict[str, asyncio.Future[AsyncProjectStore]] = {}
         self._closed = False
@@ -188,6 +189,17 @@ class Store:
                     path=path.parent,
                     hint="list projects with Store.list_projects() or `demiarch-store list`",
                 )
+            try:
+                empty = path.stat().st_size == 0
+            except OSError:
+                empty = False  # a missing file or a link: AsyncProjectStore.open() explains
+            if empty:
+                raise CorruptDatabase(
+                    "the project's database file is empty (0 bytes): its data is lost",
+                    project=project_id,
+                    path=path,
+                    hint="restore it from a backup, or delete the project",
+                )
             project = AsyncProjectStore(
                 path, config=self.config, project_id=project_id, create=False
             )
@@ -237,38 +249,145 @@ class Store:
     # -- discovery ----------------------------------------------------------------------------
 
     async def list_projects(self) -> list[ProjectInfo]:
-        """Describe every project directory, sorted by ID. Never raises for a bad entry."""
+        """Describe every project directory, sorted by ID, without changing any file.
+
+        Never raises for a bad entry: a damaged, empty, newer or unreadable project is listed
+        with its ``status`` and an ``error`` saying why; stray files and names that are not
+        project IDs are left out. A project open in this process is described through its own
+        pool. Raises ``StorageError`` only if the projects directory itself cannot be read.
+        """
         self._check_open()
-        return await asyncio.to_thread(discover, self.projects_dir)
+        entries = await asyncio.to_thread(scan, self.projects_dir)
+        held = open_files()
+        infos: dict[str, ProjectInfo] = {}
+        closed_ones: list[tuple[str, Path]] = []
+        opened: list[tuple[str, Path, AsyncProjectStore]] = []
+        for project_id, path, key in entries:
+            if isinstance(path, ProjectInfo):
+                infos[project_id] = path
+            elif key is not None and key in held:
+                opened.append((project_id, path, held[key]))
+            else:
+                closed_ones.append((project_id, path))
+        from_pools = asyncio.gather(*(_describe_open(i, p, proj) for i, p, proj in opened))
+        from_files = await asyncio.to_thread(lambda: [describe(i, p) for i, p in closed_ones])
+        for info in [*from_files, *await from_pools]:
+            infos[info.id] = info
+        return [infos[k] for k in sorted(infos)]
 
 
-def discover(projects_dir: Path) -> list[ProjectInfo]:
-    """Scan ``projects_dir`` read-only and describe each project directory."""
+FileKey = tuple[int, int]
+
+
+def scan(projects_dir: Path) -> list[tuple[str, Path | ProjectInfo, FileKey | None]]:
+    """List the project directories: (id, database path or a finished info, file key)."""
     try:
         entries = sorted(os.scandir(projects_dir), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    except OSError:
-        return []
-    infos = []
+    except OSError as exc:
+        raise StorageError(
+            f"cannot read the projects directory: {exc.strerror}",
+            path=projects_dir,
+            hint="check that it is a directory you may read",
+        ) from exc
+    out: list[tuple[str, Path | ProjectInfo, FileKey | None]] = []
     for entry in entries:
         try:
             validate_project_id(entry.name)
         except StoreError:
-            continue  # stray files and foreign names are not projects
-        if not entry.is_dir(follow_symlinks=False):
-            if entry.is_symlink():
-                infos.append(
-                    _info(
-                        entry.name,
-                        Path(entry.path),
-                        "unreadable",
-                        "the project directory is a symlink",
-                    )
-                )
-            continue
-        infos.append(describe(entry.name, Path(entry.path) / DATABASE_NAME))
+            continue  # dot-files, staging directories and foreign names are not projects
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_link, is_dir = False, False
+        if is_link:
+            if is_dir or not os.path.exists(entry.path):
+                why = "the project directory is a symlink; projects must be real directories"
+                info = _info(entry.name, Path(entry.path), "unreadable", why)
+                out.append((entry.name, info, None))
+            continue  # a link to a file is a stray file
+        if not is_dir:
+            continue  # a stray file among the project directories
+        path = Path(entry.path) / DATABASE_NAME
+        try:
+            st = os.lstat(path)
+            key: FileKey | None = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        out.append((entry.name, path, key))
+    return out
+
+
+def discover(projects_dir: Path) -> list[ProjectInfo]:
+    """Describe each project directory under ``projects_dir`` from its file alone."""
+    infos = []
+    for project_id, path, _ in scan(projects_dir):
+        infos.append(path if isinstance(path, ProjectInfo) else describe(project_id, path))
     return infos
+
+
+async def _describe_open(project_id: str, path: Path, project: AsyncProjectStore) -> ProjectInfo:
+    """Describe a project open in this process with one query on one of its readers."""
+    sql = (
+        "SELECT v.version_num, p.name, p.updated_at FROM alembic_version AS v "
+        "LEFT JOIN projects AS p ON 1 LIMIT 1"
+    )
+
+    async def query() -> list[Any]:
+        async with project.read() as r:
+            return await r.fetch(sql, {})
+
+    try:
+        pool = project.pool
+        if pool._loop is asyncio.get_running_loop():
+            rows = await query()
+        else:  # open in another thread's event loop: run the query there
+            fut = asyncio.run_coroutine_threadsafe(query(), pool._loop)
+            rows = await asyncio.wrap_future(fut)
+    except StoreClosed:
+        # Closing meanwhile: once closed, the file is free to be read directly.
+        if pool._loop is asyncio.get_running_loop():
+            await project.close()
+            return await asyncio.to_thread(describe, project_id, path)
+        return _info(project_id, path, "unreadable", "the project is closing in another thread")
+    except CorruptDatabase as exc:
+        return _info(project_id, path, "corrupt", str(exc), size=_size(path))
+    except StoreError as exc:
+        return _info(project_id, path, "unreadable", str(exc), size=_size(path))
+    revision, name, updated = rows[0] if rows else (None, None, None)
+    status: ProjectStatus = "ok" if name is not None else "empty"
+    return _info(
+        project_id,
+        path,
+        status,
+        None if name is not None else "the database holds no project record",
+        size=_size(path),
+        name=name,
+        updated_at=_micros(updated),
+        revision=revision,
+    )
+
+
+def _size(path: Path) -> int:
+    """Return the bytes the project's database takes: the file plus its ``-wal``."""
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.stat(f"{path}{suffix}").st_size
+        except OSError:
+            pass
+    return total
+
+
+def _micros(value: object) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return _EPOCH + timedelta(microseconds=value)
+        except OverflowError:
+            return None
+    return None
 
 
 def _info(
@@ -294,59 +413,105 @@ def _info(
     )
 
 
+def readonly_uri(path: Path) -> str:
+    """Return a URI that reads ``path`` without creating or writing any file.
+
+    ``mode=ro`` alone is not enough: a read-only connection to a WAL-mode database creates the
+    ``-wal`` and ``-shm`` files when they are missing (and cannot delete them again). So a
+    database whose ``-wal`` and ``-shm`` exist (a process has it open, or left them behind) is
+    read with ``mode=ro`` through them, which sees every committed transaction; any other is
+    read with ``immutable=1``: no locks, no side files. A writer that starts meanwhile can make
+    that read fail; ``describe`` then reads again.
+    """
+    quoted = urllib.parse.quote(str(path))
+    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
+        return f"file:{quoted}?mode=ro"
+    return f"file:{quoted}?mode=ro&immutable=1"
+
+
+def _fingerprint(path: Path) -> tuple[tuple[int, int] | None, ...]:
+    out: list[tuple[int, int] | None] = []
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            st = os.stat(f"{path}{suffix}")
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def describe(project_id: str, path: Path) -> ProjectInfo:
-    """Describe one project's database without modifying it."""
+    """Describe one project's database from its file, without modifying anything.
+
+    The file must not be open in this process (``Store.list_projects`` routes those through
+    their pools). If the read fails while another process changes the file, it reads again.
+    """
+    for _ in range(3):
+        before = _fingerprint(path)
+        info = _describe_file(project_id, path)
+        if info.status in ("ok", "empty", "newer_schema") or _fingerprint(path) == before:
+            break
+    return info
+
+
+def _describe_file(project_id: str, path: Path) -> ProjectInfo:
     try:
         st = path.lstat()
     except FileNotFoundError:
-        return _info(project_id, path, "empty", "the project directory holds no database")
+        return _info(project_id, path, "empty", "the project directory holds no database file")
     except OSError as exc:
-        return _info(project_id, path, "unreadable", exc.strerror)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        return _info(project_id, path, "unreadable", f"cannot read the database: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        why = "the database file is a symlink; a project must hold the real file"
+        return _info(project_id, path, "unreadable", why)
+    if not stat.S_ISREG(st.st_mode):
         return _info(project_id, path, "unreadable", "the database is not a regular file")
-    size = st.st_size
-    if size == 0:
-        return _info(project_id, path, "empty", "the database file is empty", size=size)
+    size = _size(path)
+    if st.st_size == 0:
+        return _info(project_id, path, "empty", "the database file is empty (0 bytes)", size=size)
+    if not os.access(path, os.R_OK):
+        return _info(project_id, path, "unreadable", "permission denied", size=size)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         return _info(project_id, path, "unreadable", str(exc), size=size)
     try:
+        conn.execute("PRAGMA busy_timeout = 1000")
         conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("BEGIN")  # one snapshot for every query below
         revision = read_revision(conn)
         if revision is None:
+            tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+            if tables:
+                why = "the database holds tables but no demiarch-store schema revision"
+                return _info(project_id, path, "corrupt", why, size=size)
             return _info(project_id, path, "empty", "the database has no schema yet", size=size)
-        if revision != HEAD_REVISION:
-            from .migrate import known_revisions
-
-            if revision not in known_revisions():
-                return _info(
-                    project_id,
-                    path,
-                    "newer_schema",
-                    f"schema revision {revision!r} is newer than this code knows",
-                    size=size,
-                    revision=revision,
-                )
+        if revision != HEAD_REVISION and revision not in known_revisions():
+            why = f"schema revision {revision!r} is newer than this demiarch-store knows"
+            return _info(project_id, path, "newer_schema", why, size=size, revision=revision)
         row = conn.execute("SELECT name, updated_at FROM projects LIMIT 1").fetchone()
-        name, updated = (row[0], row[1]) if row else (None, None)
-        updated_at = _EPOCH + timedelta(microseconds=updated) if updated is not None else None
+        if row is None:
+            why = "the database holds no project record"
+            return _info(project_id, path, "empty", why, size=size, revision=revision)
         return _info(
             project_id,
             path,
             "ok",
             None,
             size=size,
-            name=name,
-            updated_at=updated_at,
+            name=row[0],
+            updated_at=_micros(row[1]),
             revision=revision,
         )
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_ERROR):
             return _info(project_id, path, "corrupt", str(exc), size=size)
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            why = "the database is locked by another process; list again later"
+            return _info(project_id, path, "unreadable", why, size=size)
         return _info(project_id, path, "unreadable", str(exc), size=size)
-    except CorruptDatabase as exc:  # pragma: no cover - read_revision raises sqlite errors
-        return _info(project_id, path, "corrupt", str(exc), size=size)
     finally:
         conn.close()
