@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
 import stat
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +36,7 @@ __all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "rea
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger("demiarch_store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,8 @@ class Store:
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config if config is not None else load_config()
-        self._open: dict[str, AsyncProjectStore] = {}
+        # Open projects, least recently used first; at most max_open_projects idle ones.
+        self._open: OrderedDict[str, AsyncProjectStore] = OrderedDict()
         self._opening: dict[str, asyncio.Future[AsyncProjectStore]] = {}
         self._closed = False
 
@@ -166,6 +170,7 @@ class Store:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self._adopt(project)
+        await self._trim(keep=project)
         return project
 
     async def open_project(self, project_id: str) -> AsyncProjectStore:
@@ -174,6 +179,7 @@ class Store:
         validate_project_id(project_id)
         project = self._open.get(project_id)
         if project is not None and not project.closed:
+            self._open.move_to_end(project_id)
             return project
         pending = self._opening.get(project_id)
         if pending is not None:
@@ -206,17 +212,38 @@ class Store:
             await project.open()
             self._adopt(project)
             future.set_result(project)
-            return project
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the waiters re-raise it themselves
             raise
         finally:
             del self._opening[project_id]
+        await self._trim(keep=project)
+        return project
 
     def _adopt(self, project: AsyncProjectStore) -> None:
         self._open[project.id] = project
+        self._open.move_to_end(project.id)
         project._on_close.append(self._forget)
+
+    async def _trim(self, *, keep: AsyncProjectStore) -> None:
+        """Close least recently used idle projects until at most ``max_open_projects`` are open.
+
+        A project with work in flight is never closed; if every other project is busy, the
+        store stays over the bound until the next open finds an idle one. Each victim is
+        checked and starts closing without an await in between, so no unit of work can slip
+        in; a caller still holding it gets ``StoreClosed`` and calls ``open_project`` again.
+        """
+        while len(self._open) > self.config.max_open_projects:
+            victim = next((p for p in self._open.values() if p is not keep and not p.busy), None)
+            if victim is None:
+                return
+            del self._open[victim.id]
+            try:
+                await victim.close()
+            except StoreError:
+                log.warning("closing idle project %s failed", victim.id, exc_info=True)
+                raise
 
     def _forget(self, project: AsyncProjectStore) -> None:
         if self._open.get(project.id) is project:
