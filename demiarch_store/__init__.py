@@ -3,6 +3,7 @@
 from .config import StoreConfig, load_config
 from .errors import (
     BackupError,
+    BundleError,
     ConstraintViolation,
     CorruptDatabase,
     DatabaseBusy,
@@ -27,6 +28,7 @@ from .transaction import Snapshot, Transaction
 __all__ = [
     "AsyncProjectStore",
     "BackupError",
+    "BundleError",
     "ConstraintViolation",
     "Conversation",
     "CorruptDatabase",

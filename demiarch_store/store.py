@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import tempfile
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from .backup import write_snapshot
 from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
@@ -25,6 +27,7 @@ from .errors import (
     StorageError,
     StoreClosed,
     StoreError,
+    translate,
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision
@@ -272,6 +275,102 @@ class Store:
                 path=directory,
                 hint="check the permissions of the project directory",
             ) from exc
+
+    # -- bundles ------------------------------------------------------------------------------
+
+    async def export_project(self, project_id: str, dest: Path | str) -> Path:
+        """Write the project to one portable bundle file and return its path.
+
+        ``dest`` is the bundle's path, or a directory to hold ``<id>.demiarch.zip``. The bundle
+        is a zip of a consistent online snapshot (taken on one of the project's reader
+        connections while writers carry on) and a manifest with the project's ID, name, schema
+        revision, SHA-256 and creation time. An existing file is never replaced.
+
+        Raises ``BundleError`` if ``dest`` exists, ``ProjectNotFound`` or ``CorruptDatabase``
+        for the project, ``StorageError`` if the file cannot be written.
+        """
+        from . import __version__
+        from .bundles import export_target, write_bundle
+
+        project = await self.open_project(project_id)
+        pool = project.pool
+        target = await asyncio.to_thread(export_target, Path(dest), project_id)
+        try:
+            staging = Path(
+                await asyncio.to_thread(
+                    tempfile.mkdtemp, prefix=".demiarch-export-", dir=target.parent
+                )
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the bundle: {exc.strerror}",
+                project=project_id,
+                path=target,
+                hint="check that the directory exists and is writable",
+            ) from exc
+        try:
+            snapshot = staging / DATABASE_NAME
+            pool.enter()  # work in flight: the LRU will not close the project meanwhile
+            try:
+                worker = await pool.acquire_reader()
+                try:
+                    await worker.submit(write_snapshot, snapshot)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    raise pool.translate(exc, "exporting the project") from None
+                finally:
+                    pool.release_reader(worker, started=False)
+            finally:
+                pool.leave()
+            try:
+                return await asyncio.to_thread(
+                    write_bundle, snapshot, target, project_id=project_id, version=__version__
+                )
+            except OSError as exc:
+                raise pool.translate(exc, "writing the bundle") from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def import_project(
+        self, bundle: Path | str, *, project_id: str | None = None
+    ) -> AsyncProjectStore:
+        """Import a bundle as a new project and return it, open.
+
+        The project keeps the bundle's ID unless ``project_id`` gives a new one (its project
+        record is renamed to match). The bundle is verified completely (members, manifest,
+        size, SHA-256, integrity check) on a staging copy first: a truncated, tampered or
+        unsafe bundle raises ``BundleError`` and nothing is written to the projects directory.
+
+        Raises ``ProjectExists`` if the ID is taken, ``SchemaTooNew`` if the bundle comes from
+        a newer demiarch-store, ``InvalidProjectId`` for a bad ``project_id``.
+        """
+        from .bundles import publish, read_bundle
+
+        self._check_open()
+        if project_id is not None:
+            validate_project_id(project_id)
+        bundle = Path(bundle)
+        try:
+            staging, manifest = await asyncio.to_thread(
+                read_bundle, bundle, self.projects_dir, project_id
+            )
+        except OSError as exc:
+            raise translate(
+                exc, project=project_id, path=bundle, action="importing the bundle"
+            ) from None
+        target = project_id or manifest.project_id
+        try:
+            directory = await asyncio.to_thread(publish, staging, self.projects_dir, target)
+        except OSError as exc:
+            raise translate(
+                exc, project=target, path=self.projects_dir, action="importing the bundle"
+            ) from None
+        try:
+            return await self.open_project(target)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
 
     # -- discovery ----------------------------------------------------------------------------
 
