@@ -20,6 +20,7 @@ from .errors import (
     StoreError,
 )
 from .ids import new_project_id, validate_project_id
+from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
 from .records import Conversation, Message, ProjectRecord
 from .store import ProjectInfo, Store
@@ -35,6 +36,7 @@ __all__ = [
     "DatabaseBusy",
     "InvalidProjectId",
     "InvalidValue",
+    "LegacyImportReport",
     "Message",
     "MigrationError",
     "NotFound",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .backup import write_snapshot
 from .config import StoreConfig, load_config
@@ -33,6 +33,9 @@ from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision
 from .project import AsyncProjectStore, make_private_dir, open_files
 from .schema import HEAD_REVISION
+
+if TYPE_CHECKING:
+    from .legacy import LegacyImportReport
 
 __all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "readonly_uri", "scan"]
 
@@ -371,6 +374,25 @@ class Store:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
+
+    # -- legacy -------------------------------------------------------------------------------
+
+    async def import_legacy(self, db_path: Path | str) -> LegacyImportReport:
+        """Split an old single global database into one project database each.
+
+        Every row of the legacy ``projects`` table becomes ``<projects_dir>/<id>/`` with the
+        rows of every schema table that belong to it (by ``project_id``, or through a foreign
+        key to rows already copied). Idempotent: a project whose ID already exists is skipped,
+        so a second run imports nothing twice. The source is opened read-only and never
+        modified. Projects are not opened; ``open_project`` migrates them as usual.
+
+        Returns a ``LegacyImportReport`` (imported, skipped with reasons, rows, notes). Raises
+        ``StorageError`` or ``CorruptDatabase`` if the source cannot be read.
+        """
+        from .legacy import import_legacy
+
+        self._check_open()
+        return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
 
     # -- discovery ----------------------------------------------------------------------------
 
