@@ -202,9 +202,10 @@ class Store:
                     hint="list projects with Store.list_projects() or `demiarch-store list`",
                 )
             try:
-                empty = path.stat().st_size == 0
+                st = path.lstat()
+                empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
             except OSError:
-                empty = False  # a missing file or a link: AsyncProjectStore.open() explains
+                empty = False  # no file: AsyncProjectStore.open() explains, as for a link
             if empty:
                 raise CorruptDatabase(
                     "the project's database file is empty (0 bytes): its data is lost",
@@ -519,14 +520,11 @@ async def _describe_open(project_id: str, path: Path, project: AsyncProjectStore
 
 
 def _size(path: Path) -> int:
-    """Return the bytes the project's database takes: the file plus its ``-wal``."""
-    total = 0
-    for suffix in ("", "-wal"):
-        try:
-            total += os.stat(f"{path}{suffix}").st_size
-        except OSError:
-            pass
-    return total
+    """Return the size of ``database.sqlite`` (without its ``-wal``), 0 if it cannot be read."""
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _micros(value: object) -> datetime | None:
