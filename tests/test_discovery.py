@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,82 @@ def test_a_database_nobody_may_read_is_unreadable() -> None:
         assert "ermission denied" in result["private-dir"][1]
     finally:
         shutil.rmtree(root)
+
+
+async def test_a_project_open_in_another_event_loop_is_described_through_its_pool(
+    config: StoreConfig,
+) -> None:
+    ready, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        async def hold() -> None:
+            async with Store(config) as store:
+                project = await store.create_project(name="elsewhere", project_id="other-loop")
+                async with project.transaction() as tx:
+                    await tx.conversations.create(title="x")
+                ready.set()
+                await asyncio.to_thread(done.wait, 60)
+
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        await asyncio.to_thread(ready.wait, 60)
+        assert not errors
+        async with Store(config) as store:
+            infos = await store.list_projects()
+        assert [(i.id, i.status, i.name) for i in infos] == [("other-loop", "ok", "elsewhere")]
+    finally:
+        done.set()
+        await asyncio.to_thread(thread.join, 60)
+    assert not errors
+
+
+def _churn(projects_dir: Path, cycles: int) -> subprocess.Popen[str]:
+    """Another process opening, writing and closing (checkpointing) a project over and over."""
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from demiarch_store import Store, StoreConfig\n"
+        "async def main():\n"
+        "    for n in range(int(sys.argv[2])):\n"
+        "        async with Store(StoreConfig(projects_dir=Path(sys.argv[1]))) as store:\n"
+        "            p = await store.open_project('churning')\n"
+        "            async with p.transaction() as tx:\n"
+        "                c = await tx.conversations.create(title=str(n))\n"
+        "                many = [{'role': 'u', 'content': 'x' * 500}] * 20\n"
+        "                await tx.messages.append_many(c.id, many)\n"
+        "asyncio.run(main())\n"
+    )
+    args = [sys.executable, "-c", code, str(projects_dir), str(cycles)]
+    return subprocess.Popen(args, text=True)
+
+
+async def test_discovery_while_another_process_writes_never_reports_damage(
+    config: StoreConfig,
+) -> None:
+    await _make(config, "churning")
+    proc = _churn(config.projects_dir, 40)
+    seen = []
+    try:
+        async with Store(config) as store:
+            while proc.poll() is None or not seen:
+                infos = await store.list_projects()
+                seen.append(infos[0].status)
+                assert infos[0].status == "ok", infos[0]
+    finally:
+        await asyncio.to_thread(proc.wait, 120)
+    assert proc.returncode == 0
+    # A reader present when the writer closed keeps its -wal (as any reader would); the next
+    # open and close by a writer checkpoints and removes it. Nothing was lost.
+    async with Store(config) as store:
+        project = await store.open_project("churning")
+        async with project.read() as r:
+            assert await r.conversations.count() == 40
+    assert os.listdir(config.projects_dir / "churning") == ["database.sqlite"]
