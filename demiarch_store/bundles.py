@@ -38,6 +38,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "Manifest",
+    "install_bundle",
     "publish",
     "read_bundle",
     "write_bundle",
@@ -351,3 +352,9 @@ def publish(staging: Path, projects_dir: Path, project_id: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def install_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> Path:
+    """Verify ``bundle``, then move its database into its project directory; return that."""
+    staging, manifest = read_bundle(bundle, projects_dir, project_id)
+    return publish(staging, projects_dir, project_id or manifest.project_id)

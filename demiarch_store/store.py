@@ -349,29 +349,29 @@ class Store:
         Raises ``ProjectExists`` if the ID is taken, ``SchemaTooNew`` if the bundle comes from
         a newer demiarch-store, ``InvalidProjectId`` for a bad ``project_id``.
         """
-        from .bundles import publish, read_bundle
+        from .bundles import install_bundle
 
         self._check_open()
         if project_id is not None:
             validate_project_id(project_id)
         bundle = Path(bundle)
+        job = asyncio.ensure_future(
+            asyncio.to_thread(install_bundle, bundle, self.projects_dir, project_id)
+        )
         try:
-            staging, manifest = await asyncio.to_thread(
-                read_bundle, bundle, self.projects_dir, project_id
-            )
+            directory = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: let it finish, then undo what it wrote.
+            await asyncio.wait([job])
+            if not job.cancelled() and job.exception() is None:
+                await asyncio.to_thread(shutil.rmtree, job.result(), True)
+            raise
         except OSError as exc:
             raise translate(
                 exc, project=project_id, path=bundle, action="importing the bundle"
             ) from None
-        target = project_id or manifest.project_id
         try:
-            directory = await asyncio.to_thread(publish, staging, self.projects_dir, target)
-        except OSError as exc:
-            raise translate(
-                exc, project=target, path=self.projects_dir, action="importing the bundle"
-            ) from None
-        try:
-            return await self.open_project(target)
+            return await self.open_project(directory.name)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise

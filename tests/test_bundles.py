@@ -214,3 +214,23 @@ def test_a_bundle_exported_by_another_process_imports_here(tmp_path: Path) -> No
 
     asyncio.run(main())
     assert os.listdir(tmp_path / "ours") == ["child"]
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 5, 20, 200])
+async def test_a_cancelled_import_leaves_nothing_behind(
+    tmp_path: Path, config: StoreConfig, ticks: int
+) -> None:
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path)
+        before = _listing(config.projects_dir)
+        task = asyncio.create_task(store.import_project(bundle, project_id="cancelled"))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            assert _listing(config.projects_dir) == before
+        else:  # it finished first: then it is whole and open
+            assert (await store.open_project("cancelled")).id == "cancelled"
