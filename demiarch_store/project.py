@@ -16,7 +16,13 @@ from .migrate import HEAD_REVISION, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "make_private_dir", "open_files"]
+__all__ = [
+    "AsyncProjectStore",
+    "FileKey",
+    "create_database_file",
+    "make_private_dir",
+    "open_files",
+]
 
 FileKey = tuple[int, int]
 _open_files: dict[FileKey, AsyncProjectStore] = {}

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision
-from .project import AsyncProjectStore, make_private_dir, open_files
+from .project import AsyncProjectStore, FileKey, make_private_dir, open_files
 from .schema import HEAD_REVISION
 
 if TYPE_CHECKING:
@@ -423,9 +423,6 @@ class Store:
         for info in [*from_files, *await from_pools]:
             infos[info.id] = info
         return [infos[k] for k in sorted(infos)]
-
-
-FileKey = tuple[int, int]
 
 
 def scan(projects_dir: Path) -> list[tuple[str, Path | ProjectInfo, FileKey | None]]:

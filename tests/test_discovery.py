@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from demiarch_store import CorruptDatabase, SchemaTooNew, Store, StoreConfig
+from demiarch_store import CorruptDatabase, SchemaTooNew, StorageError, Store, StoreConfig
 from demiarch_store.store import discover
 
 pytestmark = pytest.mark.anyio
@@ -209,6 +209,13 @@ async def test_an_open_project_is_described_through_its_own_pool(
 
 def test_discover_in_a_missing_directory_is_empty(tmp_path: Path) -> None:
     assert discover(tmp_path / "nowhere") == []
+
+
+async def test_a_projects_directory_that_cannot_be_read_raises(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    async with Store(StoreConfig(projects_dir=tmp_path / "a-file")) as store:
+        with pytest.raises(StorageError, match="cannot read the projects directory"):
+            await store.list_projects()
 
 
 def test_a_database_nobody_may_read_is_unreadable() -> None:
