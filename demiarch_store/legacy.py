@@ -169,7 +169,17 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
             path=source,
             hint="point import_legacy() at the old global database file",
         )
-    # The connection URI accepts ATTACH URIs; readonly_uri never lets SQLite create side files.
+    wal, shm = Path(f"{source}-wal"), Path(f"{source}-shm")
+    if wal.exists() and wal.stat().st_size > 0 and not shm.exists():
+        # Reading without the -shm would mean either creating it (writing beside the source)
+        # or ignoring the -wal's transactions (losing them): refuse instead.
+        raise StorageError(
+            "the legacy database has a -wal file but no -shm: its last transactions are not "
+            "readable without writing",
+            path=source,
+            hint="open it once with the old application or the sqlite3 shell, then retry",
+        )
+    # readonly_uri never lets SQLite create side files (ATTACH accepts the same URI).
     uri = readonly_uri(source)
     report = LegacyImportReport(source=source)
     try:

@@ -170,6 +170,12 @@ async def test_not_a_legacy_database_is_refused(tmp_path: Path, config: StoreCon
             await store.import_legacy(empty)
         with pytest.raises(StorageError, match="no legacy database"):
             await store.import_legacy(tmp_path / "missing.db")
+        orphan = tmp_path / "orphan.db"
+        build_legacy(orphan)
+        (tmp_path / "orphan.db-wal").write_bytes(b"\x01" * 64)
+        with pytest.raises(StorageError, match="no -shm"):
+            await store.import_legacy(orphan)
+        assert not (tmp_path / "orphan.db-shm").exists()
 
 
 def test_two_processes_importing_at_once_import_each_project_once(tmp_path: Path) -> None:
