@@ -1,8 +1,9 @@
 """demiarch-store: an async, embedded per-project SQLite data layer for agent frameworks."""
 
-from .config import StoreConfig
+from .config import StoreConfig, load_config
 from .errors import (
     BackupError,
+    BundleError,
     ConstraintViolation,
     CorruptDatabase,
     DatabaseBusy,
@@ -20,6 +21,7 @@ from .errors import (
 )
 from .health import Checkpoint, HealthReport, Percentiles, StoreStats
 from .ids import new_project_id, validate_project_id
+from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
 from .records import Conversation, Message, ProjectRecord
 from .store import ProjectInfo, Store
@@ -28,6 +30,7 @@ from .transaction import Snapshot, Transaction
 __all__ = [
     "AsyncProjectStore",
     "BackupError",
+    "BundleError",
     "Checkpoint",
     "ConstraintViolation",
     "Conversation",
@@ -36,6 +39,7 @@ __all__ = [
     "HealthReport",
     "InvalidProjectId",
     "InvalidValue",
+    "LegacyImportReport",
     "Message",
     "MigrationError",
     "NotFound",
@@ -54,6 +58,7 @@ __all__ = [
     "StoreError",
     "StoreStats",
     "Transaction",
+    "load_config",
     "new_project_id",
     "validate_project_id",
 ]

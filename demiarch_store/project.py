@@ -27,9 +27,29 @@ from .migrate import HEAD_REVISION, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "has_sqlite_header", "make_private_dir"]
+__all__ = [
+    "AsyncProjectStore",
+    "FileKey",
+    "create_database_file",
+    "has_sqlite_header",
+    "make_private_dir",
+    "open_files",
+]
 
 log = logging.getLogger("demiarch_store")
+
+FileKey = tuple[int, int]
+_open_files: dict[FileKey, AsyncProjectStore] = {}
+"""Every project open in this process, by the (device, inode) of its database file."""
+
+
+def open_files() -> dict[FileKey, AsyncProjectStore]:
+    """Return a copy of the projects open in this process, by (device, inode) of their file.
+
+    Discovery uses it to describe an open project through its own pool: opening and closing a
+    second handle on a file the process holds would drop the process's POSIX locks on it.
+    """
+    return _open_files.copy()
 
 
 def make_private_dir(path: Path) -> None:
@@ -99,6 +119,7 @@ class AsyncProjectStore:
         self._closing: asyncio.Future[None] | None = None
         self._on_close: list[Callable[[AsyncProjectStore], None]] = []
         self.revision: str | None = None
+        self._file_key: FileKey | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -170,10 +191,13 @@ class AsyncProjectStore:
                     action="migrating the schema",
                 )
             self.revision = revision
+            st = os.stat(path)
         except BaseException:
             await pool.close()
             self._pool = None
             raise
+        self._file_key = (st.st_dev, st.st_ino)
+        _open_files.setdefault(self._file_key, self)
         return self
 
     async def close(self) -> None:
@@ -186,6 +210,8 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
+            if self._file_key is not None and _open_files.get(self._file_key) is self:
+                del _open_files[self._file_key]
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)
