@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich import box
@@ -31,12 +31,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from .config import StoreConfig
-from .errors import CorruptDatabase, InvalidProjectId, ProjectNotFound, StorageError, StoreError
+from .config import StoreConfig, load_config
+from .errors import (
+    CorruptDatabase,
+    InvalidProjectId,
+    ProjectExists,
+    ProjectNotFound,
+    StorageError,
+    StoreError,
+)
 from .ids import validate_project_id
 from .migrate import HEAD_REVISION, known_revisions
 from .project import AsyncProjectStore
 from .store import ProjectInfo, Store, describe
+
+if TYPE_CHECKING:
+    from .legacy import LegacyImportReport
 
 __all__ = ["cli", "main"]
 
@@ -64,10 +74,11 @@ class State:
     log_handler: logging.Handler | None = None
 
     def config(self) -> StoreConfig:
-        """Return the store's settings: ``--projects-dir`` if given, else the defaults."""
+        """Return the store's settings: ``load_config()`` (``$DEMIARCH_HOME/config.toml``),
+        with ``--projects-dir`` over it when given."""
         if self.projects_dir is not None:
-            return StoreConfig(projects_dir=self.projects_dir)
-        return StoreConfig()
+            return load_config(projects_dir=self.projects_dir)
+        return load_config()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one command's async work to completion."""
@@ -811,6 +822,110 @@ def stats_command(state: State, project_id: str, as_json: bool) -> None:
         f"{pool['rollbacks']} rollbacks, {pool['busy_retries']} busy retries",
     )
     out.print(grid)
+
+
+# -- bundles and the legacy import --------------------------------------------------------------
+
+
+async def _export(state: State, project_id: str, dest: Path) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
+        bundle = await store.export_project(project_id, dest)
+        return {"id": project_id, "bundle": bundle, "size_bytes": _file_size(bundle)}
+
+
+@cli.command("export")
+@project_id_argument
+@click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
+@json_option
+@pass_state
+def export_command(state: State, project_id: str, dest: Path, as_json: bool) -> None:
+    """Write a project to one portable bundle file (PATH, or <ID>.demiarch.zip in PATH)."""
+    with state.spinner(f"Exporting {project_id}"):
+        result = state.run(_export(state, project_id, dest))
+    if as_json:
+        _emit_json(result)
+        return
+    state.out.print(
+        f"Exported project {project_id} to {result['bundle']} ({_size(result['size_bytes'])})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+async def _import(state: State, bundle: Path, project_id: str | None) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        try:
+            project = await store.import_project(bundle, project_id=project_id)
+        except ProjectExists as exc:
+            raise ProjectExists(
+                "a project with this ID already exists",
+                project=exc.project,
+                path=exc.path,
+                hint=f"import it under another ID with `{state.cli_hint('import --id NEW_ID')} "
+                f"{_quote(str(bundle))}`, or delete the existing project",
+            ) from exc
+        return await _project_facts(project)
+
+
+@cli.command("import")
+@click.argument("bundle", metavar="PATH", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--id",
+    "project_id",
+    callback=_optional_project_id,
+    help="Import under this new ID instead of the bundle's (to keep both copies).",
+)
+@json_option
+@pass_state
+def import_command(state: State, bundle: Path, project_id: str | None, as_json: bool) -> None:
+    """Import a bundle made by `export` as a project (verified before anything is written)."""
+    with state.spinner(f"Importing {bundle}"):
+        facts = state.run(_import(state, bundle, project_id))
+    if as_json:
+        _emit_json(facts)
+        return
+    state.out.print(f"Imported project {facts['id']} from {bundle}.", markup=False, soft_wrap=True)
+    _render_facts(state.out, facts)
+
+
+async def _import_legacy(config: StoreConfig, source: Path) -> LegacyImportReport:
+    async with Store(config) as store:
+        return await store.import_legacy(source)
+
+
+@cli.command("import-legacy")
+@click.argument("source", metavar="DB", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@pass_state
+def import_legacy_command(state: State, source: Path, as_json: bool) -> None:
+    """Split an old global database (DB) into one project each; DB is only read."""
+    with state.spinner(f"Importing projects from {source}"):
+        report = state.run(_import_legacy(state.config(), source))
+    if as_json:
+        _emit_json(dataclasses.asdict(report))
+        return
+    out = state.out
+    if report.imported:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("Imported", no_wrap=True)
+        table.add_column("Rows")
+        for project_id in report.imported:
+            rows = report.rows.get(project_id, {})
+            table.add_row(
+                project_id,
+                Text(", ".join(f"{t} {n:,}" for t, n in rows.items() if n) or "-"),
+            )
+        out.print(table)
+    for project_id, why in report.skipped.items():
+        out.print(Text(f"skipped {project_id}: {why}", style="yellow"), soft_wrap=True)
+    for note in report.notes:
+        out.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+    out.print(
+        f"{len(report.imported)} imported, {len(report.skipped)} skipped from {report.source}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 
 from demiarch_store import Store, StoreConfig
 from demiarch_store.cli import main
-from demiarch_store.schema import HEAD_REVISION
+from demiarch_store.schema import HEAD_REVISION, to_micros, utcnow
 
 TIMEOUT = 120
 
@@ -114,6 +114,23 @@ def test_list_uses_demiarch_home(run: Run, tmp_path: Path, monkeypatch: pytest.M
     assert Path(created["path"]).parent.parent == home_projects
     listed = run("list", "--json", projects=False).json()
     assert [p["id"] for p in listed] == [created["id"]]
+
+
+def test_config_file_in_demiarch_home_is_read(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    (home / "config.toml").write_text(f'projects_dir = "{elsewhere}"\n')
+    monkeypatch.setenv("DEMIARCH_HOME", str(home))
+    created = run("create", "configured", "--json", projects=False).json()
+    assert Path(created["path"]).parent.parent == elsewhere
+    (home / "config.toml").write_text("max_readers = 'many'\n")
+    broken = run("list", projects=False)
+    assert broken.code == 1
+    line = one_error_line(broken)
+    assert "config.toml" in line and "max_readers" in line
 
 
 def test_create_then_list_as_table_and_json(run: Run, projects_dir: Path) -> None:
@@ -413,6 +430,112 @@ def test_vacuum_gives_space_back(run: Run, projects_dir: Path) -> None:
     assert sizes["after_bytes"] < sizes["before_bytes"]
     human = run("vacuum", project_id)
     assert human.out.startswith(f"Vacuumed project {project_id}: ")
+
+
+# -- export, import, import-legacy --------------------------------------------------------------
+
+
+def test_export_then_import_under_the_same_and_a_new_id(
+    run: Run, projects_dir: Path, tmp_path: Path
+) -> None:
+    project_id = create(run, "portable")
+    add_messages(projects_dir, project_id, 5)
+    exported = run("export", project_id, str(tmp_path), "--json")
+    assert exported.code == 0, exported.err
+    bundle = Path(exported.json()["bundle"])
+    assert bundle.parent == tmp_path and bundle.is_file()
+    assert exported.json()["size_bytes"] == bundle.stat().st_size
+
+    taken = run("import", str(bundle))
+    assert taken.code == 1
+    line = one_error_line(taken)
+    assert project_id in line and "already exists" in line and "import --id NEW_ID" in line
+
+    copy = run("import", str(bundle), "--id", "portable-copy", "--json")
+    assert copy.code == 0, copy.err
+    assert copy.json()["id"] == "portable-copy"
+    assert copy.json()["tables"]["messages"] == 5
+
+    assert run("delete", "--yes", project_id).code == 0
+    back = run("import", str(bundle))
+    assert back.code == 0, back.err
+    assert back.out.startswith(f"Imported project {project_id} from {bundle}.")
+    ids = sorted(p["id"] for p in run("list", "--json").json())
+    assert ids == sorted([project_id, "portable-copy"])
+
+    again = run("export", project_id, str(bundle))
+    assert again.code == 1  # an existing file is never replaced
+    one_error_line(again)
+
+
+def test_import_errors(run: Run, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK not really a zip" * 10)
+    for path in (junk, tmp_path / "missing.zip"):
+        result = run("import", str(path))
+        assert result.code == 1, result.err
+        one_error_line(result)
+    bad_id = run("import", str(junk), "--id", "../up")
+    assert bad_id.code == 2
+    assert run("list", "--json").json() == []
+
+
+def build_legacy(path: Path) -> None:
+    now = to_micros(utcnow())
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        """
+        CREATE TABLE projects (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT,
+            config TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        CREATE TABLE conversations (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, title TEXT,
+            meta TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        CREATE TABLE messages (id TEXT PRIMARY KEY, project_id TEXT NOT NULL,
+            conversation_id TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
+            meta TEXT, created_at INTEGER NOT NULL);
+        """
+    )
+    for pid, name in (("alpha", "Alpha"), ("beta", "Beta"), ("Not Valid", "Bad")):
+        conn.execute("INSERT INTO projects VALUES (?, ?, NULL, NULL, ?, ?)", (pid, name, now, now))
+        conn.execute(
+            "INSERT INTO conversations VALUES (?, ?, 'old', NULL, ?, ?)",
+            (f"{pid}-c", pid, now, now),
+        )
+        for n in range(3):
+            conn.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, 'user', 'hi', NULL, ?)",
+                (f"{pid}-m{n}", pid, f"{pid}-c", now + n),
+            )
+    conn.close()
+
+
+def test_import_legacy_splits_and_is_idempotent(run: Run, tmp_path: Path) -> None:
+    legacy = tmp_path / "ralph.db"
+    build_legacy(legacy)
+    before = legacy.read_bytes()
+    result = run("import-legacy", str(legacy), "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["imported"] == ["alpha", "beta"]
+    assert "Not Valid" in report["skipped"]
+    assert report["rows"]["alpha"]["messages"] == 3
+    assert legacy.read_bytes() == before
+
+    again = run("import-legacy", str(legacy))
+    assert again.code == 0
+    assert "0 imported" in again.out and "skipped alpha" in again.out
+    facts = run("show", "beta", "--json").json()
+    assert facts["name"] == "Beta" and facts["tables"]["messages"] == 3
+
+
+def test_import_legacy_errors(run: Run, tmp_path: Path) -> None:
+    missing = run("import-legacy", str(tmp_path / "nope.db"))
+    assert missing.code == 1
+    one_error_line(missing)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite" * 500)
+    bad = run("import-legacy", str(junk))
+    assert bad.code == 1
+    one_error_line(bad)
 
 
 # -- errors -------------------------------------------------------------------------------------
