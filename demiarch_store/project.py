@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from .config import StoreConfig
 from .errors import CorruptDatabase, StorageError, StoreClosed
-from .migrate import HEAD_REVISION, revision_check, run_migrations
+from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
@@ -76,6 +76,9 @@ class AsyncProjectStore:
         self._closing: asyncio.Future[None] | None = None
         self._on_close: list[Callable[[AsyncProjectStore], None]] = []
         self.revision: str | None = None
+        """The schema revision the database is at once open."""
+        self.migrated: tuple[str | None, str | None] | None = None
+        """``(before, after)`` if opening this project migrated its schema, else ``None``."""
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -127,14 +130,24 @@ class AsyncProjectStore:
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool
         try:
+            if revision is None:
+                # A new database: create the schema at head directly (no Alembic start-up).
+                revision = await pool.run_writer(
+                    create_schema_job,
+                    self.config.busy_deadline,
+                    pool,
+                    action="creating the schema",
+                )
             if revision != HEAD_REVISION:
-                _, revision = await pool.run_writer(
+                before, revision = await pool.run_writer(
                     _migrate_job,
                     path,
                     self.id,
                     int(self.config.busy_deadline * 1000),
                     action="migrating the schema",
                 )
+                if before != revision:
+                    self.migrated = (before, revision)
             self.revision = revision
         except BaseException:
             await pool.close()
@@ -207,5 +220,7 @@ class AsyncProjectStore:
         return Snapshot(pool)
 
 
-def _migrate_job(_conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
-    return run_migrations(path, project=project, busy_timeout_ms=busy_ms)
+def _migrate_job(conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
+    # The writer connection is idle here: it reads the pre-migration backup while the
+    # migration's own connection holds the write lock.
+    return run_migrations(path, project=project, busy_timeout_ms=busy_ms, backup_source=conn)
