@@ -20,28 +20,48 @@ from .errors import (
 )
 from .ids import new_project_id, validate_project_id
 from .project import AsyncProjectStore
-from .records import Conversation, Message, ProjectRecord
+from .records import (
+    Agent,
+    Checkpoint,
+    CodeArtifact,
+    Conversation,
+    CostTotal,
+    LLMCall,
+    Message,
+    Plugin,
+    ProjectRecord,
+    SessionRecord,
+    Skill,
+)
 from .store import ProjectInfo, Store
 from .transaction import Snapshot, Transaction
 
 __all__ = [
+    "Agent",
     "AsyncProjectStore",
     "BackupError",
+    "Checkpoint",
+    "CodeArtifact",
     "ConstraintViolation",
     "Conversation",
     "CorruptDatabase",
+    "CostTotal",
     "DatabaseBusy",
     "InvalidProjectId",
     "InvalidValue",
+    "LLMCall",
     "Message",
     "MigrationError",
     "NotFound",
+    "Plugin",
     "PoolTimeout",
     "ProjectExists",
     "ProjectInfo",
     "ProjectNotFound",
     "ProjectRecord",
     "SchemaTooNew",
+    "SessionRecord",
+    "Skill",
     "Snapshot",
     "StorageError",
     "Store",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -485,7 +485,6 @@ class AgentRepository(Repository[Agent]):
             "created_at": now,
             "updated_at": now,
         }
-        self._codec.bind(values)  # refuse what cannot be stored now, not at commit
         return self._insert(values)
 
     async def update_status(self, id: str, status: str) -> None:
@@ -551,7 +550,6 @@ class SkillRepository(Repository[Skill]):
             "updated_at": now,
         }
         tag_list = _tags(tags)
-        self._codec.bind(values)
         record = self._insert(values)
         self._add_tags(record.id, tag_list)
         return record
@@ -698,7 +696,6 @@ class CodeGenerationRepository(Repository[CodeArtifact]):
             "meta": meta,
             "created_at": utcnow(),
         }
-        self._codec.bind(values)
         t = self.table
         sql = self.sql(
             "max_version",
@@ -774,8 +771,13 @@ class LLMCallRepository(Repository[LLMCall]):
         error: str | None = None,
         agent_id: str | None = None,
         conversation_id: str | None = None,
+        created_at: datetime | None = None,
     ) -> LLMCall:
-        """Record one call. ``cost_usd`` is exact (``Decimal``; a float is refused)."""
+        """Record one call. ``cost_usd`` is exact (``Decimal``; a float is refused).
+
+        ``created_at`` defaults to now; pass it to import calls logged elsewhere. An unknown
+        ``agent_id`` or ``conversation_id`` raises ``ConstraintViolation`` at commit.
+        """
         nanos = to_nanos(cost_usd)
         if nanos < 0:
             raise InvalidValue("cost_usd must not be negative")
@@ -791,7 +793,7 @@ class LLMCallRepository(Repository[LLMCall]):
             "error": _optional_text(error, "error"),
             "agent_id": agent_id,
             "conversation_id": conversation_id,
-            "created_at": utcnow(),
+            "created_at": utcnow() if created_at is None else _aware(created_at),
         }
         return self._insert(values)
 
@@ -870,6 +872,11 @@ class LLMCallRepository(Repository[LLMCall]):
         self._s.defer(Op(sql, {"when": to_micros(when)}))
 
 
+def _aware(value: datetime) -> datetime:
+    to_micros(value)  # refuses naive datetimes and other types
+    return value.astimezone(UTC)
+
+
 def _range(since: datetime | None, until: datetime | None) -> dict[str, int]:
     return {"since": _micros(since, _MIN_MICROS), "until": _micros(until, _MAX_MICROS)}
 
@@ -908,7 +915,6 @@ class CheckpointRepository(Repository[Checkpoint]):
             "meta": meta,
             "created_at": utcnow(),
         }
-        self._codec.bind(values)
         return self._insert(values)
 
     async def latest(self, run_id: str) -> Checkpoint:
@@ -1001,7 +1007,6 @@ class PluginRepository(Repository[Plugin]):
             "installed_at": now,
             "updated_at": now,
         }
-        self._codec.bind(values)
         return self._insert(values)
 
     async def enable(self, id: str) -> None:
@@ -1065,7 +1070,6 @@ class SessionRepository(Repository[SessionRecord]):
             "last_active_at": now,
             "ended_at": None,
         }
-        self._codec.bind(values)
         return self._insert(values)
 
     def _active_update(self, name: str, column: str, id: str) -> None:
