@@ -104,18 +104,21 @@ def schema_ddl() -> tuple[str, ...]:
     return tuple(statements)
 
 
-def create_schema_job(conn: sqlite3.Connection, deadline_s: float, pool: Any) -> str | None:
+def create_schema_job(
+    conn: sqlite3.Connection, deadline_s: float, pool: Any
+) -> tuple[str | None, str | None]:
     """Create the schema at head in an empty database, in one transaction; no Alembic.
 
     Runs on the writer thread. Re-reads the revision under the write lock, so when two
-    processes create the same database only one creates the schema. Returns the revision the
-    database is at afterwards (another process may have put it at an older one).
+    processes create the same database only one creates the schema. Returns the revisions
+    ``(before, after)``: ``(None, HEAD_REVISION)`` if it created the schema, else the revision
+    another process put there, twice.
     """
     from .pool import begin_immediate
 
     begin_immediate(conn, deadline_s, pool)
     try:
-        revision = read_revision(conn)
+        revision = before = read_revision(conn)
         if revision is None:
             tables = conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
@@ -132,7 +135,7 @@ def create_schema_job(conn: sqlite3.Connection, deadline_s: float, pool: Any) ->
             conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
             revision = HEAD_REVISION
         conn.execute("COMMIT")
-        return revision
+        return before, revision
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -78,7 +78,7 @@ class AsyncProjectStore:
         self.revision: str | None = None
         """The schema revision the database is at once open."""
         self.migrated: tuple[str | None, str | None] | None = None
-        """``(before, after)`` if opening this project migrated its schema, else ``None``."""
+        """``(before, after)`` if opening changed the schema revision; ``(None, head)``: created."""
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -132,12 +132,14 @@ class AsyncProjectStore:
         try:
             if revision is None:
                 # A new database: create the schema at head directly (no Alembic start-up).
-                revision = await pool.run_writer(
+                before, revision = await pool.run_writer(
                     create_schema_job,
                     self.config.busy_deadline,
                     pool,
                     action="creating the schema",
                 )
+                if before != revision:
+                    self.migrated = (before, revision)
             if revision != HEAD_REVISION:
                 before, revision = await pool.run_writer(
                     _migrate_job,

@@ -60,8 +60,8 @@ def upgrade() -> None:
         sa.Column("state", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("installed_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_plugins"),
         sa.UniqueConstraint("name", name="uq_plugins_name"),
+        sa.PrimaryKeyConstraint("id", name="pk_plugins"),
     )
     op.create_table(
         "code_generation",
@@ -75,6 +75,7 @@ def upgrade() -> None:
         sa.Column("conversation_id", sa.String(length=32), nullable=True),
         sa.Column("meta", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("path", "version", name="uq_code_generation_path_version"),
         sa.ForeignKeyConstraint(
             ["agent_id"],
             ["agents.id"],
@@ -88,7 +89,6 @@ def upgrade() -> None:
             ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_code_generation"),
-        sa.UniqueConstraint("path", "version", name="uq_code_generation_path_version"),
     )
     op.create_index("ix_code_generation_agent_id", "code_generation", ["agent_id"], unique=False)
     op.create_index(
@@ -152,11 +152,11 @@ def upgrade() -> None:
         sa.Column("last_used_at", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("name", name="uq_skills_name"),
         sa.ForeignKeyConstraint(
             ["agent_id"], ["agents.id"], name="fk_skills_agent_id_agents", ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_skills"),
-        sa.UniqueConstraint("name", name="uq_skills_name"),
     )
     op.create_index("ix_skills_agent_id", "skills", ["agent_id"], unique=False)
     op.create_table(
