@@ -1,9 +1,12 @@
 """Schema revisions: a fast check on open, and Alembic only when something must change.
 
-Opening a project reads ``alembic_version`` with one query. Only when the revision is not the
-head this code was built with does Alembic start: it is told to upgrade inside one
-``BEGIN IMMEDIATE`` transaction, after re-reading the revision under that lock, so two processes
-opening the same old database migrate it once and a failed migration leaves it as it was.
+Opening a project reads ``alembic_version`` with one query. A new, empty database gets the
+schema at ``HEAD_REVISION`` straight from the metadata, stamped in the same transaction
+(``create_schema_job``; a test proves it identical to what the migrations build). Only when
+the revision is neither head nor absent does Alembic start: it upgrades inside one
+``BEGIN IMMEDIATE`` transaction, after re-reading the revision under that lock, so two
+processes opening the same old database migrate it once, and a failed migration leaves it as
+it was. A database holding data is backed up to ``<database dir>/backups/`` (0600) first.
 """
 
 from __future__ import annotations

@@ -219,6 +219,7 @@ async def test_skills_bad_input(project: AsyncProjectStore) -> None:
         async with project.transaction() as tx:
             await tx.skills.add("grep")
     _no_raw_errors(info.value)
+    assert "skills.name" in str(info.value) and "must be unique" in str(info.value)
     with pytest.raises(ConstraintViolation):
         async with project.transaction() as tx:
             await tx.skills.add("new", agent_id="01nosuchagent0000000000000")
@@ -497,6 +498,7 @@ async def test_llm_calls_bad_input(project: AsyncProjectStore) -> None:
                 model="m", cost_usd=Decimal(1), agent_id="01nosuchagent0000000000000"
             )
     _no_raw_errors(info.value)
+    assert "FOREIGN KEY" in str(info.value) and "referenced record" in str(info.value)
     assert "01nosuchagent" not in str(info.value)  # parameter values never reach messages
     with pytest.raises(ConstraintViolation):
         async with project.transaction() as tx:
