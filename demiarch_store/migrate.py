@@ -123,17 +123,17 @@ def create_schema_job(
     try:
         revision = before = read_revision(conn)
         if revision is None:
-            tables = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()[0]
-            if tables:
+            if _user_tables(conn):
                 raise CorruptDatabase(
                     "the database holds tables but no demiarch-store schema revision",
                     project=pool.project,
                     path=pool.path,
                     hint="this is not a demiarch-store project; move it aside",
                 )
-            for statement in schema_ddl():
+            statements = schema_ddl()
+            if _has_version_table(conn):  # left empty by a downgrade to base
+                statements = statements[1:]
+            for statement in statements:
                 conn.execute(statement)
             conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
             revision = HEAD_REVISION
@@ -150,10 +150,7 @@ def revision_check(project: str | None, path: Path) -> Callable[[sqlite3.Connect
     def check(conn: sqlite3.Connection) -> str | None:
         revision = read_revision(conn)
         if revision is None:
-            tables = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()[0]
-            if tables:
+            if _user_tables(conn):
                 raise CorruptDatabase(
                     "the database holds tables but no demiarch-store schema revision",
                     project=project,
@@ -174,16 +171,27 @@ def revision_check(project: str | None, path: Path) -> Callable[[sqlite3.Connect
     return check
 
 
-def holds_data(conn: sqlite3.Connection) -> bool:
-    """Return True if any table but ``alembic_version`` has a row."""
-    names = [
+def _user_tables(conn: sqlite3.Connection) -> list[str]:
+    """Return the tables other than SQLite's own and ``alembic_version``."""
+    return [
         row[0]
         for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' "
             "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name != 'alembic_version'"
         )
     ]
-    for name in names:
+
+
+def _has_version_table(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    ).fetchone()
+    return bool(row[0])
+
+
+def holds_data(conn: sqlite3.Connection) -> bool:
+    """Return True if any table but ``alembic_version`` has a row."""
+    for name in _user_tables(conn):
         quoted = '"' + name.replace('"', '""') + '"'
         if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
             return True

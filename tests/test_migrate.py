@@ -262,6 +262,14 @@ async def test_migrate_project_down_and_up(store: Store) -> None:
     async with reopened.read() as r:
         assert (await r.conversations.get(conv.id)).title == "kept"
 
+    # Down to base: no tables left but Alembic's (empty) version table; opening recreates.
+    await store.migrate_project(project.id, to="base")
+    assert revision_of(project.path) is None and dump(project.path) == {}
+    recreated = await store.open_project(project.id)
+    assert recreated.migrated == (None, HEAD_REVISION)
+    assert schema_of(project.path) == schema_of(project.path.parent / "backups" / down[0].name)
+    await recreated.close()
+
     with pytest.raises(MigrationError) as info:
         await store.migrate_project(project.id, to="9999")
     assert "9999" in str(info.value)
