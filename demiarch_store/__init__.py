@@ -18,11 +18,12 @@ from .errors import (
     StoreClosed,
     StoreError,
 )
+from .health import Checkpoint, HealthReport, Percentiles, StoreStats
 from .ids import new_project_id, validate_project_id
 from .project import AsyncProjectStore
 from .records import (
     Agent,
-    Checkpoint,
+    CheckpointRecord,
     CodeArtifact,
     Conversation,
     CostTotal,
@@ -41,18 +42,21 @@ __all__ = [
     "AsyncProjectStore",
     "BackupError",
     "Checkpoint",
+    "CheckpointRecord",
     "CodeArtifact",
     "ConstraintViolation",
     "Conversation",
     "CorruptDatabase",
     "CostTotal",
     "DatabaseBusy",
+    "HealthReport",
     "InvalidProjectId",
     "InvalidValue",
     "LLMCall",
     "Message",
     "MigrationError",
     "NotFound",
+    "Percentiles",
     "Plugin",
     "PoolTimeout",
     "ProjectExists",
@@ -68,6 +72,7 @@ __all__ = [
     "StoreClosed",
     "StoreConfig",
     "StoreError",
+    "StoreStats",
     "Transaction",
     "new_project_id",
     "validate_project_id",

@@ -147,8 +147,8 @@ _STORAGE = {
 
 _CONSTRAINT_HINTS = {
     sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: (
-        "a referenced record (agent, conversation, checkpoint, ...) does not exist, or a "
-        "record still referenced cannot be removed; create or keep it first"
+        "a referenced record does not exist (an agent, conversation, checkpoint, ...) or "
+        "one still referenced cannot be removed; create or keep it first"
     ),
     sqlite3.SQLITE_CONSTRAINT_UNIQUE: "a value that must be unique (such as a name) is taken",
     sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: "a record with this ID already exists",

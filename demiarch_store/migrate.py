@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -138,6 +137,10 @@ def create_schema_job(
             conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
             revision = HEAD_REVISION
         conn.execute("COMMIT")
+        if before is None:
+            # Copy the new schema from the -wal into the database file now, so the file is
+            # whole on its own from the start (PASSIVE: never waits for anyone).
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return before, revision
     finally:
         if conn.in_transaction:
@@ -201,16 +204,21 @@ def holds_data(conn: sqlite3.Connection) -> bool:
 def backup_before_migration(
     source: sqlite3.Connection, database: Path, before: str | None, target: str | None
 ) -> Path:
-    """Write ``<database dir>/backups/<name>-pre-migration-<from>-to-<to>-<time>.sqlite``."""
-    from .backup import write_snapshot
+    """Back ``source`` up into the database's backups folder (as ``project.backup()`` names
+    them) and return the file; ``restore`` and ``project.backups()`` see it like any other."""
+    from .backup import backups_dir_for, take_backup
     from .project import make_private_dir
 
-    directory = database.parent / "backups"
+    directory = backups_dir_for(database)
     make_private_dir(directory)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    name = f"{database.stem}-pre-migration-{before or 'base'}-to-{target or 'base'}-{stamp}.sqlite"
-    dest = directory / name
-    write_snapshot(source, dest)
+    dest = take_backup(source, directory, None, None)
+    log.info(
+        "backed up %s to %s before migrating its schema from %s to %s",
+        database,
+        dest,
+        before or "base",
+        target or "base",
+    )
     return dest
 
 
@@ -271,6 +279,7 @@ def run_migrations(
     cfg = alembic_config(script_location)
     cfg.attributes["on_version_apply"] = on_apply
     before: str | None = None
+    backup: Path | None = None
     steps: list[str] = []
     try:
         with engine.begin() as conn:
@@ -294,7 +303,7 @@ def run_migrations(
             else:
                 steps = [r.revision for r in script.iterate_revisions(before, goal or "base")]
             if holds_data(raw):  # type: ignore[arg-type]
-                _backup(path, backup_source, before, goal, project)
+                backup = _backup(path, backup_source, before, goal, project)
             cfg.attributes["connection"] = conn
             if upgrade:
                 command.upgrade(cfg, goal or "base")
@@ -320,8 +329,9 @@ def run_migrations(
             f"{failed!r}: {type(exc).__name__}",
             project=project,
             path=path,
-            hint="the database was left as it was (a backup was taken if it held data); "
-            "check free space and permissions, or report the bug",
+            hint="the database was left as it was"
+            + (f" (a copy taken before is {str(backup)!r})" if backup is not None else "")
+            + "; check free space and permissions, or report the bug",
         ) from exc
     finally:
         engine.dispose()

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = [
     "Agent",
-    "Checkpoint",
+    "CheckpointRecord",
     "CodeArtifact",
     "Conversation",
     "CostTotal",
@@ -140,7 +140,7 @@ class CostTotal:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class CheckpointRecord:
     """A saved state of a run; ``parent_id`` links it to the checkpoint it follows."""
 
     id: str

@@ -35,7 +35,7 @@ from .ids import new_record_id
 from .pool import Op
 from .records import (
     Agent,
-    Checkpoint,
+    CheckpointRecord,
     CodeArtifact,
     Conversation,
     CostTotal,
@@ -887,11 +887,11 @@ def _day(number: Any) -> str | None:
     return (date(1970, 1, 1) + timedelta(days=int(number))).isoformat()
 
 
-class CheckpointRepository(Repository[Checkpoint]):
+class CheckpointRepository(Repository[CheckpointRecord]):
     """Recovery checkpoints: state blobs per run, each linked to its parent."""
 
     table = schema.checkpoints
-    record_type = Checkpoint
+    record_type = CheckpointRecord
     noun = "checkpoint"
 
     async def save(
@@ -901,7 +901,7 @@ class CheckpointRepository(Repository[Checkpoint]):
         *,
         parent_id: str | None = None,
         meta: Any = None,
-    ) -> Checkpoint:
+    ) -> CheckpointRecord:
         """Save a state for a run; a ``parent_id`` that does not exist fails at commit."""
         if not isinstance(state, bytes | bytearray | memoryview):
             raise InvalidValue(f"state must be bytes, not {type(state).__name__}")
@@ -917,7 +917,7 @@ class CheckpointRepository(Repository[Checkpoint]):
         }
         return self._insert(values)
 
-    async def latest(self, run_id: str) -> Checkpoint:
+    async def latest(self, run_id: str) -> CheckpointRecord:
         """Return the newest checkpoint of a run, or raise ``NotFound``."""
         t = self.table
         sql = self.sql(
@@ -937,7 +937,7 @@ class CheckpointRepository(Repository[Checkpoint]):
         *,
         limit: int | None = None,
         after: str | None = None,
-    ) -> list[Checkpoint]:
+    ) -> list[CheckpointRecord]:
         """Return a run's checkpoints, oldest first (every checkpoint if no run is given)."""
         if run_id is None:
             return await super().list(limit=limit, after=after)

@@ -32,6 +32,7 @@ from demiarch_store import (
     StoreClosed,
     StoreConfig,
 )
+from demiarch_store.backup import list_backups
 from demiarch_store.migrate import (
     alembic_head,
     known_revisions,
@@ -168,10 +169,11 @@ def test_walk_every_revision_up_and_down_with_data(tmp_path: Path) -> None:
     assert dump(path) == {}
     assert run_migrations(path, project=None, target="head") == (None, HEAD_REVISION)
     assert schema_of(path) == head_schema
-    # Backups were taken before each step that changed a database holding data.
-    backups = sorted(p.name for p in (tmp_path / "backups").iterdir())
-    assert any("-pre-migration-0002-to-0001-" in name for name in backups)
-    assert any("-pre-migration-0001-to-base-" in name for name in backups)
+    # A backup before every step that changed a database holding data (all but the first
+    # step up and the last one up from base), each at the revision it was taken from.
+    backups = list_backups(tmp_path / "walk.sqlite.backups")
+    expected = [*revisions[:-1], *reversed(revisions[1:]), revisions[0]]
+    assert [revision_of(b) for b in reversed(backups)] == expected
 
 
 async def test_upgrade_keeps_data_readable_through_the_repositories(tmp_path: Path) -> None:
@@ -252,8 +254,8 @@ async def test_migrate_project_down_and_up(store: Store) -> None:
     after = dump(project.path)
     assert after["conversations"] == before["conversations"]
     assert after["llm_calls"] == []  # a downgrade drops what the newer schema held...
-    backups = list((project.path.parent / "backups").iterdir())
-    down = [b for b in backups if "-pre-migration-0002-to-0001-" in b.name]
+    backups = project.backups()
+    down = [b for b in backups if revision_of(b) == HEAD_REVISION]
     assert len(down) == 1  # ... but not before backing it up
     assert dump(down[0])["llm_calls"] == before["llm_calls"]
 
@@ -267,7 +269,7 @@ async def test_migrate_project_down_and_up(store: Store) -> None:
     assert revision_of(project.path) is None and dump(project.path) == {}
     recreated = await store.open_project(project.id)
     assert recreated.migrated == (None, HEAD_REVISION)
-    assert schema_of(project.path) == schema_of(project.path.parent / "backups" / down[0].name)
+    assert schema_of(project.path) == schema_of(down[0])
     await recreated.close()
 
     with pytest.raises(MigrationError) as info:
@@ -285,8 +287,8 @@ async def test_backup_before_upgrade_and_none_for_an_empty_database(store: Store
     before = dump(path)
     project = await store.open_project(project_id)
     assert project.migrated == ("0001", HEAD_REVISION)
-    backups = list((path.parent / "backups").iterdir())
-    assert len(backups) == 1 and "-pre-migration-0001-to-0002-" in backups[0].name
+    backups = list_backups(path.parent / "backups")
+    assert len(backups) == 1 and project.backups() == backups
     assert stat.S_IMODE(backups[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(backups[0].parent.stat().st_mode) == 0o700
     assert dump(backups[0]) == before
@@ -296,7 +298,7 @@ async def test_backup_before_upgrade_and_none_for_an_empty_database(store: Store
     run_migrations(empty, project=None, target="0001")
     async with AsyncProjectStore(empty, create=False) as opened:
         assert opened.migrated == ("0001", HEAD_REVISION)
-    assert not (store.projects_dir / "backups").exists()
+    assert not (store.projects_dir / "empty.sqlite.backups").exists()
 
 
 async def test_a_failing_migration_changes_nothing(store: Store) -> None:
@@ -375,8 +377,9 @@ def test_a_failing_chain_rolls_back_every_step(tmp_path: Path) -> None:
     assert revision_of(path) == "0001"
     assert schema_of(path) == schema  # no agents table from 0002, no notes from 0003
     assert dump(path) == before  # the titles 0003 changed are back
-    (backup,) = (tmp_path / "backups").iterdir()
+    (backup,) = (tmp_path / "db.sqlite.backups").iterdir()
     assert dump(backup) == before
+    assert str(backup) in message  # the error says where the copy is
 
     # The good part of the chain still works on its own.
     assert run_migrations(path, project=None, target="0002", script_location=scripts) == (
@@ -396,7 +399,7 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(SchemaTooNew):
         run_migrations(path, project=None, target="0001")
     assert revision_of(path) == "9999" and schema_of(path) == schema
-    assert not (tmp_path / "backups").exists()
+    assert not (tmp_path / "new.sqlite.backups").exists()
 
 
 # -- other processes -------------------------------------------------------------------------
@@ -473,7 +476,7 @@ async def test_two_processes_migrate_an_old_database_once(
     assert migrated.count(None) == 1 and ["0001", HEAD_REVISION] in migrated, reports
     assert all(r["revision"] == HEAD_REVISION for r in reports)
     # Exactly one backup: only the process that migrated took one.
-    assert len(list((path.parent / "backups").iterdir())) == 1
+    assert len(list_backups(path.parent / "backups")) == 1
     after = dump(path)
     for table, rows in before.items():
         assert after[table] == rows
