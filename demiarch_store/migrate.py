@@ -18,6 +18,7 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import BackupError, CorruptDatabase, MigrationError, SchemaTooNew
 from .schema import HEAD_REVISION
@@ -351,7 +352,7 @@ def _backup(
     own = source is None
     try:
         if source is None:
-            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            source = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True)
         try:
             return backup_before_migration(source, path, before, goal)
         finally:

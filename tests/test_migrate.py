@@ -17,6 +17,7 @@ from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -46,9 +47,13 @@ pytestmark = pytest.mark.anyio
 Dump = dict[str, list[tuple[Any, ...]]]
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+
+
 def dump(path: Path) -> Dump:
     """Every row of every table but alembic_version, sorted: what "nothing lost" compares."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = _read_only(path)
     try:
         names = [
             r[0]
@@ -64,7 +69,7 @@ def dump(path: Path) -> Dump:
 
 def schema_of(path: Path) -> set[tuple[str, str, str, str]]:
     """The schema as SQLite stores it: every table, index and its SQL."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = _read_only(path)
     try:
         rows = conn.execute("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master")
         return {tuple(r) for r in rows}  # type: ignore[misc]
@@ -73,7 +78,7 @@ def schema_of(path: Path) -> set[tuple[str, str, str, str]]:
 
 
 def revision_of(path: Path) -> str | None:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = _read_only(path)
     try:
         return read_revision(conn)
     finally:
@@ -535,3 +540,17 @@ def test_opening_at_head_does_not_start_alembic(tmp_path: Path) -> None:
     run_migrations(path, project=None, target="0001")
     upgraded = _run(tmp_path, projects, created["id"])
     assert upgraded["alembic"] is True and upgraded["migrated"] == ["0001", HEAD_REVISION]
+
+
+async def test_migrate_project_in_a_directory_with_uri_characters(tmp_path: Path) -> None:
+    config = StoreConfig(projects_dir=tmp_path / "odd #1?x=%20" / "projects")
+    async with Store(config) as store:
+        project = await store.create_project(name="odd")
+        async with project.transaction() as tx:
+            await tx.conversations.create(title="kept")
+        assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
+        assert await store.migrate_project(project.id) == ("0001", HEAD_REVISION)
+        assert [revision_of(b) for b in project.backups()] == ["0001", HEAD_REVISION]
+        reopened = await store.open_project(project.id)
+        async with reopened.read() as r:
+            assert [c.title for c in await r.conversations.list()] == ["kept"]
