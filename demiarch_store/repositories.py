@@ -656,6 +656,16 @@ def _tags(tags: Iterable[str]) -> list[str]:
     return sorted({_text(tag, "tag", max_len=100, empty=False) for tag in tags})
 
 
+def _utf8(text: str, name: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(
+            f"{name} is not valid Unicode text (it holds a lone surrogate)",
+            hint="decode the file with errors='replace' or store it as bytes elsewhere",
+        ) from None
+
+
 def sha256_hex(data: bytes) -> str:
     """Return the SHA-256 of ``data`` as 64 lowercase hex digits."""
     return hashlib.sha256(data).hexdigest()
@@ -690,7 +700,7 @@ class CodeGenerationRepository(Repository[CodeArtifact]):
             "version": 0,
             "language": _optional_text(language, "language", max_len=64),
             "content": _text(content, "content"),
-            "content_hash": sha256_hex(content.encode("utf-8", "surrogatepass")),
+            "content_hash": sha256_hex(_utf8(content, "content")),
             "agent_id": agent_id,
             "conversation_id": conversation_id,
             "meta": meta,

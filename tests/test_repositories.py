@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -283,6 +286,8 @@ async def test_code_generation_bad_input(project: AsyncProjectStore) -> None:
                 await tx.code_generation.store(path, "x")  # type: ignore[arg-type]
         with pytest.raises(InvalidValue):
             await tx.code_generation.store("a.py", b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(InvalidValue):
+            await tx.code_generation.store("a.py", "half a pair \ud800")
         with pytest.raises(InvalidValue):
             await tx.code_generation.store("a.py", "x", language="l" * 65)
     async with project.read() as r:
@@ -619,3 +624,33 @@ async def test_a_unit_that_fails_leaves_nothing(project: AsyncProjectStore) -> N
     async with project.read() as r:
         assert await r.agents.count() == 0
         assert await r.llm_calls.count() == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    costs=st.lists(
+        st.decimals(min_value=0, max_value=10**6, places=9, allow_nan=False), max_size=30
+    ),
+    models=st.lists(st.sampled_from(["a", "b", "c"]), min_size=30, max_size=30),
+)
+def test_totals_are_the_exact_sums(
+    tmp_path_factory: pytest.TempPathFactory, costs: list[Decimal], models: list[str]
+) -> None:
+    """Whatever the amounts, SQL sums equal Python's exact Decimal sums, per group too."""
+    path = tmp_path_factory.mktemp("sums") / "db.sqlite"
+
+    async def run() -> None:
+        async with AsyncProjectStore(path) as project:
+            async with project.transaction() as tx:
+                for cost, model in zip(costs, models, strict=False):
+                    await tx.llm_calls.record(model=model, cost_usd=cost, input_tokens=1)
+            async with project.read() as r:
+                assert await r.llm_calls.total_cost() == sum(costs, Decimal(0))
+                expected: dict[str, Decimal] = {}
+                for cost, model in zip(costs, models, strict=False):
+                    expected[model] = expected.get(model, Decimal(0)) + cost
+                totals = await r.llm_calls.totals("model")
+                assert {t.key: t.cost_usd for t in totals} == expected
+                assert sum(t.calls for t in totals) == len(costs)
+
+    asyncio.run(run())
