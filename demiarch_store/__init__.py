@@ -1,8 +1,9 @@
 """demiarch-store: an async, embedded per-project SQLite data layer for agent frameworks."""
 
-from .config import StoreConfig
+from .config import StoreConfig, load_config
 from .errors import (
     BackupError,
+    BundleError,
     ConstraintViolation,
     CorruptDatabase,
     DatabaseBusy,
@@ -20,6 +21,7 @@ from .errors import (
 )
 from .health import Checkpoint, HealthReport, Percentiles, StoreStats
 from .ids import new_project_id, validate_project_id
+from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
 from .records import (
     Agent,
@@ -41,6 +43,7 @@ __all__ = [
     "Agent",
     "AsyncProjectStore",
     "BackupError",
+    "BundleError",
     "Checkpoint",
     "CheckpointRecord",
     "CodeArtifact",
@@ -53,6 +56,7 @@ __all__ = [
     "InvalidProjectId",
     "InvalidValue",
     "LLMCall",
+    "LegacyImportReport",
     "Message",
     "MigrationError",
     "NotFound",
@@ -74,6 +78,7 @@ __all__ = [
     "StoreError",
     "StoreStats",
     "Transaction",
+    "load_config",
     "new_project_id",
     "validate_project_id",
 ]

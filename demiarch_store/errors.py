@@ -14,7 +14,8 @@
     ├── DatabaseBusy             (TimeoutError) another process held the lock past busy_deadline
     ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
     ├── StoreClosed
-    └── BackupError
+    ├── BackupError
+    └── BundleError              a project bundle that is damaged, tampered with or unknown
 
 Every message names what went wrong, the project, the path and what the user can do. Bound
 parameter values never appear in a message: they may hold secrets.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 __all__ = [
     "BackupError",
+    "BundleError",
     "ConstraintViolation",
     "CorruptDatabase",
     "DatabaseBusy",
@@ -126,6 +128,10 @@ class StoreClosed(StoreError):
 
 class BackupError(StoreError):
     """A backup could not be written, verified or restored."""
+
+
+class BundleError(StoreError):
+    """A project bundle is truncated, tampered with, unsafe or in a format this code can't read."""
 
 
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}

@@ -27,9 +27,29 @@ from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migra
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "has_sqlite_header", "make_private_dir"]
+__all__ = [
+    "AsyncProjectStore",
+    "FileKey",
+    "create_database_file",
+    "has_sqlite_header",
+    "make_private_dir",
+    "open_files",
+]
 
 log = logging.getLogger("demiarch_store")
+
+FileKey = tuple[int, int]
+_open_files: dict[FileKey, AsyncProjectStore] = {}
+"""Every project open in this process, by the (device, inode) of its database file."""
+
+
+def open_files() -> dict[FileKey, AsyncProjectStore]:
+    """Return a copy of the projects open in this process, by (device, inode) of their file.
+
+    Discovery uses it to describe an open project through its own pool: opening and closing a
+    second handle on a file the process holds would drop the process's POSIX locks on it.
+    """
+    return _open_files.copy()
 
 
 def make_private_dir(path: Path) -> None:
@@ -102,6 +122,7 @@ class AsyncProjectStore:
         """The schema revision the database is at once open."""
         self.migrated: tuple[str | None, str | None] | None = None
         """``(before, after)`` if opening changed the schema revision; ``(None, head)``: created."""
+        self._file_key: FileKey | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -185,10 +206,13 @@ class AsyncProjectStore:
                 if before != revision:
                     self.migrated = (before, revision)
             self.revision = revision
+            st = os.stat(path)
         except BaseException:
             await pool.close()
             self._pool = None
             raise
+        self._file_key = (st.st_dev, st.st_ino)
+        _open_files.setdefault(self._file_key, self)
         return self
 
     async def close(self) -> None:
@@ -201,6 +225,8 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
+            if self._file_key is not None and _open_files.get(self._file_key) is self:
+                del _open_files[self._file_key]
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)

@@ -32,6 +32,7 @@ from demiarch_store import (
     Store,
     StoreClosed,
     StoreConfig,
+    StoreError,
 )
 from demiarch_store.backup import list_backups
 from demiarch_store.migrate import (
@@ -554,3 +555,16 @@ async def test_migrate_project_in_a_directory_with_uri_characters(tmp_path: Path
         reopened = await store.open_project(project.id)
         async with reopened.read() as r:
             assert [c.title for c in await r.conversations.list()] == ["kept"]
+
+
+async def test_migrate_project_refuses_a_file_open_elsewhere_in_the_process(store: Store) -> None:
+    project = await store.create_project(name="p")
+    await project.close()
+    async with AsyncProjectStore(project.path, create=False) as other:
+        with pytest.raises(StoreError) as info:
+            await store.migrate_project(project.id, to="0001")
+        assert "open elsewhere" in str(info.value)
+        assert revision_of(project.path) == HEAD_REVISION
+        async with other.read() as r:
+            assert await r.llm_calls.total_cost() == 0
+    assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
