@@ -23,33 +23,53 @@ from .health import Checkpoint, HealthReport, Percentiles, StoreStats
 from .ids import new_project_id, validate_project_id
 from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
-from .records import Conversation, Message, ProjectRecord
+from .records import (
+    Agent,
+    CheckpointRecord,
+    CodeArtifact,
+    Conversation,
+    CostTotal,
+    LLMCall,
+    Message,
+    Plugin,
+    ProjectRecord,
+    SessionRecord,
+    Skill,
+)
 from .store import ProjectInfo, Store
 from .transaction import Snapshot, Transaction
 
 __all__ = [
+    "Agent",
     "AsyncProjectStore",
     "BackupError",
     "BundleError",
     "Checkpoint",
+    "CheckpointRecord",
+    "CodeArtifact",
     "ConstraintViolation",
     "Conversation",
     "CorruptDatabase",
+    "CostTotal",
     "DatabaseBusy",
     "HealthReport",
     "InvalidProjectId",
     "InvalidValue",
+    "LLMCall",
     "LegacyImportReport",
     "Message",
     "MigrationError",
     "NotFound",
     "Percentiles",
+    "Plugin",
     "PoolTimeout",
     "ProjectExists",
     "ProjectInfo",
     "ProjectNotFound",
     "ProjectRecord",
     "SchemaTooNew",
+    "SessionRecord",
+    "Skill",
     "Snapshot",
     "StorageError",
     "Store",

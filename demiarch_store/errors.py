@@ -151,6 +151,16 @@ _STORAGE = {
     sqlite3.SQLITE_NOLFS: ("the file is too large", "free some space or split the project"),
 }
 
+_CONSTRAINT_HINTS = {
+    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: (
+        "a referenced record does not exist (an agent, conversation, checkpoint, ...) or "
+        "one still referenced cannot be removed; create or keep it first"
+    ),
+    sqlite3.SQLITE_CONSTRAINT_UNIQUE: "a value that must be unique (such as a name) is taken",
+    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: "a record with this ID already exists",
+    sqlite3.SQLITE_CONSTRAINT_NOTNULL: "a required value is missing",
+}
+
 
 def translate(
     exc: BaseException,
@@ -193,11 +203,15 @@ def translate(
             hint="restore it from a backup, or move it aside and recreate the project",
         )
     elif primary == sqlite3.SQLITE_CONSTRAINT:
+        # sqlite3 names the constraint and its columns here, never the values.
         err = ConstraintViolation(
             f"{action} failed: {detail}",
             project=project,
             path=path,
-            hint="a referenced record does not exist or a unique value is already taken",
+            hint=_CONSTRAINT_HINTS.get(
+                code if isinstance(code, int) else 0,
+                "a referenced record does not exist or a unique value is already taken",
+            ),
         )
     elif primary in _STORAGE:
         what, hint = _STORAGE[primary]

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .backup import (
-    BACKUPS_DIR,
+    backups_dir_for,
     list_backups,
     remove_file,
     replace_database,
@@ -22,8 +22,8 @@ from .backup import (
 from .config import StoreConfig
 from .errors import BackupError, CorruptDatabase, StorageError, StoreClosed, StoreError
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
-from .ids import DATABASE_NAME, new_record_id
-from .migrate import HEAD_REVISION, revision_check, run_migrations
+from .ids import new_record_id
+from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
@@ -119,6 +119,9 @@ class AsyncProjectStore:
         self._closing: asyncio.Future[None] | None = None
         self._on_close: list[Callable[[AsyncProjectStore], None]] = []
         self.revision: str | None = None
+        """The schema revision the database is at once open."""
+        self.migrated: tuple[str | None, str | None] | None = None
+        """``(before, after)`` if opening changed the schema revision; ``(None, head)``: created."""
         self._file_key: FileKey | None = None
 
     def __repr__(self) -> str:
@@ -182,14 +185,26 @@ class AsyncProjectStore:
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool
         try:
+            if revision is None:
+                # A new database: create the schema at head directly (no Alembic start-up).
+                before, revision = await pool.run_writer(
+                    create_schema_job,
+                    self.config.busy_deadline,
+                    pool,
+                    action="creating the schema",
+                )
+                if before != revision:
+                    self.migrated = (before, revision)
             if revision != HEAD_REVISION:
-                _, revision = await pool.run_writer(
+                before, revision = await pool.run_writer(
                     _migrate_job,
                     path,
                     self.id,
                     int(self.config.busy_deadline * 1000),
                     action="migrating the schema",
                 )
+                if before != revision:
+                    self.migrated = (before, revision)
             self.revision = revision
             st = os.stat(path)
         except BaseException:
@@ -275,9 +290,7 @@ class AsyncProjectStore:
         A database used alone under another name (``agent.sqlite``) gets
         ``agent.sqlite.backups`` beside it, so files sharing a folder keep separate backups.
         """
-        if self.path.name == DATABASE_NAME:
-            return self.path.parent / BACKUPS_DIR
-        return self.path.parent / f"{self.path.name}.{BACKUPS_DIR}"
+        return backups_dir_for(self.path)
 
     def backups(self) -> list[Path]:
         """Return the backups in ``backups_dir``, newest first."""
@@ -465,5 +478,7 @@ def _backup_error(exc: BaseException, project: str, path: Path) -> BackupError:
     )
 
 
-def _migrate_job(_conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
-    return run_migrations(path, project=project, busy_timeout_ms=busy_ms)
+def _migrate_job(conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
+    # The writer connection is idle here: it reads the pre-migration backup while the
+    # migration's own connection holds the write lock.
+    return run_migrations(path, project=project, busy_timeout_ms=busy_ms, backup_source=conn)

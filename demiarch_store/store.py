@@ -22,6 +22,7 @@ from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
     InvalidProjectId,
+    InvalidValue,
     ProjectExists,
     ProjectNotFound,
     StorageError,
@@ -30,7 +31,7 @@ from .errors import (
     translate,
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
-from .migrate import known_revisions, read_revision
+from .migrate import known_revisions, read_revision, run_migrations
 from .project import AsyncProjectStore, FileKey, make_private_dir, open_files
 from .schema import HEAD_REVISION
 
@@ -281,6 +282,54 @@ class Store:
                 path=directory,
                 hint="check the permissions of the project directory",
             ) from exc
+
+    async def migrate_project(
+        self, project_id: str, to: str = "head"
+    ) -> tuple[str | None, str | None]:
+        """Migrate a project's schema to ``to`` and return its revisions ``(before, after)``.
+
+        ``to`` is ``"head"`` (the default), ``"base"`` or a revision such as ``"0001"``; an
+        older revision downgrades. The project is closed first if this store has it open, and
+        stays closed (opening it again upgrades it back to head). A database holding data is
+        backed up to ``<project dir>/backups/`` first. Raises ``ProjectNotFound``,
+        ``SchemaTooNew`` or ``MigrationError`` (the database is then left as it was).
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.is_file():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path,
+                hint="list projects with Store.list_projects()",
+            )
+        if not isinstance(to, str):
+            raise InvalidValue("the target revision must be a string such as 'head' or '0001'")
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open: migrating may be the cure
+        project = self._open.get(project_id)
+        if project is not None:
+            await project.close()
+        st = path.stat()
+        holder = open_files().get((st.st_dev, st.st_ino))
+        if holder is not None and not holder.closed:
+            raise StoreError(
+                "the project is open elsewhere in this process",
+                project=project_id,
+                path=path,
+                hint="close that AsyncProjectStore first; its schema must not change under it",
+            )
+        return await asyncio.to_thread(
+            run_migrations,
+            path,
+            project=project_id,
+            target=to,
+            busy_timeout_ms=int(self.config.busy_deadline * 1000),
+        )
 
     # -- recovery -----------------------------------------------------------------------------
 
