@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -404,6 +404,8 @@ async def run_on_reader(project: AsyncProjectStore, job: Any, *args: Any, action
 async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
     async with project.read() as r:
         records = await r.projects.list(limit=1)
+        calls = await r.llm_calls.count()
+        cost = await r.llm_calls.total_cost()
     counts = await run_on_reader(project, _count_rows, action="counting rows")
     record = records[0] if records else None
     return {
@@ -418,6 +420,8 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
         "database_bytes": _file_size(project.path),
         "wal_bytes": _file_size(Path(f"{project.path}-wal")),
         "tables": counts,
+        "llm_calls": calls,
+        "cost_usd": cost,
     }
 
 
@@ -444,6 +448,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
     grid.add_row(
         "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
     )
+    grid.add_row("LLM calls", f"{facts['llm_calls']:,}, costing {facts['cost_usd']} USD")
     out.print(grid)
     out.print()
     rows = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
@@ -814,7 +819,8 @@ def stats_command(state: State, project_id: str, as_json: bool) -> None:
         f"{stats['page_count']:,} of {_size(stats['page_size'])}; {stats['freelist_pages']:,} "
         f"free ({_size(free)} that `vacuum` gives back)",
     )
-    grid.add_row("Rows", ", ".join(f"{t} {n:,}" for t, n in stats["tables"].items()))
+    filled = [f"{t} {n:,}" for t, n in stats["tables"].items() if n]
+    grid.add_row("Rows", Text(", ".join(filled) or "none"))
     pool = stats["pool"]
     grid.add_row(
         "Pool",
@@ -928,15 +934,225 @@ def import_legacy_command(state: State, source: Path, as_json: bool) -> None:
     )
 
 
+# -- migrations ---------------------------------------------------------------------------------
+
+
+def _target_revision(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    known = known_revisions()
+    if value not in ("head", "base", *known):
+        raise click.BadParameter(
+            f"{value!r} is not a schema revision: use head, base or one of {', '.join(known)}",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
+def _is_downgrade(current: str | None, target: str) -> bool:
+    known = known_revisions()
+    if target == "head" or current is None or current not in known:
+        return False
+    return target == "base" or known.index(target) < known.index(current)
+
+
+async def _migrate(
+    state: State, project_ids: list[str] | None, target: str, yes: bool
+) -> list[dict[str, Any]]:
+    async with Store(state.config()) as store:
+        if project_ids is None:  # --all
+            infos = await store.list_projects()
+        else:
+            _existing_dir(state, store, project_ids[0])
+            infos = [describe(project_ids[0], store.database_path(project_ids[0]))]
+        downgrades = [i.id for i in infos if _is_downgrade(i.revision, target)]
+        if downgrades and not yes:
+            click.confirm(
+                f"Downgrade {', '.join(downgrades)} to {target}? Tables and columns added by "
+                "later revisions are dropped with their data (a backup is written first)",
+                abort=True,
+                err=True,
+            )
+        results = []
+        with state.progress("Migrating", total=len(infos)) as bar:
+            for info in infos:
+                bar.update(bar.task_ids[0], item=info.id)
+                result: dict[str, Any] = {"id": info.id, "name": info.name}
+                result.update(before=info.revision, after=info.revision)
+                if project_ids is None and info.status not in ("ok", "newer_schema"):
+                    result.update(ok=False, error=f"{info.status}: {info.error}")
+                    results.append(result)
+                    bar.advance(bar.task_ids[0])
+                    continue
+                try:
+                    before, after = await store.migrate_project(info.id, to=target)
+                except StoreError as exc:
+                    if project_ids is not None:
+                        raise
+                    result.update(ok=False, error=str(exc))
+                else:
+                    result.update(before=before, after=after, ok=True, error=None)
+                results.append(result)
+                bar.advance(bar.task_ids[0])
+        return results
+
+
+@cli.command("migrate")
+@click.argument("project_id", metavar="[ID]", required=False, callback=_optional_project_id)
+@click.option("--all", "all_", is_flag=True, help="Migrate every project (with a progress bar).")
+@click.option(
+    "--to",
+    "target",
+    default="head",
+    show_default=True,
+    callback=_target_revision,
+    help="Target revision: head, base, or a revision such as 0001 (older = downgrade).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before a downgrade.")
+@json_option
+@pass_state
+def migrate_command(
+    state: State, project_id: str | None, all_: bool, target: str, yes: bool, as_json: bool
+) -> int:
+    """Upgrade or downgrade a project's schema (or --all), backing up data first."""
+    if (project_id is None) == (not all_):
+        raise click.UsageError("give a project ID or --all (not both)")
+    ids = None if project_id is None else [project_id]
+    results = state.run(_migrate(state, ids, target, yes))
+    if as_json:
+        _emit_json(results if all_ else results[0])
+    else:
+        for r in results:
+            if not r["ok"]:
+                line = Text(f"{r['id']}: not migrated: {r['error']}", style="red")
+            elif r["before"] == r["after"]:
+                line = Text(f"{r['id']}: already at {r['after']}")
+            else:
+                line = Text(
+                    f"{r['id']}: migrated from {r['before'] or 'none'} to {r['after'] or 'base'}"
+                )
+            state.out.print(line, soft_wrap=True)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+# -- costs --------------------------------------------------------------------------------------
+
+
+def _parse_when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """Parse YYYY-MM-DD, an ISO time (UTC unless it names a zone), or a span ago: 7d, 12h, 30m."""
+    if value is None:
+        return None
+    text = value.strip()
+    units = {"d": 86400, "h": 3600, "m": 60}
+    if len(text) > 1 and text[-1] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a time: use YYYY-MM-DD, an ISO time, or 7d / 12h / 30m ago",
+            ctx=ctx,
+            param=param,
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+async def _costs(
+    state: State, project_id: str, by: str, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
+        project = await store.open_project(project_id)
+        async with project.read() as r:
+            totals = await r.llm_calls.totals(by=by, since=since, until=until)  # type: ignore[arg-type]
+            names = {a.id: a.name for a in await r.agents.list()} if by == "agent" else {}
+    rows = [dataclasses.asdict(t) for t in totals]
+    for row in rows:
+        if by == "agent":
+            row["agent"] = names.get(row["key"])
+    return {
+        "id": project_id,
+        "by": by,
+        "since": since,
+        "until": until,
+        "totals": rows,
+        "calls": sum(t.calls for t in totals),
+        "input_tokens": sum(t.input_tokens for t in totals),
+        "output_tokens": sum(t.output_tokens for t in totals),
+        "cost_usd": sum((t.cost_usd for t in totals), Decimal(0)),
+    }
+
+
+@cli.command("costs")
+@project_id_argument
+@click.option(
+    "--by",
+    type=click.Choice(["model", "agent", "conversation", "day"]),
+    default="model",
+    show_default=True,
+    help="How to group the LLM calls.",
+)
+@click.option(
+    "--since", callback=_parse_when, help="From: YYYY-MM-DD, ISO time (UTC), or 7d/12h ago."
+)
+@click.option("--until", callback=_parse_when, help="Until (excluded), same forms as --since.")
+@json_option
+@pass_state
+def costs_command(
+    state: State,
+    project_id: str,
+    by: str,
+    since: datetime | None,
+    until: datetime | None,
+    as_json: bool,
+) -> None:
+    """Sum a project's LLM calls (calls, tokens, exact cost in USD) by model, agent or day."""
+    report = state.run(_costs(state, project_id, by, since, until))
+    if as_json:
+        _emit_json(report)
+        return
+    out = state.out
+    if not report["totals"]:
+        span = "" if since is None and until is None else " in that period"
+        out.print(f"Project {project_id} has no LLM calls{span}.", markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, show_footer=True)
+    table.add_column(by.capitalize(), footer="total")
+    if by == "agent":
+        table.add_column("Agent ID", no_wrap=True, style="dim")
+    table.add_column("Calls", justify="right", footer=f"{report['calls']:,}")
+    table.add_column("Tokens in", justify="right", footer=f"{report['input_tokens']:,}")
+    table.add_column("Tokens out", justify="right", footer=f"{report['output_tokens']:,}")
+    table.add_column("Cost (USD)", justify="right", footer=str(report["cost_usd"]))
+    for row in report["totals"]:
+        figures = [
+            f"{row['calls']:,}",
+            f"{row['input_tokens']:,}",
+            f"{row['output_tokens']:,}",
+            str(row["cost_usd"]),
+        ]
+        if by == "agent":
+            name = row["agent"] or ("(no agent)" if row["key"] is None else "(unknown)")
+            table.add_row(Text(name), row["key"] or "-", *figures)
+        else:
+            key = row["key"] if row["key"] is not None else f"(no {by})"
+            table.add_row(Text(key), *figures)
+    out.print(table)
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 _DEMO_AGENTS = ("planner", "coder", "reviewer", "tester")
+_DEMO_PRICE = (Decimal("0.15"), Decimal("0.60"))  # USD per million tokens in, out
 
 
 async def _demo_agent(
-    project: AsyncProjectStore, conversation_id: str, name: str, turns: int
+    project: AsyncProjectStore, conversation_id: str, agent_id: str, name: str, turns: int
 ) -> None:
+    """One agent's turns: each commits its message, LLM call and checkpoint together."""
+    parent = None
     for turn in range(1, turns + 1):
+        tokens_in, tokens_out = 300 + 40 * turn, 80 + 10 * turn
+        cost = (tokens_in * _DEMO_PRICE[0] + tokens_out * _DEMO_PRICE[1]) / 1_000_000
         async with project.transaction() as tx:
             await tx.messages.append(
                 conversation_id,
@@ -944,17 +1160,31 @@ async def _demo_agent(
                 content=f"{name}: step {turn} done",
                 meta={"agent": name, "turn": turn},
             )
-        await asyncio.sleep(0)
+            await tx.llm_calls.record(
+                model="demo-model",
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                cost_usd=cost,
+                agent_id=agent_id,
+                conversation_id=conversation_id,
+            )
+            state = json.dumps({"turn": turn}).encode()
+            saved = await tx.checkpoints.save(agent_id, state, parent_id=parent)
+        parent = saved.id
+        await asyncio.sleep(0)  # let the other agents take their turn
 
 
 async def _demo(config: StoreConfig, agents: int, turns: int) -> dict[str, Any]:
-    names = [_DEMO_AGENTS[i % len(_DEMO_AGENTS)] + ("" if i < 4 else str(i)) for i in range(agents)]
+    names = [_DEMO_AGENTS[i % 4] + ("" if i < 4 else str(i // 4 + 1)) for i in range(agents)]
     async with Store(config) as store:
         project = await store.create_project(name="demo: agent runtime")
         async with project.transaction() as tx:
             conv = await tx.conversations.create(title="build a todo app")
             await tx.messages.append(conv.id, role="user", content="Build me a todo app.")
-        await asyncio.gather(*(_demo_agent(project, conv.id, n, turns) for n in names))
+            registered = [await tx.agents.register(name, role="demo") for name in names]
+        await asyncio.gather(
+            *(_demo_agent(project, conv.id, a.id, a.name, turns) for a in registered)
+        )
         return await _project_facts(project)
 
 
@@ -963,7 +1193,7 @@ async def _demo(config: StoreConfig, agents: int, turns: int) -> dict[str, Any]:
 @click.option("--turns", default=5, show_default=True, type=click.IntRange(1, 1000))
 @pass_state
 def demo_command(state: State, agents: int, turns: int) -> None:
-    """Create a demo project that several concurrent agents write to, then show it."""
+    """Create a demo project that concurrent agents fill (messages, LLM calls, checkpoints)."""
     facts = state.run(_demo(state.config(), agents, turns))
     _render_facts(state.out, facts)
     state.out.print(

@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +219,11 @@ def test_demo_writes_concurrent_agents_and_shows_them(run: Run) -> None:
     facts = run("show", info["id"], "--json").json()
     assert facts["tables"]["messages"] == 1 + 3 * 4
     assert facts["tables"]["conversations"] == 1
+    assert facts["tables"]["agents"] == 3
+    assert facts["tables"]["llm_calls"] == facts["tables"]["checkpoints"] == 3 * 4
+    assert facts["llm_calls"] == 12 and Decimal(facts["cost_usd"]) > 0
+    by_agent = run("costs", info["id"], "--by", "agent", "--json").json()
+    assert sorted(t["agent"] for t in by_agent["totals"]) == ["coder", "planner", "reviewer"]
 
 
 def test_revision_reads_without_migrating(run: Run, projects_dir: Path) -> None:
@@ -536,6 +543,152 @@ def test_import_legacy_errors(run: Run, tmp_path: Path) -> None:
     bad = run("import-legacy", str(junk))
     assert bad.code == 1
     one_error_line(bad)
+
+
+# -- migrate, costs -----------------------------------------------------------------------------
+
+
+def test_migrate_down_and_up_again(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    known = run("revision", project_id, "--json").json()["known"]
+    assert known[-1] == HEAD_REVISION and len(known) >= 2
+    older = known[-2]
+
+    refused = run("migrate", project_id, "--to", older, input="n\n")
+    assert refused.code == 1 and "Downgrade" in refused.err
+    assert run("revision", project_id, "--json").json()["current"] == HEAD_REVISION
+
+    down = run("migrate", project_id, "--to", older, "--yes", "--json")
+    assert down.code == 0, down.err
+    assert down.json()["before"] == HEAD_REVISION and down.json()["after"] == older
+    behind = run("revision", project_id)
+    assert f"schema revision {older}, head {HEAD_REVISION} (behind" in behind.out
+
+    up = run("migrate", project_id)
+    assert up.code == 0, up.err
+    assert up.out.strip() == f"{project_id}: migrated from {older} to {HEAD_REVISION}"
+    again = run("migrate", project_id)
+    assert again.out.strip() == f"{project_id}: already at {HEAD_REVISION}"
+
+
+def test_migrate_all_reports_each_project(run: Run, projects_dir: Path) -> None:
+    first = create(run, "first")
+    second = create(run, "second")
+    known = run("revision", first, "--json").json()["known"]
+    assert run("migrate", first, "--to", known[-2], "--yes").code == 0
+    bad = create(run, "bad")
+    corrupt(projects_dir, bad)
+    result = run("migrate", "--all", "--json")
+    assert result.code == 1
+    rows = {r["id"]: r for r in result.json()}
+    assert rows[first]["before"] == known[-2] and rows[first]["after"] == HEAD_REVISION
+    assert rows[second]["ok"] is True and rows[second]["before"] == HEAD_REVISION
+    assert rows[bad]["ok"] is False and rows[bad]["error"]
+    human = run("migrate", "--all")
+    assert f"{bad}: not migrated:" in human.out
+    assert f"{first}: already at {HEAD_REVISION}" in human.out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["migrate"], ["migrate", "--all", "someid"], ["migrate", "someid", "--to", "9999"]],
+)
+def test_migrate_usage_errors(run: Run, args: list[str]) -> None:
+    result = run(*args)
+    assert result.code == 2
+    assert "Usage: demiarch-store migrate" in result.err
+
+
+def test_migrate_unknown_project(run: Run) -> None:
+    result = run("migrate", "nosuchproject")
+    assert result.code == 1
+    assert "no such project" in one_error_line(result)
+
+
+def seed_calls(projects_dir: Path, project_id: str) -> dict[str, str]:
+    """Record LLM calls by two agents on two models, one of them a year old."""
+
+    async def write() -> dict[str, str]:
+        async with Store(StoreConfig(projects_dir=projects_dir)) as store:
+            project = await store.open_project(project_id)
+            async with project.transaction() as tx:
+                planner = await tx.agents.register("planner")
+                coder = await tx.agents.register("coder")
+                for _ in range(3):
+                    await tx.llm_calls.record(
+                        model="gpt-x",
+                        input_tokens=1000,
+                        output_tokens=200,
+                        cost_usd=Decimal("0.0045"),
+                        agent_id=planner.id,
+                    )
+                await tx.llm_calls.record(
+                    model="gpt-x-mini",
+                    input_tokens=500,
+                    output_tokens=100,
+                    cost_usd=Decimal("0.000135"),
+                    agent_id=coder.id,
+                )
+                await tx.llm_calls.record(
+                    model="gpt-x",
+                    input_tokens=10,
+                    output_tokens=10,
+                    cost_usd=Decimal("1"),
+                    created_at=utcnow() - timedelta(days=365),
+                )
+            return {"planner": planner.id, "coder": coder.id}
+
+    return asyncio.run(write())
+
+
+def test_costs_by_model_agent_and_day(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    empty = run("costs", project_id)
+    assert empty.code == 0
+    assert empty.out.strip() == f"Project {project_id} has no LLM calls."
+    agents = seed_calls(projects_dir, project_id)
+
+    by_model = run("costs", project_id, "--json").json()
+    assert by_model["by"] == "model"
+    assert [(t["key"], t["calls"], t["cost_usd"]) for t in by_model["totals"]] == [
+        ("gpt-x", 4, "1.0135"),
+        ("gpt-x-mini", 1, "0.000135"),
+    ]
+    assert by_model["cost_usd"] == "1.013635" and by_model["calls"] == 5
+
+    recent = run("costs", project_id, "--since", "30d", "--json").json()
+    assert recent["cost_usd"] == "0.013635" and recent["calls"] == 4
+
+    by_agent = run("costs", project_id, "--by", "agent", "--json").json()
+    names = {t["agent"]: t["calls"] for t in by_agent["totals"]}
+    assert names == {None: 1, "planner": 3, "coder": 1}
+    human = run("costs", project_id, "--by", "agent")
+    planner_row = next(line for line in human.out.splitlines() if agents["planner"] in line)
+    assert planner_row.split()[:3] == ["planner", agents["planner"], "3"]
+    assert "(no agent)" in human.out
+    assert "1.013635" in human.out  # the footer: the exact total
+
+    by_day = run("costs", project_id, "--by", "day", "--json").json()
+    assert len(by_day["totals"]) == 2
+    assert all(len(t["key"]) == 10 for t in by_day["totals"])  # YYYY-MM-DD
+
+    today = utcnow().date().isoformat()
+    since_today = run("costs", project_id, "--since", today, "--json").json()
+    assert since_today["calls"] == 4
+    nothing = run("costs", project_id, "--since", "2999-01-01")
+    assert nothing.out.strip() == f"Project {project_id} has no LLM calls in that period."
+
+    facts = run("show", project_id, "--json").json()
+    assert facts["llm_calls"] == 5 and facts["cost_usd"] == "1.013635"
+
+
+@pytest.mark.parametrize(
+    "args", [["--by", "week"], ["--since", "last tuesday"], ["--until", "12x"]]
+)
+def test_costs_usage_errors(run: Run, args: list[str]) -> None:
+    result = run("costs", "someproject", *args)
+    assert result.code == 2
+    assert "Usage: demiarch-store costs" in result.err
 
 
 # -- errors -------------------------------------------------------------------------------------
