@@ -43,6 +43,7 @@ from .errors import (
 from .ids import validate_project_id
 from .migrate import HEAD_REVISION, known_revisions
 from .project import AsyncProjectStore
+from .schema import from_nanos, to_nanos
 from .store import ProjectInfo, Store, describe
 
 if TYPE_CHECKING:
@@ -1078,7 +1079,8 @@ async def _costs(
         "calls": sum(t.calls for t in totals),
         "input_tokens": sum(t.input_tokens for t in totals),
         "output_tokens": sum(t.output_tokens for t in totals),
-        "cost_usd": sum((t.cost_usd for t in totals), Decimal(0)),
+        # Summing Decimals keeps trailing zeros (0.002580); the store's own form has none.
+        "cost_usd": from_nanos(sum(to_nanos(t.cost_usd) for t in totals)),
     }
 
 
