@@ -50,6 +50,7 @@ _STOP: Final = object()
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+_WRITER_BUSY_MS: Final = 50
 
 
 class RowMissing(Exception):
@@ -210,8 +211,11 @@ def connect(
         uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
     )
     try:
-        busy_ms = 50 if not reader else max(100, int(config.busy_deadline * 1000))
-        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        # Opening waits for other processes (one may be switching the file to WAL or
+        # migrating it) up to busy_deadline. Afterwards the writer keeps only a short wait:
+        # its BEGIN IMMEDIATE retries with backoff and jitter in begin_immediate().
+        open_ms = max(100, int(config.busy_deadline * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {open_ms}")
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         checked = check(conn) if check is not None else None
@@ -226,6 +230,8 @@ def connect(
         conn.execute(f"PRAGMA journal_size_limit = {int(config.journal_size_limit)}")
         if reader:
             conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
         _verify(conn, config, reader=reader, path=path)
     except BaseException:
         conn.close()
