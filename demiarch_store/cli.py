@@ -473,17 +473,17 @@ def show_command(state: State, project_id: str, as_json: bool) -> None:
     _render_facts(state.out, facts)
 
 
-async def _delete(state: State, project_id: str, yes: bool) -> None:
-    async with Store(state.config()) as store:
-        directory = _existing_dir(state, store, project_id)
-        if not yes:
-            info = describe(project_id, store.database_path(project_id))
-            name = f" ({info.name!r})" if info.name else ""
-            click.confirm(
-                f"Delete project {project_id}{name} and every file in {directory}?",
-                abort=True,
-                err=True,
-            )
+def _confirm(question: str) -> None:
+    """Ask before destroying data; anything but yes (or end of input) aborts.
+
+    Always called outside ``asyncio.run``: its SIGINT handler would swallow a Ctrl-C typed at
+    the prompt.
+    """
+    click.confirm(question, abort=True, err=True)
+
+
+async def _delete(config: StoreConfig, project_id: str) -> None:
+    async with Store(config) as store:
         await store.delete_project(project_id)
 
 
@@ -493,7 +493,13 @@ async def _delete(state: State, project_id: str, yes: bool) -> None:
 @pass_state
 def delete_command(state: State, project_id: str, yes: bool) -> None:
     """Delete a project and all its files (asks first unless --yes)."""
-    state.run(_delete(state, project_id, yes))
+    store = Store(state.config())
+    directory = _existing_dir(state, store, project_id)
+    if not yes:
+        info = describe(project_id, store.database_path(project_id))
+        name = f" ({info.name!r})" if info.name else ""
+        _confirm(f"Delete project {project_id}{name} and every file in {directory}?")
+    state.run(_delete(store.config, project_id))
     state.out.print(f"Deleted project {project_id}.", markup=False)
 
 
@@ -594,16 +600,8 @@ def backup_command(state: State, project_id: str, dest: Path | None, as_json: bo
     )
 
 
-async def _restore(state: State, project_id: str, backup: Path, yes: bool) -> dict[str, Any]:
-    async with Store(state.config()) as store:
-        _existing_dir(state, store, project_id)
-        if not yes:
-            click.confirm(
-                f"Replace the database of project {project_id} with {backup}? What it holds "
-                f"now is lost unless you back it up first",
-                abort=True,
-                err=True,
-            )
+async def _restore(config: StoreConfig, project_id: str, backup: Path) -> dict[str, Any]:
+    async with Store(config) as store:
         project = await store.restore_project(project_id, backup)
         return await _project_facts(project)
 
@@ -616,7 +614,14 @@ async def _restore(state: State, project_id: str, backup: Path, yes: bool) -> di
 @pass_state
 def restore_command(state: State, project_id: str, backup: Path, yes: bool, as_json: bool) -> None:
     """Replace a project's database with BACKUP (checked first; asks unless --yes)."""
-    facts = state.run(_restore(state, project_id, backup, yes))
+    config = state.config()
+    _existing_dir(state, Store(config), project_id)
+    if not yes:
+        _confirm(
+            f"Replace the database of project {project_id} with {backup}? What it holds now "
+            "is lost unless you back it up first"
+        )
+    facts = state.run(_restore(config, project_id, backup))
     if as_json:
         _emit_json(facts)
         return
@@ -957,29 +962,17 @@ def _is_downgrade(current: str | None, target: str) -> bool:
 
 
 async def _migrate(
-    state: State, project_ids: list[str] | None, target: str, yes: bool
+    state: State, infos: list[ProjectInfo], target: str, *, every: bool
 ) -> list[dict[str, Any]]:
+    """Migrate each project; with ``every`` (``--all``) a failure is reported, not raised."""
     async with Store(state.config()) as store:
-        if project_ids is None:  # --all
-            infos = await store.list_projects()
-        else:
-            _existing_dir(state, store, project_ids[0])
-            infos = [describe(project_ids[0], store.database_path(project_ids[0]))]
-        downgrades = [i.id for i in infos if _is_downgrade(i.revision, target)]
-        if downgrades and not yes:
-            click.confirm(
-                f"Downgrade {', '.join(downgrades)} to {target}? Tables and columns added by "
-                "later revisions are dropped with their data (a backup is written first)",
-                abort=True,
-                err=True,
-            )
         results = []
         with state.progress("Migrating", total=len(infos)) as bar:
             for info in infos:
                 bar.update(bar.task_ids[0], item=info.id)
                 result: dict[str, Any] = {"id": info.id, "name": info.name}
                 result.update(before=info.revision, after=info.revision)
-                if project_ids is None and info.status not in ("ok", "newer_schema"):
+                if every and info.status not in ("ok", "newer_schema"):
                     result.update(ok=False, error=f"{info.status}: {info.error}")
                     results.append(result)
                     bar.advance(bar.task_ids[0])
@@ -987,7 +980,7 @@ async def _migrate(
                 try:
                     before, after = await store.migrate_project(info.id, to=target)
                 except StoreError as exc:
-                    if project_ids is not None:
+                    if not every:
                         raise
                     result.update(ok=False, error=str(exc))
                 else:
@@ -1017,8 +1010,17 @@ def migrate_command(
     """Upgrade or downgrade a project's schema (or --all), backing up data first."""
     if (project_id is None) == (not all_):
         raise click.UsageError("give a project ID or --all (not both)")
-    ids = None if project_id is None else [project_id]
-    results = state.run(_migrate(state, ids, target, yes))
+    if project_id is None:
+        infos = state.run(_list_projects(state.config()))
+    else:  # a damaged file gets the clear message discovery has, not Alembic's
+        infos = [_describe_existing(state, project_id)]
+    downgrades = [i.id for i in infos if _is_downgrade(i.revision, target)]
+    if downgrades and not yes:
+        _confirm(
+            f"Downgrade {', '.join(downgrades)} to {target}? Tables and columns added by later "
+            "revisions are dropped with their data (a backup is written first)"
+        )
+    results = state.run(_migrate(state, infos, target, every=project_id is None))
     if as_json:
         _emit_json(results if all_ else results[0])
     else:

@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from demiarch_store import Store, StoreConfig
 from demiarch_store.cli import main
 from demiarch_store.schema import HEAD_REVISION, to_micros, utcnow
 
-TIMEOUT = 120
+TIMEOUT = 60
 
 
 @dataclass
@@ -694,36 +695,68 @@ def test_costs_usage_errors(run: Run, args: list[str]) -> None:
 # -- errors -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["show", "delete", "revision"])
-def test_unknown_project_is_one_line_and_exit_1(run: Run, command: str) -> None:
-    extra = ["--yes"] if command == "delete" else []
-    result = run(command, "doesnotexist", *extra)
+# Every command that takes a project ID, with the other arguments it needs ({tmp} is tmp_path).
+ID_COMMANDS = {
+    "show": [],
+    "delete": ["--yes"],
+    "revision": [],
+    "backup": [],
+    "restore": ["{tmp}/backup.sqlite", "--yes"],
+    "check": [],
+    "vacuum": [],
+    "migrate": [],
+    "export": ["{tmp}/bundle.zip"],
+    "costs": [],
+    "stats": [],
+}
+
+
+def _args(command: str, project_id: str, tmp_path: Path) -> list[str]:
+    return [command, project_id, *(a.format(tmp=tmp_path) for a in ID_COMMANDS[command])]
+
+
+@pytest.mark.parametrize("command", sorted(ID_COMMANDS))
+def test_unknown_project_is_one_line_and_exit_1(run: Run, tmp_path: Path, command: str) -> None:
+    (tmp_path / "backup.sqlite").write_bytes(b"")
+    result = run(*_args(command, "doesnotexist", tmp_path))
     assert result.code == 1
     line = one_error_line(result)
     assert "no such project" in line and "'doesnotexist'" in line and "list" in line
     assert "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("command", sorted(ID_COMMANDS))
 @pytest.mark.parametrize("bad_id", ["../etc", "UPPER", "a/b", "", "x" * 65, "-rf"])
-def test_invalid_id_is_a_usage_error(run: Run, projects_dir: Path, bad_id: str) -> None:
-    result = run("show", "--", bad_id)
+def test_invalid_id_is_a_usage_error(
+    run: Run, projects_dir: Path, tmp_path: Path, command: str, bad_id: str
+) -> None:
+    args = _args(command, bad_id, tmp_path)
+    result = run(args[0], "--", *args[1:])
     assert result.code == 2
     assert "is not a project ID" in result.err
-    assert "Usage: demiarch-store show" in result.err
+    assert f"Usage: demiarch-store {command}" in result.err
     assert not projects_dir.exists()
 
 
-def test_corrupt_database_is_one_line_and_exit_1(run: Run, projects_dir: Path) -> None:
+# The commands that must open the database; check reports the damage instead (exit 1 too).
+OPENING = ["show", "revision", "backup", "vacuum", "migrate", "export", "costs", "stats"]
+
+
+def test_corrupt_database_is_one_line_and_exit_1(
+    run: Run, projects_dir: Path, tmp_path: Path
+) -> None:
     project_id = create(run)
     path = corrupt(projects_dir, project_id)
     before = path.read_bytes()
-    for command in ("show", "revision"):
-        result = run(command, project_id)
+    for command in OPENING:
+        result = run(*_args(command, project_id, tmp_path))
         assert result.code == 1, command
         line = one_error_line(result)
-        assert project_id in line and str(path) in line
-        assert "restore it from a backup" in line
+        assert project_id in line and str(path) in line, command
+        assert "restore it from a backup" in line, command
     assert path.read_bytes() == before  # nothing tried to repair it behind our back
+    assert not (tmp_path / "bundle.zip").exists()
+    assert run("check", project_id).code == 1
 
 
 def test_debug_shows_the_traceback(run: Run, projects_dir: Path) -> None:
@@ -805,8 +838,18 @@ def test_module_and_script_entry_points(projects_dir: Path) -> None:
     assert usage.returncode == 2
 
 
-def _pty_run(args: list[str], *, answer: str | None = None, env: dict[str, str]) -> str:
-    """Run the CLI on a pseudo-terminal (120 columns); return everything it displayed."""
+def _pty_run(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    answer: str | None = None,
+    interrupt: bool = False,
+    code: int = 0,
+) -> str:
+    """Run the CLI on a pseudo-terminal (120 columns); return everything it displayed.
+
+    At the ``[y/N]`` prompt it types ``answer``, or sends SIGINT (Ctrl-C) if ``interrupt``.
+    """
     import fcntl
     import struct
     import termios
@@ -818,7 +861,7 @@ def _pty_run(args: list[str], *, answer: str | None = None, env: dict[str, str])
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env={**os.environ, "TERM": "xterm-256color", **env},
+        env={**_plain_environ(), "TERM": "xterm-256color", **env},
         start_new_session=True,
     )
     os.close(slave)
@@ -838,10 +881,15 @@ def _pty_run(args: list[str], *, answer: str | None = None, env: dict[str, str])
             if not chunk:
                 break
             seen += chunk
-            if answer is not None and b"[y/N]" in seen:
-                os.write(master, answer.encode())
-                answer = None
-        assert proc.wait(timeout=TIMEOUT) == 0, seen.decode(errors="replace")
+            if (answer is not None or interrupt) and b"[y/N]" in seen:
+                if interrupt:
+                    proc.send_signal(signal.SIGINT)
+                    interrupt = False
+                else:
+                    assert answer is not None
+                    os.write(master, answer.encode())
+                    answer = None
+        assert proc.wait(timeout=TIMEOUT) == code, seen.decode(errors="replace")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -850,9 +898,14 @@ def _pty_run(args: list[str], *, answer: str | None = None, env: dict[str, str])
     return seen.decode(errors="replace")
 
 
+def _plain_environ() -> dict[str, str]:
+    """This environment without what would change how Rich draws (width, colours)."""
+    drop = {"COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) -> None:
-    env = {"DEMIARCH_HOME": str(tmp_path / "home"), "COLUMNS": "", "NO_COLOR": ""}
-    env = {k: v for k, v in env.items() if v}
+    env = {"DEMIARCH_HOME": str(tmp_path / "home")}
     base = ["--projects-dir", str(projects_dir)]
     empty = _pty_run([*base, "list"], env=env)
     assert f"No projects in {projects_dir}." in empty
@@ -873,6 +926,10 @@ def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) ->
     checked = _pty_run([*base, "check", "--all"], env=env)
     assert "Checking" in checked  # the progress bar, drawn on the terminal then cleared
     assert "1 checked, 1 healthy, 0 with problems" in _strip_ansi(checked)
+
+    interrupted = _pty_run([*base, "delete", project_id], interrupt=True, code=130, env=env)
+    assert "Interrupted." in interrupted
+    assert (projects_dir / project_id).is_dir()
 
     deleted = _pty_run([*base, "delete", project_id], answer="y\r", env=env)
     assert "[y/N]" in deleted and f"Deleted project {project_id}." in deleted
