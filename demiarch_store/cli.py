@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich import box
@@ -48,6 +48,7 @@ from .store import ProjectInfo, Store, describe
 
 if TYPE_CHECKING:
     from .legacy import LegacyImportReport
+    from .repositories import Grouping
 
 __all__ = ["cli", "main"]
 
@@ -1023,6 +1024,8 @@ def migrate_command(
     results = state.run(_migrate(state, infos, target, every=project_id is None))
     if as_json:
         _emit_json(results if all_ else results[0])
+    elif not results:
+        state.out.print(f"No projects in {state.config().projects_dir}.", markup=False)
     else:
         for r in results:
             if not r["ok"]:
@@ -1066,7 +1069,8 @@ async def _costs(
         _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         async with project.read() as r:
-            totals = await r.llm_calls.totals(by=by, since=since, until=until)  # type: ignore[arg-type]
+            grouping = cast("Grouping", by)  # click.Choice has checked it
+            totals = await r.llm_calls.totals(by=grouping, since=since, until=until)
             names = {a.id: a.name for a in await r.agents.list()} if by == "agent" else {}
     rows = [dataclasses.asdict(t) for t in totals]
     for row in rows:

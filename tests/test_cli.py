@@ -819,11 +819,26 @@ def test_usage_errors_exit_2(run: Run, args: list[str]) -> None:
     assert "Traceback" not in result.err
 
 
+def test_no_command_shows_usage_and_exits_2(run: Run) -> None:
+    result = run()
+    assert result.code == 2
+    assert "Usage: demiarch-store" in result.out + result.err
+    assert "Missing command" in result.err
+
+
+@pytest.mark.parametrize("command", ["check", "migrate"])
+def test_all_without_projects(run: Run, projects_dir: Path, command: str) -> None:
+    result = run(command, "--all")
+    assert result.code == 0
+    assert result.out.strip() == f"No projects in {projects_dir}."
+    assert run(command, "--all", "--json").json() == []
+
+
 def test_help_and_version_exit_0(run: Run) -> None:
     result = run("--help")
     assert result.code == 0
-    for command in ("list", "create", "show", "delete", "revision", "demo"):
-        assert command in result.out
+    for command in [*ID_COMMANDS, "list", "create", "demo", "import", "import-legacy"]:
+        assert f"  {command} " in result.out
     assert run("--version").out.startswith("demiarch-store, version ")
 
 
