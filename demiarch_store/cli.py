@@ -64,6 +64,14 @@ _STATUS_STYLE = {
     "unreadable": "red",
 }
 
+_STATUS_TODO = {
+    "empty": "restore a backup into it or delete it",
+    "corrupt": "check it, restore a backup (`restore {id} BACKUP`) or delete it",
+    "newer_schema": "upgrade demiarch-store to open it",
+    "unreadable": "check the permissions of its directory and files",
+}
+"""What a person can do about a project that is not ``ok``."""
+
 
 @dataclass
 class State:
@@ -331,7 +339,11 @@ def list_command(state: State, as_json: bool) -> None:
     out.print(table)
     for info in infos:
         if info.status != "ok":
-            out.print(Text(f"{info.id}: {info.status}: {info.error}", style="dim"), soft_wrap=True)
+            todo = _STATUS_TODO.get(info.status, "").format(id=info.id)
+            out.print(
+                Text(f"{info.id}: {info.status}: {info.error}; {todo}", style="dim"),
+                soft_wrap=True,
+            )
     count = len(infos)
     out.print(
         f"{count} project{'s' if count != 1 else ''} in {config.projects_dir}",
@@ -466,7 +478,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
 @json_option
 @pass_state
 def show_command(state: State, project_id: str, as_json: bool) -> None:
-    """Show a project: schema revision, rows per table, file and WAL size."""
+    """Show a project: schema revision, file and WAL size, LLM costs, rows per table."""
     facts = state.run(_show(state, project_id))
     if as_json:
         _emit_json(facts)
