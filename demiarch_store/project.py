@@ -181,6 +181,7 @@ class AsyncProjectStore:
                 path=path,
                 hint="check the permissions of the projects directory",
             ) from exc
+        self.migrated = None  # a reopen (restore) reports what this opening did, not the last
         pool = Pool(path, self.config, project=self.id)
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool

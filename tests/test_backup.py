@@ -25,6 +25,9 @@ from demiarch_store import (
     Store,
     StoreConfig,
 )
+from demiarch_store.backup import write_snapshot
+from demiarch_store.migrate import HEAD_REVISION, read_revision
+from demiarch_store.store import readonly_uri
 
 pytestmark = pytest.mark.anyio
 
@@ -515,6 +518,61 @@ async def test_restore_over_a_database_too_damaged_to_open(store: Store) -> None
     assert (await restored.check(full=True)).ok
     async with restored.read() as r:
         assert await r.messages.count() == 6
+
+
+def revision_of(path: Path) -> str | None:
+    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    try:
+        return read_revision(conn)
+    finally:
+        conn.close()
+
+
+async def test_restore_a_backup_at_revision_0001_migrates_it_and_keeps_its_data(
+    store: Store, tmp_path: Path
+) -> None:
+    project = await store.create_project(name="old times")
+    conv = await fill(project, 7)
+    async with project.read() as r:
+        messages = await r.messages.list(conv)
+    assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
+    # The project is closed now: back up the 0001 file with the backup primitive.
+    old = tmp_path / "at-0001.sqlite"
+    source = sqlite3.connect(readonly_uri(project.path), uri=True, isolation_level=None)
+    try:
+        write_snapshot(source, old)
+    finally:
+        source.close()
+    assert revision_of(old) == "0001"
+
+    current = await store.open_project(project.id)  # back at head, with newer data
+    async with current.transaction() as tx:
+        late = await tx.messages.append(conv, role="user", content="after the backup")
+        await tx.llm_calls.record(model="m", cost_usd=1)
+
+    restored = await store.restore_project(project.id, old)
+    assert restored is current and not restored.closed
+    assert restored.migrated == ("0001", HEAD_REVISION)
+    assert restored.revision == HEAD_REVISION == revision_of(restored.path)
+    async with restored.read() as r:
+        assert await r.messages.list(conv) == messages  # every field, as it was
+        assert late.id not in {m.id for m in await r.messages.list(conv)}
+        assert (await r.projects.get(project.id)).name == "old times"
+        assert await r.llm_calls.count() == 0  # the table 0002 added, empty
+    assert (await restored.check(full=True)).ok
+    async with restored.transaction() as tx:  # the newer tables work at once
+        await tx.llm_calls.record(model="m", cost_usd=2)
+    assert revision_of(old) == "0001"  # the backup itself is left as it was
+
+    # Restoring into a closed project opens and migrates it the same way.
+    await restored.close()
+    again = await store.restore_project(project.id, old)
+    assert again.migrated == ("0001", HEAD_REVISION)
+    async with again.read() as r:
+        assert await r.messages.list(conv) == messages
+    # A backup already at head: nothing to migrate, and the project says so.
+    await store.restore_project(project.id, await again.backup())
+    assert again.migrated is None
 
 
 async def test_concurrent_backups_get_distinct_names(project: AsyncProjectStore) -> None:
