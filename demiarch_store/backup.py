@@ -10,12 +10,15 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
 
 from .errors import BackupError, DatabaseBusy
@@ -25,11 +28,14 @@ from .migrate import known_revisions, read_revision
 __all__ = [
     "BACKUPS_DIR",
     "QUARANTINE_DIR",
+    "STALE_STAGING_AGE",
+    "Staging",
     "backups_dir_for",
     "fsync_dir",
     "list_backups",
     "quarantine_database",
     "remove_file",
+    "remove_stale_staging",
     "replace_database",
     "stage_restore",
     "take_backup",
@@ -406,3 +412,90 @@ def remove_file(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
         except FileNotFoundError:
             pass
+
+
+# -- staging folders -------------------------------------------------------------------------
+
+STALE_STAGING_AGE = 24 * 3600.0
+"""An unlocked staging folder this old is stale even if a process with its PID is alive."""
+
+# .<kind>-<pid>-<random>; folders from before the PID was in the name have none.
+_STAGING_NAME = re.compile(r"\.(?:import|legacy|demiarch-export)-(?:(\d+)-)?[a-z0-9_]+")
+
+
+class Staging:
+    """A hidden working folder, ``<parent>/<prefix><pid>-<random>``, locked while in use.
+
+    The folder is ``flock``-ed through a descriptor held until ``close()``, so a process killed
+    half-way (kill -9, power loss) leaves a folder nobody holds, which the next ``Staging`` in
+    the same parent removes (see ``remove_stale_staging``). Creating one removes stale ones.
+    """
+
+    def __init__(self, parent: Path, prefix: str) -> None:
+        remove_stale_staging(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits only for a cleaner's brief look
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Remove the folder and everything left in it, then release it. Idempotent."""
+        if self._fd is None:
+            return
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def remove_stale_staging(parent: Path, *, max_age: float = STALE_STAGING_AGE) -> list[Path]:
+    """Remove the staging folders under ``parent`` that a crash left behind; return them.
+
+    A folder is removed only if nobody holds its lock (a live ``Staging`` always does) and
+    either the process named in it is gone or it is older than ``max_age`` (a PID reused by
+    another process, a folder from before PIDs were in the names, or the instant between a
+    folder's creation and its lock). Never raises: cleaning up is best effort.
+    """
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        m = _STAGING_NAME.fullmatch(entry.name)
+        if m is None:
+            continue
+        path = Path(entry.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, a link or not a folder: not ours to remove
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use
+            pid = int(m[1]) if m[1] is not None else None
+            gone = pid is not None and pid != os.getpid() and not _alive(pid)
+            if gone or time.time() - os.fstat(fd).st_mtime > max_age:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed the stale staging folder %s", path)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed

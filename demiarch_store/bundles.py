@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .backup import Staging
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
@@ -274,11 +275,13 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
         conn.close()
 
 
-def read_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> tuple[Path, Manifest]:
-    """Verify ``bundle`` and stage its database under ``projects_dir``; return (staging dir, ...).
+def read_bundle(
+    bundle: Path, projects_dir: Path, project_id: str | None
+) -> tuple[Staging, Manifest]:
+    """Verify ``bundle`` and stage its database under ``projects_dir``; return (staging, ...).
 
-    Runs in a thread. The staging directory's name starts with a dot, so discovery never lists
-    it; the caller publishes it with ``publish`` or removes it.
+    Runs in a thread. The staging folder's name starts with a dot, so discovery never lists
+    it; the caller publishes its ``database.sqlite`` with ``publish``, then closes it.
     """
     bundle = bundle.expanduser()
     target = project_id
@@ -311,50 +314,50 @@ def read_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> tup
                 hint="import into another ID with project_id=..., or delete the existing project",
             )
         make_private_dir(projects_dir)
-        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=projects_dir))
+        staging = Staging(projects_dir, ".import-")
+        staged = staging.path / DATABASE_NAME
         try:
             try:
-                _extract(zf, manifest, staging / DATABASE_NAME, bundle)
+                _extract(zf, manifest, staged, bundle)
             except (zipfile.BadZipFile, EOFError, ValueError) as exc:
                 raise _bad(f"the bundle's database cannot be read ({exc})", bundle) from exc
-            _verify_database(staging / DATABASE_NAME, manifest, bundle, target)
+            _verify_database(staged, manifest, bundle, target)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            staging.close()
             raise
     return staging, manifest
 
 
-def publish(staging: Path, projects_dir: Path, project_id: str) -> Path:
-    """Move a staged database into ``<projects_dir>/<project_id>/``; remove the staging dir.
+def publish(database: Path, projects_dir: Path, project_id: str) -> Path:
+    """Move a staged database file into ``<projects_dir>/<project_id>/``; return that folder.
 
     ``mkdir`` decides who gets the ID: a project created meanwhile wins and ``ProjectExists``
-    is raised. Returns the project directory.
+    is raised. The caller removes its staging folder.
     """
     directory = projects_dir / validate_project_id(project_id)
     try:
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=project_id,
-                path=directory,
-                hint="import into another ID with project_id=..., or delete the existing project",
-            ) from None
-        os.chmod(directory, 0o700)
-        try:
-            os.rename(staging / DATABASE_NAME, directory / DATABASE_NAME)
-            _fsync_dir(directory)
-            _fsync_dir(projects_dir)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        raise ProjectExists(
+            "a project with this ID already exists",
+            project=project_id,
+            path=directory,
+            hint="import into another ID with project_id=..., or delete the existing project",
+        ) from None
+    os.chmod(directory, 0o700)
+    try:
+        os.rename(database, directory / DATABASE_NAME)
+        _fsync_dir(directory)
+        _fsync_dir(projects_dir)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return directory
 
 
 def install_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> Path:
     """Verify ``bundle``, then move its database into its project directory; return that."""
     staging, manifest = read_bundle(bundle, projects_dir, project_id)
-    return publish(staging, projects_dir, project_id or manifest.project_id)
+    with staging:
+        target = project_id or manifest.project_id
+        return publish(staging.path / DATABASE_NAME, projects_dir, target)

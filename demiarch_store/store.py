@@ -8,7 +8,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import tempfile
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .backup import quarantine_database, write_snapshot
+from .backup import Staging, quarantine_database, write_snapshot
 from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
@@ -438,11 +437,7 @@ class Store:
         pool = project.pool
         target = await asyncio.to_thread(export_target, Path(dest), project_id)
         try:
-            staging = Path(
-                await asyncio.to_thread(
-                    tempfile.mkdtemp, prefix=".demiarch-export-", dir=target.parent
-                )
-            )
+            staging = await asyncio.to_thread(Staging, target.parent, ".demiarch-export-")
         except OSError as exc:
             raise StorageError(
                 f"cannot write the bundle: {exc.strerror}",
@@ -451,7 +446,7 @@ class Store:
                 hint="check that the directory exists and is writable",
             ) from exc
         try:
-            snapshot = staging / DATABASE_NAME
+            snapshot = staging.path / DATABASE_NAME
             pool.enter()  # work in flight: the LRU will not close the project meanwhile
             try:
                 worker = await pool.acquire_reader()
@@ -472,7 +467,7 @@ class Store:
             except OSError as exc:
                 raise pool.translate(exc, "writing the bundle") from None
         finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+            await asyncio.to_thread(staging.close)
 
     async def import_project(
         self, bundle: Path | str, *, project_id: str | None = None

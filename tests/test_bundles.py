@@ -234,3 +234,93 @@ async def test_a_cancelled_import_leaves_nothing_behind(
             assert _listing(config.projects_dir) == before
         else:  # it finished first: then it is whole and open
             assert (await store.open_project("cancelled")).id == "cancelled"
+
+
+HOLD_STAGING = """
+import sys, time
+from pathlib import Path
+from demiarch_store.backup import Staging
+staging = Staging(Path(sys.argv[1]), sys.argv[2])
+(staging.path / "database.sqlite").write_bytes(b"half an import")
+print(staging.path.name, flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_staging(parent: Path, prefix: str) -> tuple[subprocess.Popen[str], str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STAGING, str(parent), prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    return child, child.stdout.readline().strip()
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    child.kill()  # SIGKILL: no cleanup runs
+    child.wait(timeout=30)
+    assert child.stdout is not None
+    child.stdout.close()
+
+
+def _make_dir(path: Path, *, age_days: float = 0) -> Path:
+    path.mkdir()
+    (path / "junk").write_bytes(b"x")
+    when = os.stat(path).st_mtime - age_days * 86400
+    os.utime(path, (when, when))
+    return path
+
+
+async def test_staging_left_by_a_killed_process_is_removed_and_live_ones_kept(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    from demiarch_store.backup import Staging
+
+    root = config.projects_dir
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path)
+
+        killed, killed_name = _hold_staging(root, ".import-")
+        _end(killed)
+        assert killed_name.startswith(f".import-{killed.pid}-")
+        assert (root / killed_name / "database.sqlite").exists()  # left behind
+        live, live_name = _hold_staging(root, ".import-")
+        exports = tmp_path / "exports"
+        exports.mkdir()
+        killed_export = _make_dir(exports / f".demiarch-export-{killed.pid}-abc")
+        held = Staging(root, ".legacy-")  # in use in this process
+        try:
+            assert not (root / killed_name).exists()  # the live child's Staging removed it
+            young = _make_dir(root / f".import-{os.getpid()}-young")  # just made, not locked yet
+            reused = _make_dir(root / f".legacy-{live.pid}-reused", age_days=2)  # PID reused
+            old_style = _make_dir(root / ".import-nopid1", age_days=2)
+            new_old_style = _make_dir(root / ".import-nopid2")
+            foreign = _make_dir(root / ".hidden-thing", age_days=2)
+            outside = _make_dir(tmp_path / "outside", age_days=2)
+            (root / f".import-{killed.pid}-link").symlink_to(outside)
+
+            copy = await store.import_project(bundle, project_id="copy")
+            await store.export_project(copy.id, exports)
+
+            hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+            assert hidden == sorted(
+                [
+                    live_name,
+                    held.path.name,
+                    young.name,
+                    new_old_style.name,
+                    foreign.name,
+                    f".import-{killed.pid}-link",
+                ]
+            )
+            assert not reused.exists() and not old_style.exists()
+            assert (root / live_name / "database.sqlite").exists()  # untouched while in use
+            assert (outside / "junk").exists()  # a link is never followed
+            assert not killed_export.exists()
+            assert sorted(p.name for p in exports.iterdir()) == ["copy.demiarch.zip"]
+        finally:
+            held.close()
+            _end(live)
+        assert not held.path.exists()
