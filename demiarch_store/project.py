@@ -212,9 +212,15 @@ class AsyncProjectStore:
             await pool.close()
             self._pool = None
             raise
+        self._forget_file()  # a reopen after a restore: the old file's inode may be reused
         self._file_key = (st.st_dev, st.st_ino)
         _open_files.setdefault(self._file_key, self)
         return self
+
+    def _forget_file(self) -> None:
+        if self._file_key is not None and _open_files.get(self._file_key) is self:
+            del _open_files[self._file_key]
+        self._file_key = None
 
     async def close(self) -> None:
         """Wait for work in flight, then close every connection and its thread. Idempotent."""
@@ -226,8 +232,7 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
-            if self._file_key is not None and _open_files.get(self._file_key) is self:
-                del _open_files[self._file_key]
+            self._forget_file()
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)
@@ -372,6 +377,7 @@ class AsyncProjectStore:
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.close()
+            self._forget_file()  # its file is about to be replaced; discovery reads it directly
             try:
                 await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
             except BaseException:

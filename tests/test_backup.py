@@ -27,6 +27,7 @@ from demiarch_store import (
 )
 from demiarch_store.backup import write_snapshot
 from demiarch_store.migrate import HEAD_REVISION, read_revision
+from demiarch_store.project import open_files
 from demiarch_store.store import readonly_uri
 
 pytestmark = pytest.mark.anyio
@@ -518,6 +519,25 @@ async def test_restore_over_a_database_too_damaged_to_open(store: Store) -> None
     assert (await restored.check(full=True)).ok
     async with restored.read() as r:
         assert await r.messages.count() == 6
+
+
+async def test_a_restored_project_forgets_its_old_file(store: Store) -> None:
+    """The replaced file's inode may be reused by another project's file: it must not map to
+    this project, or discovery would describe that file through this project's pool."""
+    project = await store.create_project(name="renewed")
+    await fill(project, 3)
+    backup = await project.backup()
+    st = os.stat(project.path)
+    old_key = (st.st_dev, st.st_ino)
+    assert open_files()[old_key] is project
+
+    await store.restore_project(project.id, backup)
+    st = os.stat(project.path)
+    new_key = (st.st_dev, st.st_ino)
+    held = open_files()
+    assert new_key != old_key and old_key not in held and held[new_key] is project
+    await project.close()
+    assert new_key not in open_files()
 
 
 def revision_of(path: Path) -> str | None:
