@@ -44,8 +44,6 @@ ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("demiarch_store")
 
-log = logging.getLogger("demiarch_store")
-
 
 @dataclass(frozen=True, slots=True)
 class ProjectInfo:
@@ -139,6 +137,29 @@ class Store:
         """Return ``<projects_dir>/<id>/database.sqlite``."""
         return self.project_dir(project_id) / DATABASE_NAME
 
+    def _existing(self, project_id: str) -> Path:
+        """Return the database path of a project whose directory exists; else ProjectNotFound."""
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects() or `demiarch-store list`",
+            )
+        return path
+
+    async def _settled(self, project_id: str) -> AsyncProjectStore | None:
+        """Wait for an open of this project in progress; return the project if open."""
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open (corrupt?): the caller may be the cure
+        project = self._open.get(project_id)
+        return project if project is not None and not project.closed else None
+
     # -- projects -----------------------------------------------------------------------------
 
     async def create_project(
@@ -195,14 +216,7 @@ class Store:
         future: asyncio.Future[AsyncProjectStore] = asyncio.get_running_loop().create_future()
         self._opening[project_id] = future
         try:
-            path = self.database_path(project_id)
-            if not path.parent.is_dir():
-                raise ProjectNotFound(
-                    "no such project",
-                    project=project_id,
-                    path=path.parent,
-                    hint="list projects with Store.list_projects() or `demiarch-store list`",
-                )
+            path = self._existing(project_id)
             try:
                 st = path.lstat()
                 empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
@@ -261,17 +275,10 @@ class Store:
     async def delete_project(self, project_id: str) -> None:
         """Close the project if open, then delete its directory: database, -wal, -shm, backups."""
         self._check_open()
-        directory = self.project_dir(project_id)
-        project = self._open.get(project_id)
+        directory = self._existing(project_id).parent
+        project = await self._settled(project_id)
         if project is not None:
             await project.close()
-        if not directory.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=directory,
-                hint="list projects with Store.list_projects()",
-            )
         try:
             await asyncio.to_thread(shutil.rmtree, directory)
         except OSError as exc:
@@ -291,26 +298,21 @@ class Store:
         older revision downgrades. The project is closed first if this store has it open, and
         stays closed (opening it again upgrades it back to head). A database holding data is
         backed up to ``<project dir>/backups/`` first. Raises ``ProjectNotFound``,
-        ``SchemaTooNew`` or ``MigrationError`` (the database is then left as it was).
+        ``CorruptDatabase`` (no database file), ``SchemaTooNew`` or ``MigrationError`` (the
+        database is then left as it was).
         """
         self._check_open()
-        path = self.database_path(project_id)
+        path = self._existing(project_id)
         if not path.is_file():
-            raise ProjectNotFound(
-                "no such project",
+            raise CorruptDatabase(
+                "the project has no database file",
                 project=project_id,
                 path=path,
-                hint="list projects with Store.list_projects()",
+                hint="restore it from a backup or delete the project",
             )
         if not isinstance(to, str):
             raise InvalidValue("the target revision must be a string such as 'head' or '0001'")
-        pending = self._opening.get(project_id)
-        if pending is not None:
-            try:
-                await asyncio.shield(pending)
-            except StoreError:
-                pass  # it failed to open: migrating may be the cure
-        project = self._open.get(project_id)
+        project = await self._settled(project_id)
         if project is not None:
             await project.close()
         st = path.stat()
@@ -346,22 +348,9 @@ class Store:
             ProjectNotFound: no such project.
         """
         self._check_open()
-        path = self.database_path(project_id)
-        if not path.parent.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=path.parent,
-                hint="list projects with Store.list_projects()",
-            )
-        pending = self._opening.get(project_id)
-        if pending is not None:
-            try:
-                await asyncio.shield(pending)
-            except StoreError:
-                pass  # it failed to open (corrupt?): restore it anyway
-        project = self._open.get(project_id)
-        if project is not None and not project.closed:
+        path = self._existing(project_id)
+        project = await self._settled(project_id)
+        if project is not None:
             await project.restore(backup)
             return project
         project = AsyncProjectStore(path, config=self.config, project_id=project_id, create=False)
@@ -383,15 +372,8 @@ class Store:
             ProjectNotFound: no such project.
         """
         self._check_open()
-        path = self.database_path(project_id)
-        if not path.parent.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=path.parent,
-                hint="list projects with Store.list_projects()",
-            )
-        project = self._open.get(project_id)
+        path = self._existing(project_id)
+        project = await self._settled(project_id)
         if project is not None:
             try:
                 await project.close()
