@@ -31,7 +31,7 @@ from .backup import Staging
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
-from .project import make_private_dir
+from .project import claim_project_dir, make_private_dir
 
 __all__ = [
     "BUNDLE_SUFFIX",
@@ -275,6 +275,20 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
         conn.close()
 
 
+_TAKEN = "import into another ID with project_id=..., or delete the existing project"
+
+
+def _refuse_taken(projects_dir: Path, project_id: str) -> None:
+    """Fail early, before anything is staged; ``publish`` decides for good."""
+    if os.path.lexists(projects_dir / project_id):
+        raise ProjectExists(
+            "a project with this ID already exists",
+            project=project_id,
+            path=projects_dir / project_id,
+            hint=_TAKEN,
+        )
+
+
 def read_bundle(
     bundle: Path, projects_dir: Path, project_id: str | None
 ) -> tuple[Staging, Manifest]:
@@ -285,13 +299,8 @@ def read_bundle(
     """
     bundle = bundle.expanduser()
     target = project_id
-    if target is not None and (projects_dir / target).exists():
-        raise ProjectExists(
-            "a project with this ID already exists",
-            project=target,
-            path=projects_dir / target,
-            hint="import into another ID with project_id=..., or delete the existing project",
-        )
+    if target is not None:
+        _refuse_taken(projects_dir, target)
     try:
         zf = zipfile.ZipFile(bundle)
     except FileNotFoundError:
@@ -306,13 +315,7 @@ def read_bundle(
         _check_members(zf, bundle)
         manifest = _read_manifest(zf, bundle)
         target = target or manifest.project_id
-        if (projects_dir / target).exists():
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=target,
-                path=projects_dir / target,
-                hint="import into another ID with project_id=..., or delete the existing project",
-            )
+        _refuse_taken(projects_dir, target)
         make_private_dir(projects_dir)
         staging = Staging(projects_dir, ".import-")
         staged = staging.path / DATABASE_NAME
@@ -335,16 +338,7 @@ def publish(database: Path, projects_dir: Path, project_id: str) -> Path:
     is raised. The caller removes its staging folder.
     """
     directory = projects_dir / validate_project_id(project_id)
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        raise ProjectExists(
-            "a project with this ID already exists",
-            project=project_id,
-            path=directory,
-            hint="import into another ID with project_id=..., or delete the existing project",
-        ) from None
-    os.chmod(directory, 0o700)
+    claim_project_dir(directory, project_id, hint=_TAKEN)
     try:
         os.rename(database, directory / DATABASE_NAME)
         _fsync_dir(directory)

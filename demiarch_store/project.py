@@ -20,7 +20,14 @@ from .backup import (
     take_backup,
 )
 from .config import StoreConfig
-from .errors import BackupError, CorruptDatabase, StorageError, StoreClosed, StoreError
+from .errors import (
+    BackupError,
+    CorruptDatabase,
+    ProjectExists,
+    StorageError,
+    StoreClosed,
+    StoreError,
+)
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
 from .ids import new_record_id
 from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
@@ -30,6 +37,7 @@ from .transaction import Snapshot, Transaction
 __all__ = [
     "AsyncProjectStore",
     "FileKey",
+    "claim_project_dir",
     "create_database_file",
     "has_sqlite_header",
     "make_private_dir",
@@ -65,6 +73,30 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(d, 0o700)
+
+
+def claim_project_dir(directory: Path, project_id: str, *, hint: str) -> None:
+    """Create a project's directory (mode 0700): ``mkdir`` decides who gets the ID.
+
+    Raises ``ProjectExists`` (with ``hint``) if it exists, ``StorageError`` if it cannot be made.
+    """
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        raise ProjectExists(
+            "a project with this ID already exists",
+            project=project_id,
+            path=directory,
+            hint=hint,
+        ) from None
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the project directory: {exc.strerror}",
+            project=project_id,
+            path=directory,
+            hint="check the permissions of the projects directory",
+        ) from exc
+    os.chmod(directory, 0o700)
 
 
 _MAGIC = b"SQLite format 3\x00"

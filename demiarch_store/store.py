@@ -22,7 +22,6 @@ from .errors import (
     CorruptDatabase,
     InvalidProjectId,
     InvalidValue,
-    ProjectExists,
     ProjectNotFound,
     StorageError,
     StoreClosed,
@@ -31,7 +30,13 @@ from .errors import (
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
-from .project import AsyncProjectStore, FileKey, make_private_dir, open_files
+from .project import (
+    AsyncProjectStore,
+    FileKey,
+    claim_project_dir,
+    make_private_dir,
+    open_files,
+)
 from .schema import HEAD_REVISION
 
 if TYPE_CHECKING:
@@ -170,23 +175,9 @@ class Store:
         project_id = new_project_id() if project_id is None else validate_project_id(project_id)
         directory = self.project_dir(project_id)
         make_private_dir(self.projects_dir)
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=project_id,
-                path=directory,
-                hint="open it with open_project() or choose another ID",
-            ) from None
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create the project directory: {exc.strerror}",
-                project=project_id,
-                path=directory,
-                hint="check the permissions of the projects directory",
-            ) from exc
-        os.chmod(directory, 0o700)
+        claim_project_dir(
+            directory, project_id, hint="open it with open_project() or choose another ID"
+        )
         project = AsyncProjectStore(
             directory / DATABASE_NAME, config=self.config, project_id=project_id
         )
