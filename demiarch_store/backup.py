@@ -31,6 +31,7 @@ __all__ = [
     "STALE_STAGING_AGE",
     "Staging",
     "backups_dir_for",
+    "create_database_file",
     "fsync_dir",
     "list_backups",
     "quarantine_database",
@@ -53,12 +54,7 @@ def write_snapshot(source: sqlite3.Connection, dest: Path) -> None:
     with ``O_EXCL|O_NOFOLLOW``: an existing file or a planted link is never overwritten. On any
     failure the partial file is removed and the error re-raised.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(dest, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+    create_database_file(dest)
     try:
         target = sqlite3.connect(dest, isolation_level=None)
         try:
@@ -78,12 +74,28 @@ def write_snapshot(source: sqlite3.Connection, dest: Path) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            try:
-                os.unlink(f"{dest}{suffix}")
-            except FileNotFoundError:
-                pass
+        remove_file(dest)
         raise
+
+
+def create_database_file(path: Path) -> None:
+    """Create an empty database file with mode 0600 before SQLite opens it.
+
+    ``O_EXCL|O_NOFOLLOW`` refuses an existing file or a planted symlink; SQLite later gives the
+    ``-wal`` and ``-shm`` files the database's mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: Path) -> None:
+    """Remove a database file and its side files if they exist."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # -- taking backups --------------------------------------------------------------------------
@@ -93,6 +105,10 @@ BACKUPS_DIR = "backups"
 # time is for people. A file is only given such a name once it is complete and verified.
 _BACKUP_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)\.sqlite")
 _PARTIAL_NAME = re.compile(r"\.partial-(\d+)-[0-9a-z]+\.sqlite(?:-journal|-wal|-shm)?")
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def backups_dir_for(database: Path) -> Path:
@@ -138,7 +154,7 @@ def take_backup(
             os.link(partial, dest)  # refuses an existing file, like O_EXCL
             final = dest
         else:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            stamp = _utc_stamp()
             while True:
                 existing = list_backups(directory)
                 newest = _BACKUP_NAME.fullmatch(existing[0].name) if existing else None
@@ -154,10 +170,7 @@ def take_backup(
     fsync_dir(directory)
     if keep is not None:
         for old in list_backups(directory)[keep:]:
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass  # another process pruned it
+            old.unlink(missing_ok=True)  # another process may have pruned it
         fsync_dir(directory)
     return final
 
@@ -172,10 +185,7 @@ def _remove_stale_partials(directory: Path) -> None:
         m = _PARTIAL_NAME.fullmatch(name)
         if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
             continue
-        try:
-            os.unlink(directory / name)
-        except FileNotFoundError:
-            pass
+        (directory / name).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -272,6 +282,15 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
 _SHM_DMS_BYTE = 128
 
 
+def _open_elsewhere(live: Path, project: str | None) -> DatabaseBusy:
+    return DatabaseBusy(
+        "the project is open in another process",
+        project=project,
+        path=live,
+        hint="close it there, then retry",
+    )
+
+
 @contextmanager
 def no_other_users(live: Path, project: str | None) -> Iterator[None]:
     """Hold the -shm file's DMS lock exclusively: no other process has ``live`` open.
@@ -289,12 +308,7 @@ def no_other_users(live: Path, project: str | None) -> Iterator[None]:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE, os.SEEK_SET)
         except OSError as exc:
-            raise DatabaseBusy(
-                "the project is open in another process",
-                project=project,
-                path=live,
-                hint="close it there, then retry",
-            ) from exc
+            raise _open_elsewhere(live, project) from exc
         yield
     finally:
         os.close(fd)
@@ -320,12 +334,7 @@ def _guard(live: Path, project: str | None) -> sqlite3.Connection | None:
         guard.close()
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise DatabaseBusy(
-                "the project is open in another process",
-                project=project,
-                path=live,
-                hint="close it there, then retry",
-            ) from exc
+            raise _open_elsewhere(live, project) from exc
         return None
     return guard
 
@@ -343,10 +352,7 @@ def replace_database(staging: Path, live: Path, *, project: str | None) -> None:
             for suffix in ("-wal", "-shm", "-journal"):
                 if guard is not None and suffix == "-journal":
                     continue  # the guard's own (inactive) journal; it removes it on close
-                try:
-                    os.unlink(f"{live}{suffix}")
-                except FileNotFoundError:
-                    pass
+                Path(f"{live}{suffix}").unlink(missing_ok=True)
             os.replace(staging, live)
             fsync_dir(live.parent)
         finally:
@@ -373,8 +379,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         except FileExistsError:
             pass
         while True:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            target = parent / f"{stamp}-{new_record_id()[-6:]}"
+            target = parent / f"{_utc_stamp()}-{new_record_id()[-6:]}"
             try:
                 os.mkdir(target, 0o700)
             except FileExistsError:
@@ -403,15 +408,6 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         restored = backup
         break
     return target, restored
-
-
-def remove_file(path: Path) -> None:
-    """Remove a database file and its side files if they exist."""
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        try:
-            os.unlink(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
 
 
 # -- staging folders -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .backup import Staging
+from .backup import Staging, fsync_dir
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
@@ -77,14 +77,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def export_target(dest: Path, project_id: str) -> Path:
@@ -139,7 +131,7 @@ def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -
                 path=dest,
                 hint="choose another path or remove the old bundle",
             ) from None
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -341,8 +333,8 @@ def publish(database: Path, projects_dir: Path, project_id: str) -> Path:
     claim_project_dir(directory, project_id, hint=_TAKEN)
     try:
         os.rename(database, directory / DATABASE_NAME)
-        _fsync_dir(directory)
-        _fsync_dir(projects_dir)
+        fsync_dir(directory)
+        fsync_dir(projects_dir)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -13,6 +13,7 @@ from typing import Any, Self
 
 from .backup import (
     backups_dir_for,
+    create_database_file,
     list_backups,
     remove_file,
     replace_database,
@@ -38,7 +39,6 @@ __all__ = [
     "AsyncProjectStore",
     "FileKey",
     "claim_project_dir",
-    "create_database_file",
     "has_sqlite_header",
     "make_private_dir",
     "open_files",
@@ -107,20 +107,6 @@ def has_sqlite_header(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(100)
     return head == b"" or (len(head) == 100 and head.startswith(_MAGIC))
-
-
-def create_database_file(path: Path) -> None:
-    """Create an empty database file with mode 0600 before SQLite opens it.
-
-    ``O_EXCL|O_NOFOLLOW`` refuses an existing file or a planted symlink; SQLite later gives the
-    ``-wal`` and ``-shm`` files the database's mode.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 class AsyncProjectStore:
