@@ -335,30 +335,24 @@ class AsyncProjectStore:
         Raises:
             BackupError: the snapshot could not be written or verified, or ``dest`` exists.
         """
-        pool = self.pool
+        self.pool.check_open()
         keep = self.config.keep_backups if dest is None else None
-        pool.enter()
         try:
-            try:
-                directory, target = await asyncio.to_thread(self._backup_target, dest)
-            except OSError as exc:
-                raise BackupError(
-                    f"cannot create the backups directory: {exc.strerror}",
-                    project=self.id,
-                    path=self.backups_dir,
-                    hint="check the permissions of the project directory",
-                ) from exc
-            worker = await pool.acquire_reader()
-            try:
-                path: Path = await worker.submit(take_backup, directory, target, keep)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                raise _backup_error(exc, self.id, target or directory) from exc
-            finally:
-                pool.release_reader(worker, started=True)
-        finally:
-            pool.leave()
+            directory, target = await asyncio.to_thread(self._backup_target, dest)
+        except OSError as exc:
+            raise BackupError(
+                f"cannot create the backups directory: {exc.strerror}",
+                project=self.id,
+                path=self.backups_dir,
+                hint="check the permissions of the project directory",
+            ) from exc
+        path: Path = await self._on_reader(
+            take_backup,
+            directory,
+            target,
+            keep,
+            error=lambda exc: _backup_error(exc, self.id, target or directory),
+        )
         return path
 
     def _backup_target(self, dest: Path | str | None) -> tuple[Path, Path | None]:
@@ -425,20 +419,12 @@ class AsyncProjectStore:
         found is reported as a problem; a file too damaged to read at all raises
         ``CorruptDatabase``.
         """
-        pool = self.pool
-        pool.enter()
-        try:
-            worker = await pool.acquire_reader()
-            try:
-                figures = await worker.submit(check_job, self.path, full)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                raise pool.translate(exc, "checking the database") from None
-            finally:
-                pool.release_reader(worker, started=True)
-        finally:
-            pool.leave()
+        figures = await self._on_reader(
+            check_job,
+            self.path,
+            full,
+            error=lambda exc: self.pool.translate(exc, "checking the database"),
+        )
         return build_report(
             figures, full=full, stats=self.stats(), config=self.config, path=self.path
         )
@@ -457,6 +443,31 @@ class AsyncProjectStore:
         It also runs, best effort, when the project closes.
         """
         await self._on_writer(_optimize_job, "optimizing the database")
+
+    async def _on_reader(
+        self, job: Callable[..., Any], *args: Any, error: Callable[[BaseException], BaseException]
+    ) -> Any:
+        """Run ``job(conn, *args)`` on a reader, as work in flight; ``error`` maps a failure.
+
+        Work in flight keeps ``Store``'s LRU from closing the project meanwhile.
+        """
+        pool = self.pool
+        pool.enter()
+        try:
+            worker = await pool.acquire_reader()
+            try:
+                return await worker.submit(job, *args)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                mapped = error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            finally:
+                pool.release_reader(worker, started=True)
+        finally:
+            pool.leave()
 
     async def _on_writer(self, job: Callable[..., Any], action: str) -> None:
         pool = self.pool

@@ -420,19 +420,11 @@ class Store:
             ) from exc
         try:
             snapshot = staging.path / DATABASE_NAME
-            pool.enter()  # work in flight: the LRU will not close the project meanwhile
-            try:
-                worker = await pool.acquire_reader()
-                try:
-                    await worker.submit(write_snapshot, snapshot)
-                except BaseException as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    raise pool.translate(exc, "exporting the project") from None
-                finally:
-                    pool.release_reader(worker, started=False)
-            finally:
-                pool.leave()
+            await project._on_reader(
+                write_snapshot,
+                snapshot,
+                error=lambda exc: pool.translate(exc, "exporting the project"),
+            )
             try:
                 return await asyncio.to_thread(
                     write_bundle, snapshot, target, project_id=project_id, version=__version__
