@@ -23,6 +23,7 @@ import sqlite3
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 BUNDLE_SUFFIX = ".demiarch.zip"
 _MAX_MANIFEST = 64 * 1024
+# What reading a damaged member raises: a bad CRC, a broken deflate stream, a cut-off member,
+# a compression method zipfile cannot read.
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError)
 _CHUNK = 1024 * 1024
 
 
@@ -170,7 +174,7 @@ def _read_manifest(zf: zipfile.ZipFile, bundle: Path) -> Manifest:
         raise _bad("the bundle's manifest is too large", bundle)
     try:
         data = json.loads(zf.read(MANIFEST_NAME))
-    except (ValueError, zipfile.BadZipFile) as exc:
+    except _UNREADABLE as exc:
         raise _bad(f"the bundle's manifest is unreadable ({exc})", bundle) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _bad("the file is not a demiarch-store bundle (no bundle manifest)", bundle)
@@ -314,7 +318,7 @@ def read_bundle(
         try:
             try:
                 _extract(zf, manifest, staged, bundle)
-            except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+            except _UNREADABLE as exc:
                 raise _bad(f"the bundle's database cannot be read ({exc})", bundle) from exc
             _verify_database(staged, manifest, bundle, target)
         except BaseException:

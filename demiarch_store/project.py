@@ -28,6 +28,7 @@ from .errors import (
     StorageError,
     StoreClosed,
     StoreError,
+    translate,
 )
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
 from .ids import new_record_id
@@ -392,13 +393,18 @@ class AsyncProjectStore:
             self._forget_file()  # its file is about to be replaced; discovery reads it directly
             try:
                 await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
-            except BaseException:
+            except BaseException as exc:
                 if was_open:  # the old database is still in place: carry on with it
                     try:
                         await self._reopen()
-                    except StoreError as exc:  # now closed; the first error says why
-                        log.warning("reopening %s after a failed restore: %s", self.id, exc)
-                raise
+                    except StoreError as again:  # now closed; the first error says why
+                        log.warning("reopening %s after a failed restore: %s", self.id, again)
+                err = translate(
+                    exc, project=self.id, path=self.path, action="putting the backup in place"
+                )
+                if err is exc:
+                    raise
+                raise err from exc
         finally:
             await asyncio.to_thread(remove_file, staging)
         await self._reopen()

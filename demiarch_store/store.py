@@ -174,7 +174,15 @@ class Store:
         self._check_open()
         project_id = new_project_id() if project_id is None else validate_project_id(project_id)
         directory = self.project_dir(project_id)
-        make_private_dir(self.projects_dir)
+        try:
+            make_private_dir(self.projects_dir)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the projects directory: {exc.strerror}",
+                project=project_id,
+                path=self.projects_dir,
+                hint="check that its parent is a directory you may write",
+            ) from exc
         claim_project_dir(
             directory, project_id, hint="open it with open_project() or choose another ID"
         )
@@ -491,7 +499,15 @@ class Store:
         from .legacy import import_legacy
 
         self._check_open()
-        return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
+        try:
+            return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
+        except (OSError, sqlite3.Error) as exc:
+            err = translate(
+                exc, project=None, path=self.projects_dir, action="importing the legacy database"
+            )
+            if err is exc:
+                raise
+            raise err from exc
 
     # -- discovery ----------------------------------------------------------------------------
 

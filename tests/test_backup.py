@@ -22,6 +22,7 @@ from demiarch_store import (
     BackupError,
     CorruptDatabase,
     DatabaseBusy,
+    StorageError,
     Store,
     StoreConfig,
 )
@@ -538,6 +539,30 @@ async def test_a_restored_project_forgets_its_old_file(store: Store) -> None:
     assert new_key != old_key and old_key not in held and held[new_key] is project
     await project.close()
     assert new_key not in open_files()
+
+
+async def test_restore_that_cannot_put_the_file_in_place_raises_storage_error(
+    store: Store,
+) -> None:
+    project = await store.create_project(name="blocked")
+    conv = await fill(project, 4)
+    backup = await project.backup()
+    async with project.transaction() as tx:
+        await tx.messages.append(conv, role="user", content="only in the live file")
+    obstacle = Path(f"{project.path}-journal")
+    obstacle.mkdir()  # a directory where the old journal must be removed: unlink fails
+
+    with pytest.raises(StorageError) as info:
+        await store.restore_project(project.id, backup)
+    assert info.value.project == project.id and info.value.path == project.path
+    assert info.value.hint and isinstance(info.value.__cause__, IsADirectoryError)
+    assert not [p for p in project.path.parent.iterdir() if ".restore-" in p.name]
+
+    obstacle.rmdir()
+    reopened = await store.open_project(project.id)  # the live database, whole
+    async with reopened.read() as r:
+        assert await r.messages.count() == 5
+    assert (await reopened.check(full=True)).ok
 
 
 def revision_of(path: Path) -> str | None:

@@ -37,6 +37,29 @@ def _rewrite(bundle: Path, dest: Path, members: dict[str, bytes]) -> Path:
     return dest
 
 
+DATABASE = "database.sqlite"
+
+
+def _break_stream(bundle: Path, member: str, tmp: Path) -> Path:
+    """Copy ``bundle`` with the first byte of ``member``'s deflate stream set to 0xFF.
+
+    0xFF starts a block of the reserved type 3: zlib refuses it ("invalid block type"),
+    whatever the data, while the archive's directory stays intact.
+    """
+    data = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as zf:
+        info = zf.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    data[info.header_offset + 30 + name_len + extra_len] = 0xFF
+    out = tmp / f"broken-{member}.zip"
+    out.write_bytes(bytes(data))
+    return out
+
+
 def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
@@ -156,6 +179,11 @@ def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         name: (_rewrite(bundle, tmp / f"{name}.zip", m), words)
         for name, (m, words) in cases.items()
     }
+    for member, words in (
+        ("manifest.json", "manifest is unreadable"),
+        (DATABASE, "cannot be read"),
+    ):
+        out[f"broken-{member.split('.')[0]}"] = (_break_stream(bundle, member, tmp), words)
     out["truncated"] = (tmp / "truncated.zip", "not a readable bundle")
     out["text"] = (tmp / "text.zip", "not a readable bundle")
     out["missing"] = (tmp / "missing.zip", "no such bundle")
