@@ -38,6 +38,7 @@ __all__ = [
     "remove_file",
     "remove_stale_staging",
     "replace_database",
+    "restore_staging",
     "stage_restore",
     "take_backup",
     "write_snapshot",
@@ -175,17 +176,30 @@ def take_backup(
     return final
 
 
-def _remove_stale_partials(directory: Path) -> None:
-    """Remove the partial files of backups whose process died (kill -9, power loss)."""
+def _remove_stale_partials(directory: Path, pattern: re.Pattern[str] = _PARTIAL_NAME) -> None:
+    """Remove the files matching ``pattern`` (group 1: a PID) whose process died."""
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
-        return
+    except OSError:
+        return  # best effort: the next backup or restore tries again
     for name in names:
-        m = _PARTIAL_NAME.fullmatch(name)
+        m = pattern.fullmatch(name)
         if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
             continue
         (directory / name).unlink(missing_ok=True)
+
+
+_RESTORE_NAME = re.compile(r"\..+\.restore-(\d+)-[0-9a-z]+(?:-journal|-wal|-shm)?")
+
+
+def restore_staging(live: Path) -> Path:
+    """Return a new name beside ``live`` for a backup being restored over it.
+
+    A restore killed half-way leaves a whole database copy there; the files of processes
+    that are gone are removed first.
+    """
+    _remove_stale_partials(live.parent, _RESTORE_NAME)
+    return live.with_name(f".{live.name}.restore-{os.getpid()}-{new_record_id()}")
 
 
 def _alive(pid: int) -> bool:
@@ -395,7 +409,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         fsync_dir(live.parent)
     restored = None
     for backup in list_backups(live.parent / BACKUPS_DIR):
-        staging = live.with_name(f".{live.name}.restore-{os.getpid()}-{new_record_id()}")
+        staging = restore_staging(live)
         try:
             stage_restore(backup, staging, project=project, live=live)
         except BackupError as exc:

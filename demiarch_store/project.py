@@ -17,6 +17,7 @@ from .backup import (
     list_backups,
     remove_file,
     replace_database,
+    restore_staging,
     stage_restore,
     take_backup,
 )
@@ -31,7 +32,6 @@ from .errors import (
     translate,
 )
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
-from .ids import new_record_id
 from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
@@ -383,7 +383,7 @@ class AsyncProjectStore:
                 hint="restore through Store.restore_project() or a new AsyncProjectStore",
             )
         backup = Path(backup)
-        staging = self.path.with_name(f".{self.path.name}.restore-{os.getpid()}-{new_record_id()}")
+        staging = await asyncio.to_thread(restore_staging, self.path)
         was_open = self._pool is not None
         try:
             await asyncio.to_thread(stage_restore, backup, staging, project=self.id, live=self.path)

@@ -565,6 +565,35 @@ async def test_restore_that_cannot_put_the_file_in_place_raises_storage_error(
     assert (await reopened.check(full=True)).ok
 
 
+async def test_a_restore_killed_half_way_leaves_a_copy_the_next_restore_removes(
+    store: Store,
+) -> None:
+    project = await store.create_project(name="restored twice")
+    await fill(project, 3)
+    backup = await project.backup()
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await asyncio.wait_for(dead.wait(), 60)  # exited and reaped: its PID is gone
+    dead_pid = dead.pid
+    live = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(120)"
+    )
+    try:
+        left = project.path.with_name(f".database.sqlite.restore-{dead_pid}-01abc")
+        in_use = project.path.with_name(f".database.sqlite.restore-{live.pid}-01abc")
+        for path in (left, Path(f"{left}-journal"), in_use):
+            path.write_bytes(b"a copy of a backup")
+
+        await store.restore_project(project.id, backup)
+
+        assert not left.exists() and not Path(f"{left}-journal").exists()
+        assert in_use.exists()  # its process may still be restoring
+    finally:
+        live.kill()
+        await asyncio.wait_for(live.wait(), 30)
+    async with project.read() as r:
+        assert await r.messages.count() == 3
+
+
 def revision_of(path: Path) -> str | None:
     conn = sqlite3.connect(readonly_uri(path), uri=True)
     try:
