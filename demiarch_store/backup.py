@@ -34,6 +34,7 @@ __all__ = [
     "create_database_file",
     "fsync_dir",
     "list_backups",
+    "make_private_dir",
     "quarantine_database",
     "remove_file",
     "remove_stale_staging",
@@ -91,6 +92,21 @@ def create_database_file(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700, whatever the umask."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
 
 
 def remove_file(path: Path) -> None:
@@ -387,11 +403,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
     """
     parent = live.parent / QUARANTINE_DIR
     with no_other_users(live, project):
-        try:
-            os.mkdir(parent, 0o700)
-            os.chmod(parent, 0o700)
-        except FileExistsError:
-            pass
+        make_private_dir(parent)
         while True:
             target = parent / f"{_utc_stamp()}-{new_record_id()[-6:]}"
             try:

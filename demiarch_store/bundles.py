@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .backup import Staging, fsync_dir
+from .backup import Staging, fsync_dir, make_private_dir
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
-from .project import claim_project_dir, make_private_dir
+from .project import claim_project_dir
 
 __all__ = [
     "BUNDLE_SUFFIX",

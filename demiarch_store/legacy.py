@@ -19,12 +19,11 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backup import Staging, create_database_file
+from .backup import Staging, create_database_file, make_private_dir
 from .bundles import publish
 from .errors import CorruptDatabase, ProjectExists, StorageError, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import run_migrations
-from .project import make_private_dir
 from .schema import metadata
 from .store import readonly_uri
 

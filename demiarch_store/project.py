@@ -15,6 +15,7 @@ from .backup import (
     backups_dir_for,
     create_database_file,
     list_backups,
+    make_private_dir,
     remove_file,
     replace_database,
     restore_staging,
@@ -41,7 +42,6 @@ __all__ = [
     "FileKey",
     "claim_project_dir",
     "has_sqlite_header",
-    "make_private_dir",
     "open_files",
 ]
 
@@ -59,21 +59,6 @@ def open_files() -> dict[FileKey, AsyncProjectStore]:
     second handle on a file the process holds would drop the process's POSIX locks on it.
     """
     return _open_files.copy()
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700, whatever the umask."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(d, 0o700)
 
 
 def claim_project_dir(directory: Path, project_id: str, *, hint: str) -> None:

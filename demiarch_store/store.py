@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .backup import Staging, quarantine_database, write_snapshot
+from .backup import Staging, make_private_dir, quarantine_database, write_snapshot
 from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
@@ -34,7 +34,6 @@ from .project import (
     AsyncProjectStore,
     FileKey,
     claim_project_dir,
-    make_private_dir,
     open_files,
 )
 from .schema import HEAD_REVISION
@@ -437,8 +436,8 @@ class Store:
                 return await asyncio.to_thread(
                     write_bundle, snapshot, target, project_id=project_id, version=__version__
                 )
-            except OSError as exc:
-                raise pool.translate(exc, "writing the bundle") from None
+            except (OSError, sqlite3.Error) as exc:
+                raise pool.translate(exc, "writing the bundle") from exc
         finally:
             await asyncio.to_thread(staging.close)
 
