@@ -41,7 +41,9 @@ __all__ = [
     "AsyncProjectStore",
     "FileKey",
     "claim_project_dir",
+    "create_database_file",  # defined in backup.py; kept here for existing imports
     "has_sqlite_header",
+    "make_private_dir",  # likewise
     "open_files",
 ]
 

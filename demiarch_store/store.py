@@ -30,12 +30,7 @@ from .errors import (
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
-from .project import (
-    AsyncProjectStore,
-    FileKey,
-    claim_project_dir,
-    open_files,
-)
+from .project import AsyncProjectStore, FileKey, claim_project_dir, open_files
 from .schema import HEAD_REVISION
 
 if TYPE_CHECKING:
