@@ -92,8 +92,9 @@ def export_target(dest: Path, project_id: str) -> Path:
 def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -> Path:
     """Zip ``snapshot`` and its manifest into a new file ``dest`` (0600, fsynced, never replaced).
 
-    Runs in a thread. The archive is written to a hidden temporary file beside ``dest`` and
-    linked into place only when complete, so ``dest`` is never a partial bundle.
+    Runs in a thread. The archive is written to a temporary file beside ``snapshot`` (in the
+    export's staging folder, on ``dest``'s file system, so a crash leaves nothing but that
+    folder) and linked into place only when complete, so ``dest`` is never a partial bundle.
     """
     conn = sqlite3.connect(snapshot, isolation_level=None)
     try:
@@ -116,7 +117,7 @@ def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -
         created_at=datetime.now(UTC).isoformat(),
         exported_by=f"demiarch-store {version}",
     )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=snapshot.parent)
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o600)
