@@ -851,7 +851,7 @@ def test_projects_dir_that_is_a_file_is_reported(run: Run, tmp_path: Path) -> No
     below = run("--projects-dir", str(blocker / "projects"), "create", "x", projects=False)
     assert below.code == 1
     line = one_error_line(below)
-    assert "cannot create the project directory" in line and str(blocker) in line
+    assert "cannot create the project" in line and str(blocker) in line
 
 
 # -- real processes -----------------------------------------------------------------------------
