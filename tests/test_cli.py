@@ -277,7 +277,7 @@ def test_delete_asks_first(run: Run, projects_dir: Path) -> None:
 class _CtrlC(io.StringIO):
     """A terminal whose user presses Ctrl-C at the prompt."""
 
-    def readline(self, size: int | None = -1) -> str:
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
         raise KeyboardInterrupt
 
 
@@ -834,6 +834,21 @@ def test_all_without_projects(run: Run, projects_dir: Path, command: str) -> Non
     assert run(command, "--all", "--json").json() == []
 
 
+def test_a_bug_is_one_line_unless_debug(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    import demiarch_store.cli as cli_module
+
+    async def broken(config: StoreConfig) -> list[Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_module, "_list_projects", broken)
+    result = run("list")
+    assert result.code == 1
+    line = one_error_line(result)
+    assert "unexpected RuntimeError: boom" in line and "--debug" in line
+    debug = run("--debug", "list")
+    assert debug.code == 1 and "Traceback (most recent call last)" in debug.err
+
+
 def test_help_and_version_exit_0(run: Run) -> None:
     result = run("--help")
     assert result.code == 0
@@ -968,6 +983,9 @@ def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) ->
     checked = _pty_run([*base, "check", "--all"], env=env)
     assert "Checking" in checked  # the progress bar, drawn on the terminal then cleared
     assert "1 checked, 1 healthy, 0 with problems" in _strip_ansi(checked)
+    migrated = _pty_run([*base, "migrate", "--all"], env=env)
+    assert "Migrating" in migrated
+    assert f"{project_id}: already at {HEAD_REVISION}" in _strip_ansi(migrated)
 
     deleted = _pty_run([*base, "delete", project_id], answer="y\r", env=env)
     assert "[y/N]" in deleted and f"Deleted project {project_id}." in deleted
