@@ -397,7 +397,7 @@ def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
         conn.execute("ROLLBACK")
 
 
-async def run_on_reader(project: AsyncProjectStore, job: Any, *args: Any, action: str) -> Any:
+async def _run_on_reader(project: AsyncProjectStore, job: Any, *args: Any, action: str) -> Any:
     """Run ``job(conn, *args)`` in one hop on one of the project's reader connections."""
     pool = project.pool
     pool.enter()
@@ -420,7 +420,7 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
         records = await r.projects.list(limit=1)
         calls = await r.llm_calls.count()
         cost = await r.llm_calls.total_cost()
-    counts = await run_on_reader(project, _count_rows, action="counting rows")
+    counts = await _run_on_reader(project, _count_rows, action="counting rows")
     record = records[0] if records else None
     return {
         "id": project.id,
@@ -666,7 +666,8 @@ async def _check(state: State, project_id: str | None, full: bool) -> list[dict[
     async with Store(state.config()) as store:
         if project_id is not None:
             _existing_dir(state, store, project_id)
-            return [await _check_one(store, project_id, None, full)]
+            name = describe(project_id, store.database_path(project_id)).name
+            return [await _check_one(store, project_id, name, full)]
         infos = await store.list_projects()
         results = []
         with state.progress("Checking", total=len(infos)) as bar:
@@ -797,7 +798,7 @@ async def _stats(state: State, project_id: str) -> dict[str, Any]:
         _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         facts = await _project_facts(project)
-        pages = await run_on_reader(project, _pages, action="reading the page counts")
+        pages = await _run_on_reader(project, _pages, action="reading the page counts")
         return {
             "id": project_id,
             "name": facts["name"],

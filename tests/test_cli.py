@@ -403,6 +403,7 @@ def test_check_a_healthy_and_a_corrupt_project(run: Run, projects_dir: Path) -> 
     assert healthy.code == 0, healthy.out + healthy.err
     report = healthy.json()
     assert report["ok"] is True and report["problems"] == []
+    assert report["id"] == good and report["name"] == "good"
     assert report["check"] == "quick_check" and report["integrity"] == ["ok"]
     human = run("check", good, "--full")
     assert human.code == 0
