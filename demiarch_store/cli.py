@@ -66,7 +66,7 @@ _STATUS_STYLE = {
 
 _STATUS_TODO = {
     "empty": "restore a backup into it or delete it",
-    "corrupt": "check it, restore a backup (`restore {id} BACKUP`) or delete it",
+    "corrupt": "check it, then `quarantine {id}` (puts its newest good backup back) or delete it",
     "newer_schema": "upgrade demiarch-store to open it",
     "unreadable": "check the permissions of its directory and files",
 }
@@ -222,12 +222,14 @@ def cli(ctx: click.Context, projects_dir: Path | None, debug: bool) -> None:
     state = ctx.ensure_object(State)
     state.projects_dir = projects_dir
     state.debug = debug
-    if debug:
-        state.log_handler = logging.StreamHandler(sys.stderr)
-        state.log_handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
-        log = logging.getLogger("demiarch_store")
-        log.addHandler(state.log_handler)
-        log.setLevel(logging.DEBUG)
+    # The library's warnings (a slow unit of work, a quarantine) become "warning: ..." lines;
+    # --debug shows its debug log too.
+    state.log_handler = logging.StreamHandler(sys.stderr)
+    fmt = "debug: %(name)s: %(levelname)s: %(message)s" if debug else "warning: %(message)s"
+    state.log_handler.setFormatter(logging.Formatter(fmt))
+    log = logging.getLogger("demiarch_store")
+    log.addHandler(state.log_handler)
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
@@ -952,6 +954,49 @@ def import_legacy_command(state: State, source: Path, as_json: bool) -> None:
         markup=False,
         soft_wrap=True,
     )
+
+
+async def _quarantine(config: StoreConfig, project_id: str) -> Path:
+    async with Store(config) as store:
+        return await store.quarantine_project(project_id)
+
+
+@cli.command("quarantine")
+@project_id_argument
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def quarantine_command(state: State, project_id: str, yes: bool, as_json: bool) -> None:
+    """Move a damaged project's database aside (kept) and restore its newest good backup."""
+    config = state.config()
+    store = Store(config)
+    _existing_dir(state, store, project_id)
+    if not yes:
+        _confirm(
+            f"Move the database of project {project_id} into its quarantine/ folder and put "
+            "its newest good backup in its place?"
+        )
+    folder = state.run(_quarantine(config, project_id))
+    info = describe(project_id, store.database_path(project_id))
+    restored = info.status == "ok"
+    if as_json:
+        _emit_json(
+            {"id": project_id, "quarantine": folder, "restored": restored, "status": info.status}
+        )
+        return
+    out = state.out
+    out.print(
+        f"Moved the database of project {project_id} to {folder}.", markup=False, soft_wrap=True
+    )
+    if restored:
+        out.print("Restored its newest good backup.", markup=False)
+    else:
+        restore = state.cli_hint(f"restore {project_id} BACKUP")
+        out.print(
+            f"It had no good backup: restore one (`{restore}`) or delete the project.",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 # -- migrations ---------------------------------------------------------------------------------

@@ -397,6 +397,41 @@ def test_restore_refuses_a_bad_backup_and_keeps_the_project(
     assert missing.code == 1 and "no such project" in one_error_line(missing)
 
 
+def test_quarantine_puts_the_newest_good_backup_back(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    add_messages(projects_dir, project_id, 4)
+    assert run("backup", project_id).code == 0
+    add_messages(projects_dir, project_id, 6)
+    path = corrupt(projects_dir, project_id)
+    damaged = path.read_bytes()
+    listed = run("list")
+    assert f"`quarantine {project_id}`" in listed.out
+
+    refused = run("quarantine", project_id, input="n\n")
+    assert refused.code == 1 and path.read_bytes() == damaged
+
+    result = run("quarantine", project_id, "--yes", "--json")
+    assert result.code == 0, result.err
+    moved = result.json()
+    assert moved["restored"] is True and moved["status"] == "ok"
+    folder = Path(moved["quarantine"])
+    assert (folder / "database.sqlite").read_bytes() == damaged  # kept, unchanged
+    assert run("show", project_id, "--json").json()["tables"]["messages"] == 4
+    assert "warning: " in result.err  # the library's own warning, one prefixed line
+
+
+def test_quarantine_without_a_backup_leaves_the_project_empty(run: Run, projects_dir: Path) -> None:
+    project_id = create(run)
+    corrupt(projects_dir, project_id)
+    result = run("quarantine", project_id, "--yes")
+    assert result.code == 0, result.err
+    assert f"Moved the database of project {project_id} to " in result.out
+    assert "It had no good backup: restore one (`demiarch-store --projects-dir" in result.out
+    [info] = run("list", "--json").json()
+    assert info["status"] == "empty"
+    assert run("show", project_id).code == 1
+
+
 def test_check_a_healthy_and_a_corrupt_project(run: Run, projects_dir: Path) -> None:
     good = create(run, "good")
     healthy = run("check", good, "--json")
@@ -743,6 +778,7 @@ ID_COMMANDS = {
     "export": ["{tmp}/bundle.zip"],
     "costs": [],
     "stats": [],
+    "quarantine": ["--yes"],
 }
 
 
