@@ -475,7 +475,7 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
     out.print(rows)
 
 
-@cli.command("show")
+@cli.command("show", short_help="Show a project: schema, sizes, LLM costs, rows per table.")
 @project_id_argument
 @json_option
 @pass_state
@@ -502,7 +502,7 @@ async def _delete(config: StoreConfig, project_id: str) -> None:
         await store.delete_project(project_id)
 
 
-@cli.command("delete")
+@cli.command("delete", short_help="Delete a project and all its files (asks first).")
 @project_id_argument
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
@@ -543,7 +543,7 @@ def _describe_existing(state: State, project_id: str) -> ProjectInfo:
     return info
 
 
-@cli.command("revision")
+@cli.command("revision", short_help="Show a project's schema revision and the head revision.")
 @project_id_argument
 @json_option
 @pass_state
@@ -590,7 +590,7 @@ async def _backup(config: StoreConfig, project_id: str, dest: Path | None) -> di
         return {"id": project_id, "backup": path, "size_bytes": _file_size(path)}
 
 
-@cli.command("backup")
+@cli.command("backup", short_help="Write a verified backup of a project while it stays usable.")
 @project_id_argument
 @click.option(
     "--to",
@@ -621,7 +621,7 @@ async def _restore(config: StoreConfig, project_id: str, backup: Path) -> dict[s
         return await _project_facts(project)
 
 
-@cli.command("restore")
+@cli.command("restore", short_help="Replace a project's database with a backup (asks first).")
 @project_id_argument
 @click.argument("backup", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -686,7 +686,7 @@ async def _check(state: State, project_id: str | None, full: bool) -> list[dict[
         return results
 
 
-@cli.command("check")
+@cli.command("check", short_help="Check a project's health, or every project's (--all).")
 @click.argument("project_id", metavar="[ID]", required=False, callback=_optional_project_id)
 @click.option("--all", "all_", is_flag=True, help="Check every project (with a progress bar).")
 @click.option("--full", is_flag=True, help="Run the slower integrity_check, not quick_check.")
@@ -768,7 +768,7 @@ async def _vacuum(config: StoreConfig, project_id: str) -> dict[str, int]:
         return {"before_bytes": before, "after_bytes": after}
 
 
-@cli.command("vacuum")
+@cli.command("vacuum", short_help="Give a project's free pages back to the file system.")
 @project_id_argument
 @json_option
 @pass_state
@@ -815,7 +815,7 @@ async def _stats(state: State, project_id: str) -> dict[str, Any]:
         }
 
 
-@cli.command("stats")
+@cli.command("stats", short_help="Show a project's storage figures, rows and pool counters.")
 @project_id_argument
 @json_option
 @pass_state
@@ -862,7 +862,7 @@ async def _export(state: State, project_id: str, dest: Path) -> dict[str, Any]:
         return {"id": project_id, "bundle": bundle, "size_bytes": _file_size(bundle)}
 
 
-@cli.command("export")
+@cli.command("export", short_help="Write a project to one portable bundle file.")
 @project_id_argument
 @click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
 @json_option
@@ -896,7 +896,7 @@ async def _import(state: State, bundle: Path, project_id: str | None) -> dict[st
         return await _project_facts(project)
 
 
-@cli.command("import")
+@cli.command("import", short_help="Import a bundle made by `export` as a project.")
 @click.argument("bundle", metavar="PATH", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--id",
@@ -922,7 +922,7 @@ async def _import_legacy(config: StoreConfig, source: Path) -> LegacyImportRepor
         return await store.import_legacy(source)
 
 
-@cli.command("import-legacy")
+@cli.command("import-legacy", short_help="Split an old global database into one project each.")
 @click.argument("source", metavar="DB", type=click.Path(path_type=Path, dir_okay=False))
 @json_option
 @pass_state
@@ -961,7 +961,9 @@ async def _quarantine(config: StoreConfig, project_id: str) -> Path:
         return await store.quarantine_project(project_id)
 
 
-@cli.command("quarantine")
+@cli.command(
+    "quarantine", short_help="Move a damaged database aside; put its last good backup back."
+)
 @project_id_argument
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -1049,7 +1051,7 @@ async def _migrate(
         return results
 
 
-@cli.command("migrate")
+@cli.command("migrate", short_help="Upgrade or downgrade a project's schema (or --all).")
 @click.argument("project_id", metavar="[ID]", required=False, callback=_optional_project_id)
 @click.option("--all", "all_", is_flag=True, help="Migrate every project (with a progress bar).")
 @click.option(
@@ -1148,7 +1150,7 @@ async def _costs(
     }
 
 
-@cli.command("costs")
+@cli.command("costs", short_help="Sum a project's LLM calls and their exact cost.")
 @project_id_argument
 @click.option(
     "--by",
@@ -1254,7 +1256,7 @@ async def _demo(config: StoreConfig, agents: int, turns: int) -> dict[str, Any]:
         return await _project_facts(project)
 
 
-@cli.command("demo")
+@cli.command("demo", short_help="Create a demo project that concurrent agents fill.")
 @click.option("--agents", default=4, show_default=True, type=click.IntRange(1, 64))
 @click.option("--turns", default=5, show_default=True, type=click.IntRange(1, 1000))
 @pass_state
