@@ -33,11 +33,16 @@ _VALID = re.compile(r"[0-9a-z][0-9a-z_-]{0,63}")
 
 
 def _encode(value: int, length: int) -> str:
+    """Return the last ``length`` Crockford base32 digits of ``value`` (the reference form)."""
     out = []
     for _ in range(length):
         out.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(out))
+
+
+# The last two digits (10 bits) of every pair of digits, for the fast path below.
+_PAIRS = [x + y for x in _ALPHABET for y in _ALPHABET]
 
 
 class _Monotonic:
@@ -47,6 +52,7 @@ class _Monotonic:
         self._chars = random_chars
         self._bits = random_chars * 5
         self._lock = threading.Lock()
+        self._prefix = ""
         self._last_ms = -1
         self._last_rand = 0
 
@@ -62,8 +68,12 @@ class _Monotonic:
             else:
                 # Leave the top bit clear so increments within a millisecond cannot overflow.
                 rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
+            if ms != self._last_ms or rand >> 10 != self._last_rand >> 10:
+                # IDs are made on every insert: re-encode all but the last two digits only
+                # when they change (once per millisecond, or every 1,024 IDs).
+                self._prefix = _encode(ms, 10) + _encode(rand >> 10, self._chars - 2)
             self._last_ms, self._last_rand = ms, rand
-        return _encode(ms, 10) + _encode(rand, self._chars)
+            return self._prefix + _PAIRS[rand & 1023]
 
 
 new_project_id = _Monotonic(random_chars=6)
