@@ -38,9 +38,13 @@ T = TypeVar("T")
 Job = Callable[..., Any]
 
 _STOP: Final = object()
+_Item = tuple["asyncio.Future[Any] | None", Any, tuple[Any, ...]]
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+_EPOCH_MAX_AGE: Final = 0.01
+"""Seconds after which a read epoch takes no new snapshots (bounds how stale one can be)."""
+_EPOCH_MAX_HOLDERS: Final = 32
 
 
 class RowMissing(Exception):
@@ -90,11 +94,18 @@ class Worker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[asyncio.Future[Any] | None, Any, tuple[Any, ...]]]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item]] = queue.SimpleQueue()
+        self._pending: list[_Item] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name)
         self._conn: sqlite3.Connection | None = None
+        self.completed = 0
+        """Jobs finished so far; written by the thread before it reports them."""
+        # Read epoch of a reader (see Pool.acquire_reader); unused on the writer.
+        self.holders = 0
+        self.epoch_gen = -1
+        self.epoch_start = 0.0
+        self.begun = False
         self._thread.start()
 
     def submit(self, fn: Job, *args: Any) -> asyncio.Future[Any]:
@@ -102,20 +113,33 @@ class Worker:
         if self._stopping:
             raise StoreClosed("the connection is closed")
         fut = self._loop.create_future()
-        self._queue.put((fut, fn, args))
+        self._enqueue((fut, fn, args))
         return fut
 
     def post(self, fn: Job, *args: Any) -> None:
         """Queue ``fn(conn, *args)`` without waiting for it (its errors are logged)."""
         if not self._stopping:
-            self._queue.put((None, fn, args))
+            self._enqueue((None, fn, args))
+
+    def _enqueue(self, item: _Item) -> None:
+        # Jobs queued during one turn of the event loop reach the thread as one batch: one
+        # wake-up of the thread (and one hand-over of the GIL) for all of them.
+        pending = self._pending
+        pending.append(item)
+        if len(pending) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._queue.put(batch)
 
     async def stop(self) -> None:
         """Close the connection after every queued job, and join the thread."""
         if self._stopping:
             return
         fut = self._loop.create_future()
-        self._queue.put((fut, _STOP, ()))
+        self._enqueue((fut, _STOP, ()))
         self._stopping = True
         try:
             await asyncio.shield(fut)
@@ -131,10 +155,10 @@ class Worker:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         running = True
         while running:
-            batch = [get()]
+            batch = get()
             while True:
                 try:
-                    batch.append(get_nowait())
+                    batch += get_nowait()
                 except queue.Empty:
                     break
             done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
@@ -160,11 +184,13 @@ class Worker:
                     else:
                         result = fn(self._conn, *args)
                 except BaseException as exc:  # noqa: B036 - delivered to the awaiting task
+                    self.completed += 1
                     if fut is None:
                         log.warning("background job %s failed: %r", fn.__name__, exc)
                     else:
                         done.append((fut, None, exc))
                 else:
+                    self.completed += 1
                     if fut is not None:
                         done.append((fut, result, None))
             if done:
@@ -276,7 +302,8 @@ class Pool:
         self._writer: Worker | None = None
         self._readers_idle: list[Worker] = []
         self._readers_all: list[Worker] = []
-        self._reader_waiters: deque[asyncio.Future[Worker]] = deque()
+        self._reader_waiters: deque[tuple[asyncio.Future[Worker], bool]] = deque()
+        self._shared: list[Worker] = []
         self._opening_readers = 0
         self._queue: deque[_Unit | asyncio.Future[None]] = deque()
         self._writer_busy = False
@@ -514,34 +541,43 @@ class Pool:
         self._pump()
 
     # -- readers ------------------------------------------------------------------------------
+    #
+    # A reader is idle, held by one caller (``acquire_reader``: whole-connection jobs such as a
+    # backup), or *shared*: ``project.read()`` snapshots that overlap in time join one read
+    # transaction (an *epoch*) on one reader, so their queries reach the thread in one batch.
+    # Every snapshot still sees one consistent state for its whole block. A snapshot joins an
+    # epoch only if nothing has finished on the writer since the epoch began and the epoch is
+    # younger than _EPOCH_MAX_AGE; so it sees every unit acknowledged before it started.
 
-    async def acquire_reader(self) -> Worker:
-        """Take an idle reader, opening one if fewer than ``max_readers`` exist."""
-        if self._readers_idle:
-            return self._readers_idle.pop()
-        if len(self._readers_all) + self._opening_readers < self.config.max_readers:
-            self._opening_readers += 1
-            worker = Worker(self._loop, f"demiarch-reader-{self.project or self.path.name}")
-            try:
-                await asyncio.shield(worker.submit(connect, self.path, self.config, True))
-            except BaseException as exc:
-                await worker.stop()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise self.translate(exc, "opening a reader connection") from None
-            finally:
-                self._opening_readers -= 1
-            self._readers_all.append(worker)
-            return worker
+    def _new_reader(self) -> Worker | None:
+        """Return a new reader worker if the pool may open one (not yet connected)."""
+        if len(self._readers_all) + self._opening_readers >= self.config.max_readers:
+            return None
+        self._opening_readers += 1
+        return Worker(self._loop, f"demiarch-reader-{self.project or self.path.name}")
+
+    async def _connect_reader(self, worker: Worker) -> None:
+        try:
+            await asyncio.shield(worker.submit(connect, self.path, self.config, True))
+        except BaseException as exc:
+            await worker.stop()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self.translate(exc, "opening a reader connection") from None
+        finally:
+            self._opening_readers -= 1
+        self._readers_all.append(worker)
+
+    async def _wait_reader(self, shared: bool) -> Worker:
         fut: asyncio.Future[Worker] = self._loop.create_future()
-        self._reader_waiters.append(fut)
+        self._reader_waiters.append((fut, shared))
         try:
             async with asyncio.timeout(self.config.acquire_timeout):
                 return await fut
         except TimeoutError:
             self.counters.pool_timeouts += 1
             if fut.done() and not fut.cancelled():
-                self.release_reader(fut.result(), started=False)
+                self._give_back(fut.result(), shared)
             raise PoolTimeout(
                 f"no reader connection within {self.config.acquire_timeout:g}s "
                 f"(max_readers={self.config.max_readers})",
@@ -551,18 +587,88 @@ class Pool:
             ) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release_reader(fut.result(), started=False)
+                self._give_back(fut.result(), shared)
             raise
+
+    def _give_back(self, worker: Worker, shared: bool) -> None:
+        if shared:
+            self.release_shared(worker)
+        else:
+            self.release_reader(worker, started=False)
+
+    async def acquire_reader(self) -> Worker:
+        """Take an idle reader for the caller alone, opening one if fewer than ``max_readers``."""
+        if self._readers_idle:
+            return self._readers_idle.pop()
+        worker = self._new_reader()
+        if worker is None:
+            return await self._wait_reader(shared=False)
+        await self._connect_reader(worker)
+        return worker
 
     def release_reader(self, worker: Worker, *, started: bool) -> None:
         """Return a reader; end its snapshot in the background if it began one."""
         if started:
             worker.post(_rollback_if_active)
-        while self._reader_waiters:
-            fut = self._reader_waiters.popleft()
-            if not fut.done():
-                fut.set_result(worker)
-                return
+        self._reader_free(worker)
+
+    async def acquire_shared(self) -> Worker:
+        """Join a current read epoch, or start one on a free reader (for ``project.read()``)."""
+        gen = self.writer.completed
+        now = self._loop.time()
+        for worker in self._shared:
+            if (
+                worker.epoch_gen == gen
+                and now - worker.epoch_start < _EPOCH_MAX_AGE
+                and worker.holders < _EPOCH_MAX_HOLDERS
+            ):
+                worker.holders += 1
+                return worker
+        if self._readers_idle:
+            worker = self._readers_idle.pop()
+        else:
+            new = self._new_reader()
+            if new is None:
+                return await self._wait_reader(shared=True)
+            await self._connect_reader(new)
+            worker = new
+        self._start_epoch(worker)
+        return worker
+
+    def _start_epoch(self, worker: Worker) -> None:
+        worker.holders = 1
+        worker.epoch_gen = self.writer.completed
+        worker.epoch_start = self._loop.time()
+        worker.begun = False
+        self._shared.append(worker)
+
+    def release_shared(self, worker: Worker) -> None:
+        """Leave a read epoch; the last one out ends its transaction (in the background)."""
+        worker.holders -= 1
+        if worker.holders:
+            return
+        self._shared.remove(worker)
+        if worker.begun:
+            worker.post(_rollback_if_active)
+            worker.begun = False
+        self._reader_free(worker)
+
+    def _reader_free(self, worker: Worker) -> None:
+        waiters = self._reader_waiters
+        while waiters:
+            fut, shared = waiters.popleft()
+            if fut.done():
+                continue
+            fut.set_result(worker)
+            if shared:
+                # Every snapshot waiting at the head of the queue joins the new epoch.
+                self._start_epoch(worker)
+                while waiters and waiters[0][1] and worker.holders < _EPOCH_MAX_HOLDERS:
+                    fut, _ = waiters.popleft()
+                    if not fut.done():
+                        fut.set_result(worker)
+                        worker.holders += 1
+            return
         self._readers_idle.append(worker)
 
     # -- figures ------------------------------------------------------------------------------

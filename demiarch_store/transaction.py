@@ -160,12 +160,11 @@ class Snapshot(Session):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._worker: Worker | None = None
-        self._started = False
 
     async def __aenter__(self) -> Snapshot:
         self._pool.enter()
         try:
-            self._worker = await self._pool.acquire_reader()
+            self._worker = await self._pool.acquire_shared()
         except BaseException:
             self._pool.leave()
             raise
@@ -179,7 +178,7 @@ class Snapshot(Session):
     ) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            self._pool.release_reader(worker, started=self._started)
+            self._pool.release_shared(worker)
         self._pool.leave()
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
@@ -191,8 +190,10 @@ class Snapshot(Session):
                 path=self._pool.path,
                 hint="use the repositories only inside the `async with` block",
             )
-        begin = not self._started
-        self._started = True
+        # The first query of a read epoch begins its transaction; the others run inside it
+        # (the worker runs jobs in order).
+        begin = not worker.begun
+        worker.begun = True
         try:
             return await worker.submit(read_job, begin, sql, params)  # type: ignore[no-any-return]
         except asyncio.CancelledError:

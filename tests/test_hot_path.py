@@ -1,0 +1,128 @@
+"""The fast paths keep the semantics: shared read epochs, batched jobs, fast IDs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+
+import pytest
+
+from demiarch_store import AsyncProjectStore, PoolTimeout, StoreConfig
+from demiarch_store.ids import _encode, new_record_id
+
+pytestmark = pytest.mark.anyio
+
+
+def test_record_ids_match_the_reference_encoding_and_increase() -> None:
+    ids = [new_record_id() for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for record_id in ids[::97]:
+        assert len(record_id) == 26
+        value = 0
+        for ch in record_id:
+            value = value * 32 + "0123456789abcdefghjkmnpqrstvwxyz".index(ch)
+        assert _encode(value, 26) == record_id
+
+
+async def test_snapshot_started_after_a_commit_sees_it(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    async with project.read() as first:
+        before = await first.messages.count()
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content="new")
+        # The first snapshot's epoch is still open: a later snapshot must not join it.
+        async with project.read() as second:
+            assert await second.messages.count() == before + 1
+        assert await first.messages.count() == before  # still its own consistent view
+
+
+async def test_concurrent_snapshots_are_consistent_and_fresh(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    acknowledged = 0
+
+    async def writer() -> None:
+        nonlocal acknowledged
+        for _ in range(40):
+            async with project.transaction() as tx:
+                await tx.messages.append(conv.id, role="user", content="x")
+            acknowledged += 1
+            await asyncio.sleep(0)
+
+    async def reader() -> None:
+        for _ in range(60):
+            floor = acknowledged
+            async with project.read() as r:
+                first = await r.messages.count()
+                await asyncio.sleep(random.choice([0, 0, 0.001]))
+                again = await r.messages.count()
+            assert first == again  # one state for the whole block
+            assert first >= floor  # includes every unit acknowledged before it began
+
+    await asyncio.gather(writer(), *(reader() for _ in range(12)))
+    async with project.read() as r:
+        assert await r.messages.count() == 40
+
+
+async def test_shared_readers_leave_exclusive_acquire_working(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "one.sqlite"
+    config = StoreConfig(projects_dir=path.parent, max_readers=1, acquire_timeout=0.2)
+    async with AsyncProjectStore(path, config=config) as project:
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="c")
+        pool = project.pool
+        worker = await pool.acquire_reader()
+        # The only reader is held alone: a snapshot waits, then times out cleanly.
+        with pytest.raises(PoolTimeout):
+            async with project.read() as r:
+                await r.conversations.get(conv.id)
+        waiting = asyncio.create_task(_read_title(project, conv.id))
+        await asyncio.sleep(0.01)
+        pool.release_reader(worker, started=False)
+        assert await waiting == "c"
+        # Snapshots waiting together share the freed reader.
+        worker = await pool.acquire_reader()
+        tasks = [asyncio.create_task(_read_title(project, conv.id)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        pool.release_reader(worker, started=False)
+        assert await asyncio.gather(*tasks) == ["c"] * 5
+        # A cancelled waiter gives its place back.
+        worker = await pool.acquire_reader()
+        task = asyncio.create_task(_read_title(project, conv.id))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool.release_reader(worker, started=False)
+        assert await _read_title(project, conv.id) == "c"
+        assert pool._readers_idle == pool._readers_all and not pool._shared
+
+
+def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    return conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # type: ignore[no-any-return]
+
+
+async def _read_title(project: AsyncProjectStore, conv_id: str) -> str | None:
+    async with project.read() as r:
+        return (await r.conversations.get(conv_id)).title
+
+
+async def test_read_epoch_ends_its_transaction(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    await asyncio.gather(*(_read_title(project, conv.id) for _ in range(20)))
+    # Every epoch ended: a checkpoint can reset the whole WAL (no reader pins an old state).
+    async with project.transaction() as tx:
+        await tx.conversations.update(conv.id, title="d")
+    pool = project.pool
+    await pool.acquire_writer()
+    try:
+        busy, _, _ = await pool.run_writer(_checkpoint, action="checkpointing")
+    finally:
+        pool.release_writer()
+    assert busy == 0
+    assert await _read_title(project, conv.id) == "d"
