@@ -7,8 +7,11 @@ reach the database at commit, or before the unit's first read. Reads run at once
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import cached_property
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
@@ -36,15 +39,18 @@ __all__ = [
 R = TypeVar("R")
 
 _DIALECT = sqlite.dialect(paramstyle="named")
+_POSITIONAL = sqlite.dialect(paramstyle="qmark")
 
 
-def compile_sql(stmt: ClauseElement) -> str:
-    """Compile a Core statement once into SQL with named parameters.
+def compile_sql(stmt: ClauseElement, *, positional: bool = False) -> str:
+    """Compile a Core statement once into SQL with named parameters (or ``?`` placeholders).
 
     Parameters the statement fixes itself (such as SQLite's ``OFFSET 0`` after a ``LIMIT``) are
     rendered inline, so a caller supplies exactly the ``bindparam`` names it declared.
     """
-    compiled = stmt.compile(dialect=_DIALECT)
+    compiled = stmt.compile(dialect=_POSITIONAL if positional else _DIALECT)
+    if positional:
+        return str(compiled)
     text = str(compiled)
     for name, value in compiled.params.items():
         if value is not None and isinstance(value, int) and not isinstance(value, bool):
@@ -66,6 +72,9 @@ class Codec:
                 self.binders.append((c.name, bind))
             self.loaders.append(c.type.result_processor(_DIALECT, None))
         self.any_loader = any(self.loaders)
+        self.getter = attrgetter(*self.names)
+        names = self.names
+        self.row_binders = [(names.index(name), proc) for name, proc in self.binders]
 
     def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(values)
@@ -73,6 +82,36 @@ class Codec:
             if name in out:
                 out[name] = proc(out[name])
         return out
+
+    def bind_record(self, record: Any) -> tuple[Any, ...]:
+        """Return a whole record's stored values, in column order (for positional SQL)."""
+        row = self.getter(record)
+        if not self.row_binders:
+            return tuple(row)
+        out = list(row)
+        for i, proc in self.row_binders:
+            out[i] = proc(out[i])
+        return tuple(out)
+
+    def bind_records(self, records: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Return many records' stored values, in column order, converting column by column.
+
+        A column holding the same object in every record (the batch's timestamp, no metadata)
+        is converted once.
+        """
+        rows = list(map(self.getter, records))
+        if not self.row_binders or not rows:
+            return rows
+        columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
+        n = len(rows)
+        for i, proc in self.row_binders:
+            column = columns[i]
+            first = next(iter(column))
+            if all(map(is_, column, repeat(first))):
+                columns[i] = repeat(proc(first), n)
+            else:
+                columns[i] = list(map(proc, column))
+        return list(zip(*columns, strict=True))
 
     def load(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         if not self.any_loader:
@@ -104,13 +143,20 @@ class Repository(Generic[R]):
         self._s = session
 
     @classmethod
-    def sql(cls, name: str, build: Callable[[], ClauseElement]) -> str:
+    def sql(cls, name: str, build: Callable[[], ClauseElement], *, positional: bool = False) -> str:
         """Return the cached SQL for ``name``, compiling ``build()`` the first time."""
         try:
             return cls._sql[name]
         except KeyError:
-            text = cls._sql[name] = compile_sql(build())
+            text = cls._sql[name] = compile_sql(build(), positional=positional)
             return text
+
+    def _insert_sql(self) -> str:
+        """Return the INSERT of a whole row with ``?`` placeholders (see ``Codec.bind_record``)."""
+        try:
+            return self._sql["insert_row"]
+        except KeyError:
+            return self.sql("insert_row", lambda: insert(self.table), positional=True)
 
     def _row(self, row: tuple[Any, ...]) -> R:
         return self.record(*self._codec.load(row))  # type: ignore[no-any-return]
@@ -156,9 +202,9 @@ class Repository(Generic[R]):
 
     def _insert(self, values: dict[str, Any]) -> R:
         """Queue an INSERT of a full row and return its record."""
-        sql = self.sql("insert", lambda: insert(self.table))
-        self._s.defer(Op(sql, self._codec.bind(values)))
-        return self.record(**values)  # type: ignore[no-any-return]
+        record = self.record(**values)
+        self._s.defer(Op(self._insert_sql(), self._codec.bind_record(record)))
+        return record  # type: ignore[no-any-return]
 
     def _update(self, id: str, values: dict[str, Any]) -> None:
         """Queue an UPDATE of some columns of one record (``NotFound`` at commit if missing)."""
@@ -276,22 +322,32 @@ class MessageRepository(Repository[Message]):
         self, conversation_id: str, *, role: str, content: str, meta: Any = None
     ) -> Message:
         """Append a message to a conversation."""
-        return self._insert(_message(conversation_id, role, content, meta))
+        conv = _text(conversation_id, "conversation_id", empty=False)
+        record = _message(conv, role, content, meta, utcnow())
+        self._s.defer(Op(self._insert_sql(), self._codec.bind_record(record)))
+        return record
 
     async def append_many(
         self, conversation_id: str, items: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        """Append many messages (mappings with ``role``, ``content`` and optional ``meta``)."""
-        rows = []
+        """Append many messages (mappings with ``role``, ``content`` and optional ``meta``).
+
+        They share one ``created_at``; their IDs keep the order of ``items``.
+        """
+        conv = _text(conversation_id, "conversation_id", empty=False)
+        now = utcnow()
+        records = []
         for item in items:
-            if not isinstance(item, Mapping) or not {"role", "content"} <= item.keys():
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise InvalidValue("each message needs a 'role' and a 'content'")
-            rows.append(_message(conversation_id, item["role"], item["content"], item.get("meta")))
-        if rows:
-            sql = self.sql("insert", lambda: insert(self.table))
-            bind = self._codec.bind
-            self._s.defer(Op(sql, [bind(r) for r in rows], many=True))
-        return [Message(**r) for r in rows]
+            try:
+                role, content = item["role"], item["content"]
+            except KeyError:
+                raise InvalidValue("each message needs a 'role' and a 'content'") from None
+            records.append(_message(conv, role, content, item.get("meta"), now))
+        if records:
+            self._s.defer(Op(self._insert_sql(), self._codec.bind_records(records), many=True))
+        return records
 
     async def list(
         self,
@@ -317,15 +373,12 @@ class MessageRepository(Repository[Message]):
         return await self._rows(sql, params)
 
 
-def _message(conversation_id: str, role: object, content: object, meta: Any) -> dict[str, Any]:
-    return {
-        "id": new_record_id(),
-        "conversation_id": _text(conversation_id, "conversation_id", empty=False),
-        "role": _text(role, "role", max_len=32, empty=False),
-        "content": _text(content, "content"),
-        "meta": meta,
-        "created_at": utcnow(),
-    }
+def _message(conv: str, role: object, content: object, meta: Any, now: datetime) -> Message:
+    if type(role) is not str or not 0 < len(role) <= 32:
+        role = _text(role, "role", max_len=32, empty=False)
+    if type(content) is not str:
+        content = _text(content, "content")
+    return Message(new_record_id(), conv, role, content, meta, now)
 
 
 class Repositories:
