@@ -144,8 +144,8 @@ class Worker:
         try:
             await asyncio.shield(fut)
         finally:
-            # The thread returns right after resolving the future; the join is short.
-            await asyncio.shield(asyncio.to_thread(self._thread.join, 5.0))
+            # The thread returns right after resolving the future, so this join is short.
+            self._thread.join(timeout=5.0)
 
     @property
     def alive(self) -> bool:
@@ -267,11 +267,12 @@ def _verify(conn: sqlite3.Connection, config: StoreConfig, *, reader: bool, path
 class _Unit:
     """A write-only unit of work waiting for (or in) a group commit."""
 
-    __slots__ = ("fut", "late", "ops", "outcome", "sent")
+    __slots__ = ("fut", "late", "ops", "outcome", "queued_at", "sent")
 
-    def __init__(self, ops: list[Op], fut: asyncio.Future[None]) -> None:
+    def __init__(self, ops: list[Op], fut: asyncio.Future[None], queued_at: float) -> None:
         self.ops = ops
         self.fut = fut
+        self.queued_at = queued_at
         self.late: asyncio.Future[None] | None = None
         self.sent = False
         self.outcome: BaseException | None | object = _PENDING
@@ -307,6 +308,7 @@ class Pool:
         self._opening_readers = 0
         self._queue: deque[_Unit | asyncio.Future[None]] = deque()
         self._writer_busy = False
+        self._watchdog: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
@@ -333,6 +335,9 @@ class Pool:
             return
         self._closed = True
         await self._idle.wait()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         workers = [w for w in (self._writer, *self._readers_all) if w is not None]
         self._readers_idle.clear()
         errors = []
@@ -397,9 +402,12 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued."""
-        unit = _Unit(ops, self._loop.create_future())
+        loop = self._loop
+        unit = _Unit(ops, loop.create_future(), loop.time())
         self._queue.append(unit)
         self._pump()
+        if not unit.sent and self._watchdog is None:
+            self._arm_watchdog(self.config.acquire_timeout)
         try:
             await unit.fut
         except asyncio.CancelledError:
@@ -487,6 +495,35 @@ class Pool:
             self._writer.post(_rollback_if_active)
         self._writer_busy = False
         self._pump()
+
+    def _arm_watchdog(self, delay: float) -> None:
+        self._watchdog = self._loop.call_later(delay, self._expire_queued)
+
+    def _expire_queued(self) -> None:
+        """Fail queued write-only units that waited ``acquire_timeout`` for the writer."""
+        self._watchdog = None
+        timeout = self.config.acquire_timeout
+        now = self._loop.time()
+        oldest: float | None = None
+        for item in list(self._queue):
+            if not isinstance(item, _Unit) or item.fut.done():
+                continue
+            if item.queued_at + timeout <= now:
+                self._queue.remove(item)
+                self.counters.pool_timeouts += 1
+                item.fut.set_exception(
+                    PoolTimeout(
+                        f"no writer connection within {timeout:g}s",
+                        project=self.project,
+                        path=self.path,
+                        hint="a long transaction holds the writer; shorten it or raise "
+                        "acquire_timeout",
+                    )
+                )
+            elif oldest is None:
+                oldest = item.queued_at
+        if oldest is not None:
+            self._arm_watchdog(max(0.0, oldest + timeout - now))
 
     def _pump(self) -> None:
         queue_ = self._queue

@@ -34,7 +34,12 @@ class Session(Repositories):
         raise NotImplementedError  # pragma: no cover - both subclasses define it
 
     def not_found(self, message: str) -> NotFound:
-        return NotFound(message, project=self._pool.project, path=self._pool.path)
+        return NotFound(
+            message,
+            project=self._pool.project,
+            path=self._pool.path,
+            hint="check the ID; it may be mistyped or the record deleted",
+        )
 
 
 class Transaction(Session):

@@ -1,0 +1,134 @@
+"""Opening a project: the fast path, a newer schema, damaged files, the shipped wheel."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from demiarch_store import AsyncProjectStore, CorruptDatabase, SchemaTooNew, Store, StoreConfig
+from demiarch_store.schema import HEAD_REVISION
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_schema_too_new_leaves_the_file_byte_for_byte(config: StoreConfig) -> None:
+    async with Store(config) as store:
+        project = await store.create_project(name="future")
+        project_id, path = project.id, project.path
+        await project.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = DELETE")  # a file another version left tidy
+    conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    conn.commit()
+    conn.close()
+    before = _sha(path)
+    mtime = os.stat(path).st_mtime_ns
+    async with Store(config) as store:
+        with pytest.raises(SchemaTooNew) as info:
+            await store.open_project(project_id)
+        assert "9999_from_the_future" in str(info.value) and project_id in str(info.value)
+        assert "upgrade demiarch-store" in str(info.value)
+        [described] = await store.list_projects()
+        assert described.status == "newer_schema"
+    assert _sha(path) == before and os.stat(path).st_mtime_ns == mtime
+    assert not Path(f"{path}-wal").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all, just text\n" * 100, b"\x00" * 8192, os.urandom(8192)],
+    ids=["text", "zeroes", "garbage"],
+)
+async def test_damaged_files_raise_corrupt_database(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "p" / "database.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(CorruptDatabase) as info:
+        async with AsyncProjectStore(path, project_id="p"):
+            pass
+    assert "'p'" in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == content
+
+
+async def test_open_at_head_reads_only_the_revision(tmp_path: Path) -> None:
+    path = tmp_path / "fast.sqlite"
+    async with AsyncProjectStore(path) as project:
+        assert project.revision == HEAD_REVISION
+    code = f"""
+import asyncio, sys
+from pathlib import Path
+from demiarch_store import AsyncProjectStore
+async def main():
+    async with AsyncProjectStore(Path({str(path)!r})) as p:
+        assert p.revision == {HEAD_REVISION!r}
+asyncio.run(main())
+print("alembic" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = wheels.glob("demiarch_store-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "demiarch_store/migrations/env.py" in names
+    assert "demiarch_store/migrations/versions/0001_initial.py" in names
+    assert "demiarch_store/py.typed" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = """
+import asyncio, pathlib, sys, tempfile
+import demiarch_store
+from demiarch_store import Store, StoreConfig
+assert demiarch_store.__file__.startswith(sys.argv[1]), demiarch_store.__file__
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Store(StoreConfig(projects_dir=pathlib.Path(tmp))) as store:
+            project = await store.create_project(name="from the wheel")
+            print(project.revision)
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(site)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == HEAD_REVISION

@@ -1,0 +1,126 @@
+"""Several OS processes on one project: nothing acknowledged is lost; locks are waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from demiarch_store import AsyncProjectStore, DatabaseBusy, Store, StoreConfig
+
+pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).parent
+
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+conn.close()
+print("released", flush=True)
+"""
+
+
+async def test_processes_writing_one_project_lose_nothing(store: Store) -> None:
+    project = await store.create_project(name="shared")
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="many processes")
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE / "proc_writer.py"),
+            str(project.path),
+            conv.id,
+            f"p{n}",
+            "150",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for n in range(3)
+    ]
+
+    async def local_writes() -> list[str]:
+        ids = []
+        for i in range(150):
+            async with project.transaction() as tx:
+                ids.append((await tx.messages.append(conv.id, role="user", content=f"l:{i}")).id)
+        return ids
+
+    async with asyncio.timeout(120):
+        mine = await local_writes()
+        outputs = [await child.communicate() for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0]
+    acked = set(mine)
+    for out, _ in outputs:
+        acked |= {line.split()[1] for line in out.decode().splitlines() if line.startswith("ack")}
+    assert len(acked) == 600
+    async with project.read() as r:
+        stored = {m.id for m in await r.messages.list(conv.id)}
+    assert acked <= stored
+
+
+async def _locker(path: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOCKER,
+        str(path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        assert (await proc.stdout.readline()).strip() == b"locked"
+    return proc
+
+
+async def _release(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    async with asyncio.timeout(30):
+        await proc.communicate()
+    assert proc.returncode == 0
+
+
+async def test_write_waits_for_another_process_lock_then_goes_through(tmp_path: Path) -> None:
+    config = StoreConfig(projects_dir=tmp_path, busy_deadline=20.0)
+    async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
+        locker = await _locker(project.path)
+        write = asyncio.create_task(_create(project, "waited"))
+        await asyncio.sleep(0.5)
+        assert not write.done()  # still waiting for the lock
+        await _release(locker)
+        async with asyncio.timeout(20):
+            await write
+        assert project.pool.counters.busy_retries > 0
+        async with project.read() as r:
+            assert [c.title for c in await r.conversations.list()] == ["waited"]
+
+
+async def test_lock_held_past_the_deadline_raises_database_busy(tmp_path: Path) -> None:
+    config = StoreConfig(projects_dir=tmp_path, busy_deadline=0.5)
+    async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
+        locker = await _locker(project.path)
+        try:
+            with pytest.raises(DatabaseBusy) as info:
+                await _create(project, "refused")
+            message = str(info.value)
+            assert "another process" in message and str(project.path) in message
+            # Reads still work while another process holds the write lock (WAL).
+            async with project.read() as r:
+                assert await r.conversations.count() == 0
+        finally:
+            await _release(locker)
+        await _create(project, "recovered")  # the store recovers once the lock is gone
+        async with project.read() as r:
+            assert [c.title for c in await r.conversations.list()] == ["recovered"]
+        assert project.pool.counters.busy_errors == 1
+
+
+async def _create(project: AsyncProjectStore, title: str) -> None:
+    async with project.transaction() as tx:
+        await tx.conversations.create(title=title)
