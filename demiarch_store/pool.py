@@ -45,6 +45,8 @@ _BACKOFF_CAP: Final = 0.25
 _EPOCH_MAX_AGE: Final = 0.01
 """Seconds after which a read epoch takes no new snapshots (bounds how stale one can be)."""
 _EPOCH_MAX_HOLDERS: Final = 32
+_CHAIN_MAX: Final = 64
+_CHAIN_MAX_AGE: Final = 0.005
 
 
 class RowMissing(Exception):
@@ -309,6 +311,11 @@ class Pool:
         self._queue: deque[_Unit | asyncio.Future[None]] = deque()
         self._writer_busy = False
         self._watchdog: asyncio.TimerHandle | None = None
+        # A chain: units that read (they hold the writer in turn) sharing one transaction.
+        self._tx_open = False
+        self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
+        self._chain_start = 0.0
+        self._chainable: set[asyncio.Future[None]] = set()
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
@@ -420,16 +427,94 @@ class Pool:
                 _resolve(late, unit.outcome)
             await self._settle(late, cancels=1)
 
+    # A unit that reads holds the writer; when it ends and the next unit waiting for the writer
+    # also reads, the transaction stays open and the writer passes straight on (the next unit's
+    # first job reaches the thread with this unit's last one). Each unit runs inside its own
+    # SAVEPOINT, so a failing unit is undone alone; every unit of the chain is acknowledged only
+    # after the one COMMIT. A chain ends when no such unit waits, or at _CHAIN_MAX units or
+    # _CHAIN_MAX_AGE seconds.
+
+    def start_held(self) -> int:
+        """Return how the holding unit's first job starts: 2 = begin the transaction, 1 = join."""
+        if self._tx_open:
+            return 1
+        self._tx_open = True
+        self._chain_start = self._loop.time()
+        return 2
+
     async def commit_held(self, ops: list[Op]) -> None:
-        """Commit the unit that holds the writer, then give the writer back."""
+        """Commit the unit that holds the writer (with its chain), and pass the writer on."""
+        ack = self._end_held(ops, failed=False, started=True)
         try:
-            await self._settle(self.writer.submit(commit_job, ops), cancels=0)
+            await self._settle(ack, cancels=0)
             self.counters.commits += 1
         except BaseException:
             self.counters.rollbacks += 1
             raise
-        finally:
+
+    def abort_held(self, *, started: bool = True) -> None:
+        """Undo the unit that holds the writer (without waiting), and pass the writer on."""
+        ack = self._end_held(None, failed=True, started=started)
+        ack.add_done_callback(_retrieve)
+
+    def _next_chained(self) -> asyncio.Future[None] | None:
+        queue_ = self._queue
+        while queue_ and isinstance(queue_[0], asyncio.Future) and queue_[0].done():
+            self._chainable.discard(queue_.popleft())
+        if (
+            queue_
+            and queue_[0] in self._chainable
+            and len(self._chain) < _CHAIN_MAX
+            and self._loop.time() - self._chain_start < _CHAIN_MAX_AGE
+        ):
+            head = queue_.popleft()
+            assert isinstance(head, asyncio.Future)
+            self._chainable.discard(head)
+            return head
+        return None
+
+    def _end_held(
+        self, ops: list[Op] | None, *, failed: bool, started: bool
+    ) -> asyncio.Future[Any]:
+        ack: asyncio.Future[Any] = self._loop.create_future()
+        writer = self.writer
+        if not self._chain and (failed or not started):
+            # Alone in its transaction: roll it all back (the thread runs jobs in order, so
+            # this happens before the next holder's BEGIN).
+            if started:
+                writer.post(_rollback_if_active)
+            self._tx_open = False
+            ack.set_result(None)
             self.release_writer()
+            return ack
+        nxt = self._next_chained()
+        if nxt is not None:
+            nxt.set_result(None)  # first, so its first job joins this batch
+            end = writer.submit(end_held_job, ops, failed, started, False)
+            self._chain.append((end, ack))
+            return ack
+        members, self._chain = self._chain, []
+        self._tx_open = False
+        end = writer.submit(end_held_job, ops, failed, started, True)
+        members.append((end, ack))
+        end.add_done_callback(functools.partial(self._chain_done, members))
+        return ack
+
+    def _chain_done(
+        self, members: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]], last: Any
+    ) -> None:
+        commit_error = last.exception()
+        for end, ack in members:
+            own = end.exception()
+            if own is None:
+                own = commit_error if commit_error is not None else end.result()
+            if not ack.done():
+                if own is None:
+                    ack.set_result(None)
+                else:
+                    ack.set_exception(own)
+        self._writer_busy = False
+        self._pump()
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
         """Wait for a commit that can no longer be stopped.
@@ -463,10 +548,16 @@ class Pool:
         if outcome is not None:
             raise self.translate(outcome, "committing a transaction") from None
 
-    async def acquire_writer(self) -> None:
-        """Hold the writer for an interactive unit of work (FIFO with grouped units)."""
+    async def acquire_writer(self, *, chain: bool = False) -> None:
+        """Hold the writer for an interactive unit of work (FIFO with grouped units).
+
+        ``chain``: the caller is a unit of work (``start_held``/``commit_held``/``abort_held``)
+        that may join the transaction of the unit before it.
+        """
         fut: asyncio.Future[None] = self._loop.create_future()
         self._queue.append(fut)
+        if chain:
+            self._chainable.add(fut)
         self._pump()
         if fut.done():
             return
@@ -476,7 +567,7 @@ class Pool:
         except TimeoutError:
             self.counters.pool_timeouts += 1
             if fut.done() and not fut.cancelled():
-                self.release_writer()
+                self._release_unstarted()
             raise PoolTimeout(
                 f"no writer connection within {self.config.acquire_timeout:g}s",
                 project=self.project,
@@ -485,8 +576,16 @@ class Pool:
             ) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release_writer()
+                self._release_unstarted()
             raise
+        finally:
+            self._chainable.discard(fut)
+
+    def _release_unstarted(self) -> None:
+        if self._chain:
+            self.abort_held(started=False)  # handed the writer inside a chain, never used it
+        else:
+            self.release_writer()
 
     def release_writer(self, *, rollback: bool = False) -> None:
         """Give the writer back; ``rollback`` ends its transaction first (without waiting)."""
@@ -531,6 +630,7 @@ class Pool:
             head = queue_[0]
             if isinstance(head, asyncio.Future):
                 queue_.popleft()
+                self._chainable.discard(head)
                 if head.done():
                     continue
                 self._writer_busy = True
@@ -746,27 +846,32 @@ def begin_immediate(conn: sqlite3.Connection, deadline_s: float, pool: Pool) -> 
 def _commit_group(
     conn: sqlite3.Connection, units: list[list[Op]], deadline_s: float, pool: Pool
 ) -> list[BaseException | None]:
-    """Run several units in one transaction, a savepoint each; commit once."""
+    """Run several units in one transaction, a savepoint each; commit once.
+
+    The group first runs without savepoints (they cost two statements a unit); only if a unit
+    fails is the transaction rolled back and run again with one savepoint per unit, so each
+    failing unit is undone alone. Nothing is committed twice: the first attempt is discarded.
+    """
     begin_immediate(conn, deadline_s, pool)
     try:
         if len(units) == 1:
             run_ops(conn, units[0])
             outcomes: list[BaseException | None] = [None]
         else:
-            outcomes = []
-            for ops in units:
-                conn.execute("SAVEPOINT unit")
-                try:
+            try:
+                for ops in units:
                     run_ops(conn, ops)
-                except (sqlite3.Error, RowMissing) as exc:
-                    conn.execute("ROLLBACK TO unit")
-                    outcomes.append(exc)
-                else:
-                    outcomes.append(None)
-                conn.execute("RELEASE unit")
-            if all(o is not None for o in outcomes):
+                outcomes = [None] * len(units)
+            except (sqlite3.Error, RowMissing) as exc:
+                if not conn.in_transaction:
+                    raise  # SQLite ended the transaction itself (I/O error, full disk)
+                del exc
                 conn.execute("ROLLBACK")
-                return outcomes
+                begin_immediate(conn, deadline_s, pool)
+                outcomes = _run_units(conn, units)
+                if all(o is not None for o in outcomes):
+                    conn.execute("ROLLBACK")
+                    return outcomes
         conn.execute("COMMIT")
         return outcomes
     except BaseException:
@@ -774,22 +879,76 @@ def _commit_group(
         raise
 
 
+def _run_units(conn: sqlite3.Connection, units: list[list[Op]]) -> list[BaseException | None]:
+    outcomes: list[BaseException | None] = []
+    for ops in units:
+        conn.execute("SAVEPOINT unit")
+        try:
+            run_ops(conn, ops)
+        except (sqlite3.Error, RowMissing) as exc:
+            conn.execute("ROLLBACK TO unit")
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+        conn.execute("RELEASE unit")
+    return outcomes
+
+
 def interactive_job(
     conn: sqlite3.Connection,
-    begin: bool,
+    start: int,
     ops: list[Op],
     sql: str | None,
     params: Any,
     deadline_s: float,
     pool: Pool,
 ) -> Any:
-    """Begin if needed, flush pending statements, then run one query and return its rows."""
-    if begin:
-        begin_immediate(conn, deadline_s, pool)
+    """Start the unit if needed, flush pending statements, then run one query (its rows).
+
+    ``start``: 0 the unit is running; 1 it joins the open transaction; 2 it begins one.
+    """
+    if start:
+        if start == 2:
+            begin_immediate(conn, deadline_s, pool)
+        conn.execute("SAVEPOINT held")
     run_ops(conn, ops)
     if sql is None:
         return None
     return conn.execute(sql, params).fetchall()
+
+
+def end_held_job(
+    conn: sqlite3.Connection, ops: list[Op] | None, failed: bool, started: bool, commit: bool
+) -> BaseException | None:
+    """End a unit of a chain: flush its last statements (or undo it), and commit if asked.
+
+    Returns the unit's own error (its savepoint undone, the transaction going on); raises if
+    the transaction itself failed.
+    """
+    own: BaseException | None = None
+    try:
+        if started:
+            if not failed and ops:
+                try:
+                    run_ops(conn, ops)
+                except (sqlite3.Error, RowMissing) as exc:
+                    if not conn.in_transaction:
+                        raise
+                    own, failed = exc, True
+            if failed:
+                conn.execute("ROLLBACK TO held")
+            conn.execute("RELEASE held")
+        if commit:
+            conn.execute("COMMIT")
+    except BaseException:
+        _rollback_if_active(conn)
+        raise
+    return own
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def commit_job(conn: sqlite3.Connection, ops: list[Op]) -> None:

@@ -76,7 +76,7 @@ class Transaction(Session):
                 if exc is None and self._failed is None:
                     await pool.commit_held(self._ops[self._flushed :])
                 else:
-                    pool.release_writer(rollback=True)
+                    pool.abort_held()
                     pool.counters.rollbacks += 1
             elif exc is None and self._ops:
                 await pool.commit_group(self._ops)
@@ -115,15 +115,16 @@ class Transaction(Session):
     async def _interact(self, sql: str | None, params: Mapping[str, Any] | None) -> Any:
         self._check()
         pool = self._pool
-        begin = not self._held
-        if begin:
-            await pool.acquire_writer()
+        start = 0
+        if not self._held:
+            await pool.acquire_writer(chain=True)
             self._held = True
+            start = pool.start_held()
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
         try:
             return await pool.writer.submit(
-                interactive_job, begin, ops, sql, params, pool.config.busy_deadline, pool
+                interactive_job, start, ops, sql, params, pool.config.busy_deadline, pool
             )
         except asyncio.CancelledError:
             self._failed = asyncio.CancelledError()

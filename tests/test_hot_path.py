@@ -126,3 +126,64 @@ async def test_read_epoch_ends_its_transaction(project: AsyncProjectStore) -> No
         pool.release_writer()
     assert busy == 0
     assert await _read_title(project, conv.id) == "d"
+
+
+async def test_chained_units_fail_alone_and_commit_together(project: AsyncProjectStore) -> None:
+    from demiarch_store import NotFound
+
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    outcomes: dict[int, str] = {}
+
+    async def unit(i: int) -> None:
+        try:
+            async with project.transaction() as tx:
+                seen = await tx.conversations.get(conv.id)  # reads: holds the writer
+                await tx.messages.append(seen.id, role="user", content=f"m{i}")
+                if i % 5 == 1:
+                    raise RuntimeError("the caller gives up")
+                if i % 5 == 2:
+                    await tx.conversations.update("missing", title="x")  # NotFound at commit
+                if i % 5 == 3:
+                    await tx.messages.count()  # a second read inside the unit
+        except RuntimeError:
+            outcomes[i] = "aborted"
+        except NotFound:
+            outcomes[i] = "not found"
+        else:
+            outcomes[i] = "ok"
+
+    await asyncio.gather(*(unit(i) for i in range(60)))
+    assert sorted(i for i, o in outcomes.items() if o == "aborted") == list(range(1, 60, 5))
+    assert sorted(i for i, o in outcomes.items() if o == "not found") == list(range(2, 60, 5))
+    committed = {f"m{i}" for i, o in outcomes.items() if o == "ok"}
+    async with project.read() as r:
+        stored = {m.content for m in await r.messages.list(conv.id)}
+    assert stored == committed and len(committed) == 36
+    pool = project.pool
+    assert not pool._chain and not pool._tx_open and not pool._writer_busy
+
+
+async def test_chained_units_survive_cancellation(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    done: list[str] = []
+
+    async def unit(i: int) -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
+            await tx.messages.append(conv.id, role="user", content=f"m{i}")
+        done.append(f"m{i}")  # only once the unit committed
+
+    tasks = [asyncio.create_task(unit(i)) for i in range(40)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    for task in tasks[::3]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    async with project.read() as r:
+        stored = {m.content for m in await r.messages.list(conv.id)}
+    assert stored == set(done)
+    async with asyncio.timeout(5):  # the writer is free again
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
