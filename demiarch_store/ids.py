@@ -21,6 +21,7 @@ __all__ = [
     "database_path",
     "new_project_id",
     "new_record_id",
+    "new_record_ids",
     "validate_project_id",
 ]
 
@@ -58,22 +59,31 @@ class _Monotonic:
 
     def __call__(self) -> str:
         with self._lock:
-            ms = time.time_ns() // 1_000_000
-            if ms <= self._last_ms:
-                ms = self._last_ms
-                rand = self._last_rand + 1
-                if rand >> self._bits:  # the random part overflowed: borrow the next millisecond
-                    ms += 1
-                    rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
-            else:
-                # Leave the top bit clear so increments within a millisecond cannot overflow.
+            return self._step()
+
+    def many(self, n: int) -> list[str]:
+        """Return ``n`` new IDs, in increasing order (one lock for the batch)."""
+        with self._lock:
+            step = self._step
+            return [step() for _ in range(n)]
+
+    def _step(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            rand = self._last_rand + 1
+            if rand >> self._bits:  # the random part overflowed: borrow the next millisecond
+                ms += 1
                 rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
-            if ms != self._last_ms or rand >> 10 != self._last_rand >> 10:
-                # IDs are made on every insert: re-encode all but the last two digits only
-                # when they change (once per millisecond, or every 1,024 IDs).
-                self._prefix = _encode(ms, 10) + _encode(rand >> 10, self._chars - 2)
-            self._last_ms, self._last_rand = ms, rand
-            return self._prefix + _PAIRS[rand & 1023]
+        else:
+            # Leave the top bit clear so increments within a millisecond cannot overflow.
+            rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
+        if ms != self._last_ms or rand >> 10 != self._last_rand >> 10:
+            # IDs are made on every insert: re-encode all but the last two digits only when
+            # they change (once per millisecond, or every 1,024 IDs).
+            self._prefix = _encode(ms, 10) + _encode(rand >> 10, self._chars - 2)
+        self._last_ms, self._last_rand = ms, rand
+        return self._prefix + _PAIRS[rand & 1023]
 
 
 new_project_id = _Monotonic(random_chars=6)
@@ -81,6 +91,9 @@ new_project_id = _Monotonic(random_chars=6)
 
 new_record_id = _Monotonic(random_chars=16)
 """Return a new record ID: 26 characters (ULID-like), sortable by creation time."""
+
+new_record_ids = new_record_id.many
+"""Return ``n`` new record IDs at once, in increasing order."""
 
 
 def validate_project_id(project_id: object) -> str:

@@ -187,3 +187,22 @@ async def test_chained_units_survive_cancellation(project: AsyncProjectStore) ->
     async with asyncio.timeout(5):  # the writer is free again
         async with project.transaction() as tx:
             await tx.conversations.get(conv.id)
+
+
+async def test_fast_inserts_round_trip_every_column(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c", meta={"k": [1, 2]})
+        one = await tx.messages.append(conv.id, role="user", content="hi", meta={"a": 1})
+        many = await tx.messages.append_many(
+            conv.id,
+            [
+                {"role": "tool", "content": f"r{i}", "meta": {"i": i} if i % 2 else None}
+                for i in range(5)
+            ],
+        )
+    async with project.read() as r:
+        assert await r.conversations.get(conv.id) == conv
+        stored = await r.messages.list(conv.id)
+    assert stored == [one, *many]
+    assert [m.meta for m in many] == [None, {"i": 1}, None, {"i": 3}, None]
+    assert len({m.created_at for m in many}) == 1 and many[0].created_at.tzinfo is not None
