@@ -46,6 +46,8 @@ _EPOCH_MAX_AGE: Final = 0.01
 """Seconds after which a read epoch takes no new snapshots (bounds how stale one can be)."""
 _EPOCH_MAX_HOLDERS: Final = 32
 _CHAIN_MAX: Final = 64
+_CHECKPOINT_COMMITS: Final = 64
+_CHECKPOINT_INTERVAL: Final = 0.05
 _CHAIN_MAX_AGE: Final = 0.005
 
 
@@ -316,6 +318,12 @@ class Pool:
         self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
         self._chain_start = 0.0
         self._chainable: set[asyncio.Future[None]] = set()
+        # The checkpointer: a connection of its own that keeps the WAL short, opened once the
+        # project commits often, so no commit waits for a checkpoint.
+        self._checkpointer: Worker | None = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = 0.0
+        self._checkpointing = False
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
@@ -345,7 +353,9 @@ class Pool:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        workers = [w for w in (self._writer, *self._readers_all) if w is not None]
+        workers = [
+            w for w in (self._writer, *self._readers_all, self._checkpointer) if w is not None
+        ]
         self._readers_idle.clear()
         errors = []
         for worker in workers:
@@ -515,6 +525,7 @@ class Pool:
                     ack.set_exception(own)
         self._writer_busy = False
         self._pump()
+        self._committed()
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
         """Wait for a commit that can no longer be stopped.
@@ -676,6 +687,31 @@ class Pool:
             if unit.late is not None:
                 _resolve(unit.late, outcome)
         self._pump()
+        self._committed()
+
+    def _committed(self) -> None:
+        """Count a commit; every so often checkpoint the WAL from the checkpointer."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint < _CHECKPOINT_COMMITS or self._checkpointing or self._closed:
+            return
+        now = self._loop.time()
+        if now - self._checkpoint_at < _CHECKPOINT_INTERVAL:
+            return
+        self._since_checkpoint, self._checkpoint_at = 0, now
+        worker = self._checkpointer
+        if worker is None:
+            name = f"demiarch-checkpoint-{self.project or self.path.name}"
+            worker = self._checkpointer = Worker(self._loop, name)
+            worker.post(connect, self.path, self.config, True)
+        self._checkpointing = True
+        worker.submit(_checkpoint_passive).add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future[Any]) -> None:
+        self._checkpointing = False
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            # The writer's own automatic checkpoint still keeps the WAL bounded.
+            log.debug("background checkpoint of %s failed: %r", self.path, exc)
 
     # -- readers ------------------------------------------------------------------------------
     #
@@ -944,6 +980,11 @@ def end_held_job(
         _rollback_if_active(conn)
         raise
     return own
+
+
+def _checkpoint_passive(conn: sqlite3.Connection) -> Any:
+    """Copy committed WAL frames into the database without blocking the writer or readers."""
+    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
