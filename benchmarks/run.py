@@ -54,6 +54,7 @@ class Settings:
     open_repeats: int
     discovery_projects: int
     open_projects: int
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
 
 
 FULL = Settings(0.5, 3, (1, 8, 16, 64), 10_000, 30, 1000, 100)
@@ -204,6 +205,7 @@ async def run_throughput(
 ) -> list[Cell]:
     cells: list[Cell] = []
     plan = [(w, "NORMAL") for w in WORKLOADS] + [("W1", "FULL")]
+    plan = [(w, sync) for w, sync in plan if w in s.workloads]
     for workload, sync in plan:
         # Raw sqlite3: synchronous, one thread, the denominator of every ratio.
         path = work / f"sqlite3-{workload}-{sync}.sqlite"
@@ -487,6 +489,8 @@ async def main_async(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    if args.workloads:
+        over["workloads"] = tuple(w.strip().upper() for w in args.workloads.split(","))
     if args.concurrency:
         over["concurrency"] = tuple(int(c) for c in args.concurrency.split(","))
     s = Settings(**{**asdict(s), **over})
@@ -566,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per cell")
     parser.add_argument("--repeats", type=int, help="runs per cell (the median is kept)")
     parser.add_argument("--concurrency", help="comma-separated task counts, e.g. 1,8,64")
+    parser.add_argument("--workloads", help="comma-separated subset, e.g. W1,W2")
     parser.add_argument("--seed-rows", type=int, help="messages W2 reads from")
     parser.add_argument("--projects", type=int, help="projects for the discovery figure")
     parser.add_argument("--open-projects", type=int, help="projects held open at once")
