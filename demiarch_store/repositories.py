@@ -7,6 +7,7 @@ reach the database at commit, or before the unit's first read. Reads run at once
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.types import TypeDecorator
 
 from . import schema
 from .errors import InvalidValue
@@ -72,6 +74,11 @@ class Codec:
                 self.binders.append((c.name, bind))
             self.loaders.append(c.type.result_processor(_DIALECT, None))
         self.any_loader = any(self.loaders)
+        self.row_loaders = [
+            (i, _direct(c.type, p))
+            for i, (c, p) in enumerate(zip(columns, self.loaders, strict=True))
+            if p is not None
+        ]
         self.getter = attrgetter(*self.names)
         names = self.names
         self.row_binders = [(names.index(name), proc) for name, proc in self.binders]
@@ -113,12 +120,26 @@ class Codec:
                 columns[i] = list(map(proc, column))
         return list(zip(*columns, strict=True))
 
-    def load(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        if not self.any_loader:
+    def load(self, row: tuple[Any, ...]) -> tuple[Any, ...] | list[Any]:
+        """Return a stored row's Python values (a record's positional arguments)."""
+        if not self.row_loaders:
             return row
-        return tuple(
-            v if p is None or v is None else p(v) for p, v in zip(self.loaders, row, strict=True)
-        )
+        out = list(row)
+        for i, proc in self.row_loaders:
+            value = out[i]
+            if value is not None:
+                out[i] = proc(value)
+        return out
+
+
+def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Skip SQLAlchemy's TypeDecorator wrapper when the underlying type converts nothing."""
+    if (
+        isinstance(type_, TypeDecorator)
+        and type_.impl_instance.result_processor(_DIALECT, None) is None
+    ):
+        return functools.partial(type_.process_result_value, dialect=_DIALECT)
+    return proc
 
 
 class Repository(Generic[R]):
@@ -410,3 +431,26 @@ class Repositories:
     @cached_property
     def messages(self) -> MessageRepository:
         return MessageRepository(self)  # type: ignore[arg-type]
+
+
+class _Cached:
+    """``functools.cached_property`` without the lock Python 3.11 takes on each first access.
+
+    A unit of work or snapshot is made per block, so ``tx.messages`` is a first access almost
+    every time; the instance's ``__dict__`` answers later ones directly.
+    """
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
+for _name, _attr in list(vars(Repositories).items()):
+    if isinstance(_attr, cached_property):
+        setattr(Repositories, _name, _Cached(_attr.func))
