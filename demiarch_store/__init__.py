@@ -18,6 +18,7 @@ from .errors import (
     StoreClosed,
     StoreError,
 )
+from .health import Checkpoint, HealthReport, Percentiles, StoreStats
 from .ids import new_project_id, validate_project_id
 from .project import AsyncProjectStore
 from .records import Conversation, Message, ProjectRecord
@@ -27,15 +28,18 @@ from .transaction import Snapshot, Transaction
 __all__ = [
     "AsyncProjectStore",
     "BackupError",
+    "Checkpoint",
     "ConstraintViolation",
     "Conversation",
     "CorruptDatabase",
     "DatabaseBusy",
+    "HealthReport",
     "InvalidProjectId",
     "InvalidValue",
     "Message",
     "MigrationError",
     "NotFound",
+    "Percentiles",
     "PoolTimeout",
     "ProjectExists",
     "ProjectInfo",
@@ -48,6 +52,7 @@ __all__ = [
     "StoreClosed",
     "StoreConfig",
     "StoreError",
+    "StoreStats",
     "Transaction",
     "new_project_id",
     "validate_project_id",

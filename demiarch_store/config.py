@@ -51,6 +51,12 @@ class StoreConfig:
     journal_size_limit: int = 64 * 1024 * 1024
     """Bytes the ``-wal`` file is truncated to after a checkpoint."""
 
+    wal_checkpoint_bytes: int = 16 * 1024 * 1024
+    """``-wal`` size above which the writer, once idle, checkpoints with ``TRUNCATE``."""
+
+    slow_transaction: float = 1.0
+    """Seconds after which a finished unit of work is logged at warning level."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "projects_dir", Path(self.projects_dir).expanduser())
         if self.max_readers < 1:
@@ -63,6 +69,11 @@ class StoreConfig:
         if self.synchronous not in ("NORMAL", "FULL"):
             raise StoreError(
                 "synchronous must be 'NORMAL' or 'FULL'", hint=f"got {self.synchronous!r}"
+            )
+        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0:
+            raise StoreError(
+                "wal_checkpoint_bytes and slow_transaction must not be negative",
+                hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
             )
         if self.keep_backups < 1 or self.max_open_projects < 1:
             raise StoreError("keep_backups and max_open_projects must be at least 1")

@@ -21,14 +21,23 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
 from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
+from .health import (
+    UPKEEP_COMMITS,
+    UPKEEP_SECONDS,
+    Checkpoint,
+    Reservoir,
+    idle_checkpoint,
+    optimize_on_close,
+)
 
 __all__ = ["Op", "Pool", "RowMissing", "Worker"]
 
@@ -91,6 +100,10 @@ class _Counters:
     busy_errors: int = 0
     pool_timeouts: int = 0
     groups: int = 0
+    idle_checkpoints: int = 0
+    last_checkpoint: Checkpoint | None = None
+    pool_wait: Reservoir = field(default_factory=Reservoir)
+    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 class Worker:
@@ -222,7 +235,7 @@ def connect(
 
     Returns the connection and what ``check`` returned. Runs as a worker's first job.
     """
-    uri = f"file:{path}?mode=rw"
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"  # a path may hold ? # or %
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
     )
@@ -329,6 +342,8 @@ class Pool:
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
+        self._upkeep_commits = 0
+        self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -353,6 +368,8 @@ class Pool:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._writer is not None:
+            self._writer.post(optimize_on_close)  # runs before the writer's stop
         workers = [
             w for w in (self._writer, *self._readers_all, self._checkpointer) if w is not None
         ]
@@ -525,6 +542,7 @@ class Pool:
                     ack.set_exception(own)
         self._writer_busy = False
         self._pump()
+        self._upkeep()
         self._committed()
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
@@ -605,6 +623,20 @@ class Pool:
             self._writer.post(_rollback_if_active)
         self._writer_busy = False
         self._pump()
+        self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Now and then, when the writer has gone idle, let it check the WAL's size."""
+        if self._writer_busy or self._writer is None:
+            return
+        commits = self.counters.commits
+        if commits == self._upkeep_commits:
+            return
+        now = time.monotonic()
+        if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
+            self._upkeep_commits = commits
+            self._upkeep_due = now + UPKEEP_SECONDS
+            self._writer.post(idle_checkpoint, self)
 
     def _arm_watchdog(self, delay: float) -> None:
         self._watchdog = self._loop.call_later(delay, self._expire_queued)
@@ -687,6 +719,7 @@ class Pool:
             if unit.late is not None:
                 _resolve(unit.late, outcome)
         self._pump()
+        self._upkeep()
         self._committed()
 
     def _committed(self) -> None:

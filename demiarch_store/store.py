@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from .backup import quarantine_database
 from .config import StoreConfig
 from .errors import (
     CorruptDatabase,
@@ -33,6 +35,8 @@ __all__ = ["ProjectInfo", "ProjectStatus", "Store"]
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+log = logging.getLogger("demiarch_store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,93 @@ class Store:
                 path=directory,
                 hint="check the permissions of the project directory",
             ) from exc
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def restore_project(self, project_id: str, backup: Path | str) -> AsyncProjectStore:
+        """Replace a project's database with a backup and return the project, open.
+
+        The backup is checked before anything changes (see ``AsyncProjectStore.restore``); an
+        open project is closed (its work in flight finishes first) and reopened on the restored
+        file, migrated to head if the backup is older. The same project object stays valid.
+
+        Raises:
+            BackupError: the backup is missing, damaged or too new; the live database is
+                untouched and the project stays open.
+            DatabaseBusy: another process has the project open.
+            ProjectNotFound: no such project.
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects()",
+            )
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open (corrupt?): restore it anyway
+        project = self._open.get(project_id)
+        if project is not None and not project.closed:
+            await project.restore(backup)
+            return project
+        project = AsyncProjectStore(path, config=self.config, project_id=project_id, create=False)
+        await project.restore(backup)
+        self._adopt(project)
+        return project
+
+    async def quarantine_project(self, project_id: str) -> Path:
+        """Move a damaged project's database files aside together, then restore a backup.
+
+        The project is closed if open; ``database.sqlite`` and its ``-wal``, ``-shm`` (and
+        ``-journal``) move into ``<project dir>/quarantine/<UTC time>-<suffix>/``; then the
+        newest backup that passes the restore checks is put in place. Without one the project
+        is left empty: ``open_project`` raises ``CorruptDatabase`` until a backup is restored.
+        Returns the quarantine folder.
+
+        Raises:
+            DatabaseBusy: another process has the project open.
+            ProjectNotFound: no such project.
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects()",
+            )
+        project = self._open.get(project_id)
+        if project is not None:
+            try:
+                await project.close()
+            except StoreError as exc:
+                # A damaged file may not close cleanly; its files move aside all the same.
+                log.warning("closing project %s before quarantine: %s", project_id, exc)
+        try:
+            target, restored = await asyncio.to_thread(
+                quarantine_database, path, project=project_id
+            )
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                f"cannot move the database aside: {exc.strerror}",
+                project=project_id,
+                path=path,
+                hint="check the permissions of the project directory",
+            ) from exc
+        if restored is None:
+            log.warning("project %s quarantined in %s; no good backup found", project_id, target)
+        else:
+            log.warning("project %s quarantined in %s; restored %s", project_id, target, restored)
+        return target
 
     # -- discovery ----------------------------------------------------------------------------
 
