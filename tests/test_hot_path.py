@@ -206,3 +206,22 @@ async def test_fast_inserts_round_trip_every_column(project: AsyncProjectStore) 
     assert stored == [one, *many]
     assert [m.meta for m in many] == [None, {"i": 1}, None, {"i": 3}, None]
     assert len({m.created_at for m in many}) == 1 and many[0].created_at.tzinfo is not None
+
+
+def test_fast_record_constructor_matches_the_dataclass() -> None:
+    from datetime import UTC, datetime
+
+    from demiarch_store.records import Message
+    from demiarch_store.repositories import MessageRepository, _constructor
+
+    now = datetime.now(UTC)
+    made = MessageRepository._make("id", "conv", "user", "hi", {"a": 1}, now)
+    assert made == Message("id", "conv", "user", "hi", {"a": 1}, now)
+    assert type(made) is Message and hash(made.id) == hash("id")
+    with pytest.raises(AttributeError):
+        made.role = "tool"  # type: ignore[misc]
+
+    class Plain:
+        pass
+
+    assert _constructor(Plain) is Plain  # not a slotted dataclass: its own constructor
