@@ -412,7 +412,22 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_markdown(cells: list[Cell], checks: list[dict[str, Any]], info: dict[str, Any]) -> str:
+def write_markdown(
+    cells: list[Cell],
+    checks: list[dict[str, Any]],
+    info: dict[str, Any],
+    more: dict[str, Any],
+    s: Settings,
+    date: str,
+) -> str:
+    load = info["load_average"][0]
+    head = [
+        f"Measured {date} UTC on {info['cpu']} ({info['cores']} cores), {info['platform']}, "
+        f"Python {info['python']}, SQLite {info['sqlite']}; load average {load:.2f} at the start. "
+        f"Each cell: {s.duration:g} s of back-to-back operations, median of {s.repeats} runs; "
+        f"run took {info['duration_s']:.0f} s.",
+        "",
+    ]
     names = {
         "demiarch": "demiarch-store",
         "sqlite3": "raw sqlite3",
@@ -434,11 +449,23 @@ def write_markdown(cells: list[Cell], checks: list[dict[str, Any]], info: dict[s
             f"| {c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.errors} | {c.ratio_sqlite3 or 0:.2f}x "
             f"| {c.ratio_aiosqlite or 0:.1f}x |"
         )
+    o, d, m = more["open"], more["discovery"], more["many_open"]
+    lines += [
+        "",
+        f"- open a project already at head: **{o['open_at_head_ms']:.2f} ms** "
+        f"(median of {o['repeats']})",
+        f"- discovery of {d['projects']:,} projects (`store.list_projects()`): "
+        f"**{d['discovery_s']:.3f} s**",
+        f"- {m['projects']} projects open, each after one write and one read: "
+        f"**{m['threads']} threads** ({m['threads_per_project']:.1f} per project), "
+        f"**{m['rss_mb']:.1f} MB** more RSS ({m['rss_kb_per_project']:.0f} KB per project); "
+        f"{m['threads_left_after_close']} threads left after close",
+    ]
     lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in checks:
         met = "yes" if t["met"] else "NO"
         lines.append(f"| {t['target']} | {t['want']} | {t['got']} | {met} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + lines) + "\n"
 
 
 def plot(cells: list[Cell], path: Path, title: str) -> None:
@@ -551,7 +578,8 @@ async def main_async(args: argparse.Namespace) -> int:
         "targets": checks,
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out / "results.md").write_text(write_markdown(cells, checks, info))
+    date = f"{started:%Y-%m-%d %H:%M}"
+    (out / "results.md").write_text(write_markdown(cells, checks, info, more, s, date))
     if cells and not args.no_plot:
         plot(
             cells,
