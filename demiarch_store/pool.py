@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
-from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
+from .errors import DatabaseBusy, PoolTimeout, StorageError, StoreClosed, StoreError, translate
 from .health import (
     UPKEEP_COMMITS,
     UPKEEP_SECONDS,
@@ -535,24 +535,27 @@ class Pool:
         nxt = self._next_chained()
         if nxt is not None:
             nxt.set_result(None)  # first, so its first job joins this batch
-            end = writer.submit(end_held_job, ops, failed, started, False)
+            end = writer.submit(end_held_job, ops, failed, started, False, self)
             self._chain.append((end, ack))
             return ack
         members, self._chain = self._chain, []
         self._tx_open = False
-        end = writer.submit(end_held_job, ops, failed, started, True)
+        end = writer.submit(end_held_job, ops, failed, started, True, self)
         members.append((end, ack))
         end.add_done_callback(functools.partial(self._chain_done, members))
         return ack
 
     def _chain_done(
-        self, members: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]], last: Any
+        self, members: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]], _last: Any
     ) -> None:
-        commit_error = last.exception()
-        for end, ack in members:
-            own = end.exception()
+        # An end job *returns* its unit's own error (that unit undone alone); one that *raises*
+        # means the shared transaction failed, and with it every unit of the chain.
+        errors = [end.exception() for end, _ in members]
+        broken = next((e for e in errors if e is not None), None)
+        for (end, ack), error in zip(members, errors, strict=True):
+            own = error if error is not None else broken
             if own is None:
-                own = commit_error if commit_error is not None else end.result()
+                own = end.result()
             if not ack.done():
                 if own is None:
                     ack.set_result(None)
@@ -1003,6 +1006,10 @@ def interactive_job(
     if start:
         if start == 2:
             begin_immediate(conn, deadline_s, pool)
+        elif not conn.in_transaction:
+            # The chain's transaction was rolled back by SQLite (I/O error, full disk): never
+            # let SAVEPOINT quietly start a new one.
+            raise _chain_lost(pool)
         conn.execute("SAVEPOINT held")
     run_ops(conn, ops)
     if sql is None:
@@ -1010,8 +1017,23 @@ def interactive_job(
     return conn.execute(sql, params).fetchall()
 
 
+def _chain_lost(pool: Pool) -> StorageError:
+    return StorageError(
+        "the transaction this unit shared with the units before it was rolled back by SQLite",
+        project=pool.project,
+        path=pool.path,
+        hint="an earlier error (I/O, full disk) ended it; nothing of these units was committed, "
+        "retry them",
+    )
+
+
 def end_held_job(
-    conn: sqlite3.Connection, ops: list[Op] | None, failed: bool, started: bool, commit: bool
+    conn: sqlite3.Connection,
+    ops: list[Op] | None,
+    failed: bool,
+    started: bool,
+    commit: bool,
+    pool: Pool,
 ) -> BaseException | None:
     """End a unit of a chain: flush its last statements (or undo it), and commit if asked.
 
@@ -1021,6 +1043,8 @@ def end_held_job(
     own: BaseException | None = None
     try:
         if started:
+            if not conn.in_transaction:
+                raise _chain_lost(pool)
             if not failed and ops:
                 try:
                     run_ops(conn, ops)

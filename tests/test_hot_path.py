@@ -225,3 +225,34 @@ def test_fast_record_constructor_matches_the_dataclass() -> None:
         pass
 
     assert _constructor(Plain) is Plain  # not a slotted dataclass: its own constructor
+
+
+async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(
+    project: AsyncProjectStore,
+) -> None:
+    from demiarch_store.pool import _rollback_if_active
+
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    pool = project.pool
+
+    async def unit(name: str) -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)  # reads: holds the writer, joins the chain
+            if name == "b":
+                # What SQLite does on an I/O error or a full disk: the whole transaction,
+                # with the units before this one in the chain, is rolled back.
+                pool.writer.post(_rollback_if_active)
+            await tx.messages.append(conv.id, role="user", content=name)
+
+    names = ["a", "b", "c", "d"]
+    results = await asyncio.gather(*(unit(n) for n in names), return_exceptions=True)
+    async with project.read() as r:
+        stored = {m.content for m in await r.messages.list(conv.id)}
+    for name, result in zip(names, results, strict=True):
+        assert (name in stored) == (result is None), (name, result)
+    assert isinstance(results[1], Exception)
+    async with asyncio.timeout(5):  # the writer is healthy again
+        await unit("e")
+    async with project.read() as r:
+        assert "e" in {m.content for m in await r.messages.list(conv.id)}
