@@ -18,6 +18,7 @@ import asyncio
 import gc
 import itertools
 import json
+import logging
 import os
 import platform
 import random
@@ -608,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    # Queued W4 batches at 64 tasks take over a second by design: not worth a warning each.
+    logging.getLogger("demiarch_store").setLevel(logging.ERROR)
     return asyncio.run(main_async(args))
 
 
