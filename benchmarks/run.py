@@ -429,26 +429,29 @@ def write_markdown(
         f"run took {info['duration_s']:.0f} s.",
         "",
     ]
-    names = {
-        "demiarch": "demiarch-store",
-        "sqlite3": "raw sqlite3",
-        "aiosqlite": "aiosqlite+Lock",
-        "sqlalchemy": "SQLAlchemy async",
-    }
+    by = {(c.system, c.workload, c.synchronous, c.concurrency): c for c in cells}
     lines = [
-        "| workload | sync | tasks | system | ops/s | p50 ms | p99 ms | errors | vs sqlite3 "
-        "| vs aiosqlite |",
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|",
+        "| workload | tasks | **demiarch-store** ops/s | p50 / p99 ms | errors | vs raw sqlite3 "
+        "| vs aiosqlite | aiosqlite + Lock ops/s (p99 ms) | SQLAlchemy ops/s (p99 ms, errors) "
+        "| raw sqlite3 ops/s (p99 ms) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for c in cells:
-        conc = "1 (sync)" if c.system == "sqlite3" else str(c.concurrency)
-        name = names.get(c.system, c.system)
-        if c.system == "demiarch":
-            name = f"**{name}**"
+    keys = sorted(
+        {(c.workload, c.synchronous, c.concurrency) for c in cells if c.system == "demiarch"},
+        key=lambda k: (k[1] != "NORMAL", k[0], k[2]),
+    )
+    for w, sync, conc in keys:
+        ours = by[("demiarch", w, sync, conc)]
+        shared = by.get(("aiosqlite", w, sync, conc))
+        naive = by.get(("sqlalchemy", w, sync, conc))
+        raw = by.get(("sqlite3", w, sync, 1))
+        vs_shared = f"{ours.ratio_aiosqlite:.1f}x" if ours.ratio_aiosqlite else "-"
+        vs_raw = f"**{ours.ratio_sqlite3:.2f}x**" if ours.ratio_sqlite3 else "-"
+        label = w if sync == "NORMAL" else f"{w} FULL"
         lines.append(
-            f"| {c.workload} | {c.synchronous} | {conc} | {name} | {c.ops_per_s:,.0f} "
-            f"| {c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.errors} | {c.ratio_sqlite3 or 0:.2f}x "
-            f"| {c.ratio_aiosqlite or 0:.1f}x |"
+            f"| {label} | {conc} | {ours.ops_per_s:,.0f} | {ours.p50_ms:.2f} / {ours.p99_ms:.2f} "
+            f"| {ours.errors} | {vs_raw} | {vs_shared} "
+            f"| {_brief(shared)} | {_brief(naive, errors=True)} | {_brief(raw)} |"
         )
     o, d, m = more["open"], more["discovery"], more["many_open"]
     lines += [
@@ -469,11 +472,20 @@ def write_markdown(
     return "\n".join(head + lines) + "\n"
 
 
+def _brief(c: Cell | None, *, errors: bool = False) -> str:
+    if c is None:
+        return "-"
+    extra = f", {c.errors}" if errors else ""
+    p99 = f"{c.p99_ms:.2f}" if c.p99_ms < 10 else f"{c.p99_ms:.0f}"
+    return f"{c.ops_per_s:,.0f} ({p99}{extra})"
+
+
 def plot(cells: list[Cell], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [(w, "NORMAL") for w in WORKLOADS] + [("W1", "FULL")]
     fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
@@ -493,6 +505,9 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
             ax.axhline(raw[0].ops_per_s, color="k", linestyle="--", label="raw sqlite3 (sync)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ticks = sorted({c.concurrency for c in mine if c.system != "sqlite3"})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(f"{w} ({sync}): {WORKLOADS[w]}", fontsize=9)
         ax.set_xlabel("concurrent tasks")
         ax.set_ylabel("ops/s")
@@ -561,8 +576,14 @@ async def main_async(args: argparse.Namespace) -> int:
 
     # Ratios again in the final table, now that every cell is known.
     print("\n" + HEADER)
-    for c in cells:
-        print(_line(c))
+    order = {"demiarch": 0, "aiosqlite": 1, "sqlalchemy": 2, "sqlite3": 3}
+    for w, sync in dict.fromkeys((c.workload, c.synchronous) for c in cells):
+        here = [c for c in cells if (c.workload, c.synchronous) == (w, sync)]
+        for c in sorted(
+            here, key=lambda c: (c.system == "sqlite3", c.concurrency, order[c.system])
+        ):
+            print(_line(c))
+        print()
     checks = targets(cells, more)
     print()
     for t in checks:
