@@ -349,6 +349,8 @@ class Pool:
         self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
         self._chain_start = 0.0
         self._chainable: set[asyncio.Future[None]] = set()
+        self._waiting: dict[asyncio.Future[None], float] = {}
+        """Since when each unit of work waiting for the writer has waited (see the watchdog)."""
         # The checkpointer: a connection of its own that keeps the WAL short, opened once the
         # project commits often, so no commit waits for a checkpoint.
         self._checkpointer: Worker | None = None
@@ -611,25 +613,20 @@ class Pool:
         self._pump()
         if fut.done():
             return
+        # The pool's watchdog fails a waiter after acquire_timeout (PoolTimeout): one timer
+        # for all waiters instead of one per wait.
+        self._waiting[fut] = self._loop.time()
+        if self._watchdog is None:
+            self._arm_watchdog(self.config.acquire_timeout)
         try:
-            async with asyncio.timeout(self.config.acquire_timeout):
-                await fut
-        except TimeoutError:
-            self.counters.pool_timeouts += 1
-            if fut.done() and not fut.cancelled():
-                self._release_unstarted()
-            raise PoolTimeout(
-                f"no writer connection within {self.config.acquire_timeout:g}s",
-                project=self.project,
-                path=self.path,
-                hint="a long transaction holds the writer; shorten it or raise acquire_timeout",
-            ) from None
+            await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release_unstarted()
             raise
         finally:
             self._chainable.discard(fut)
+            self._waiting.pop(fut, None)
 
     def _release_unstarted(self) -> None:
         if self._chain:
@@ -663,18 +660,22 @@ class Pool:
         self._watchdog = self._loop.call_later(delay, self._expire_queued)
 
     def _expire_queued(self) -> None:
-        """Fail queued write-only units that waited ``acquire_timeout`` for the writer."""
+        """Fail queued units (write-only, or waiting to hold the writer) after acquire_timeout."""
         self._watchdog = None
         timeout = self.config.acquire_timeout
         now = self._loop.time()
         oldest: float | None = None
         for item in list(self._queue):
-            if not isinstance(item, _Unit) or item.fut.done():
+            if isinstance(item, _Unit):
+                fut, queued_at = item.fut, item.queued_at
+            else:
+                fut, queued_at = item, self._waiting.get(item, now)
+            if fut.done():
                 continue
-            if item.queued_at + timeout <= now:
+            if queued_at + timeout <= now:
                 self._queue.remove(item)
                 self.counters.pool_timeouts += 1
-                item.fut.set_exception(
+                fut.set_exception(
                     PoolTimeout(
                         f"no writer connection within {timeout:g}s",
                         project=self.project,
@@ -683,8 +684,8 @@ class Pool:
                         "acquire_timeout",
                     )
                 )
-            elif oldest is None:
-                oldest = item.queued_at
+            elif oldest is None or queued_at < oldest:
+                oldest = queued_at
         if oldest is not None:
             self._arm_watchdog(max(0.0, oldest + timeout - now))
 
