@@ -846,8 +846,10 @@ class Pool:
             worker.post(_rollback_if_active)
         self._reader_free(worker)
 
-    async def acquire_shared(self) -> Worker:
-        """Join a current read epoch, or start one on a free reader (for ``project.read()``)."""
+    def join_shared(self) -> Worker | None:
+        """Join a current read epoch if one may take this snapshot (no waiting, no coroutine)."""
+        if not self._shared:
+            return None
         gen = self.writer.completed
         now = self._loop.time()
         for worker in self._shared:
@@ -858,6 +860,13 @@ class Pool:
             ):
                 worker.holders += 1
                 return worker
+        return None
+
+    async def acquire_shared(self) -> Worker:
+        """Join a current read epoch, or start one on a free reader (for ``project.read()``)."""
+        joined = self.join_shared()
+        if joined is not None:
+            return joined
         if self._readers_idle:
             worker = self._readers_idle.pop()
         else:

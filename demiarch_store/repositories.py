@@ -213,8 +213,10 @@ class Repository(Generic[R]):
 
     async def get(self, id: str) -> R:
         """Return the record with this ID, or raise ``NotFound``."""
-        t = self.table
-        sql = self.sql("get", lambda: select(t).where(t.c.id == bindparam("id")))
+        sql = self._sql.get("get")
+        if sql is None:
+            t = self.table
+            sql = self.sql("get", lambda: select(t).where(t.c.id == bindparam("id")))
         rows = await self._s.fetch(sql, {"id": id})
         if not rows:
             raise self._s.not_found(f"no {self.noun} with id {id!r}")

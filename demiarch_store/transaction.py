@@ -189,8 +189,9 @@ class Snapshot(Session):
         self._pool.enter()
         try:
             t0 = perf_counter()
-            self._worker = await self._pool.acquire_shared()
-            self._pool.counters.pool_wait.add(perf_counter() - t0)
+            pool = self._pool
+            self._worker = pool.join_shared() or await pool.acquire_shared()
+            pool.counters.pool_wait.add(perf_counter() - t0)
         except BaseException:
             self._pool.leave()
             raise
