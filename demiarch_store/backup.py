@@ -19,12 +19,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import BackupError, DatabaseBusy
-from .ids import new_record_id
+from .ids import DATABASE_NAME, new_record_id
 from .migrate import known_revisions, read_revision
 
 __all__ = [
     "BACKUPS_DIR",
     "QUARANTINE_DIR",
+    "backups_dir_for",
     "fsync_dir",
     "list_backups",
     "quarantine_database",
@@ -86,6 +87,17 @@ BACKUPS_DIR = "backups"
 # time is for people. A file is only given such a name once it is complete and verified.
 _BACKUP_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)\.sqlite")
 _PARTIAL_NAME = re.compile(r"\.partial-(\d+)-[0-9a-z]+\.sqlite(?:-journal|-wal|-shm)?")
+
+
+def backups_dir_for(database: Path) -> Path:
+    """Return where a database's backups go: ``<project dir>/backups``.
+
+    A database used alone under another name (``agent.sqlite``) gets ``agent.sqlite.backups``
+    beside it, so files sharing a folder keep separate backups.
+    """
+    if database.name == DATABASE_NAME:
+        return database.parent / BACKUPS_DIR
+    return database.parent / f"{database.name}.{BACKUPS_DIR}"
 
 
 def list_backups(directory: Path) -> list[Path]:

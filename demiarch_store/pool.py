@@ -56,9 +56,10 @@ _EPOCH_MAX_AGE: Final = 0.01
 """Seconds after which a read epoch takes no new snapshots (bounds how stale one can be)."""
 _EPOCH_MAX_HOLDERS: Final = 32
 _CHAIN_MAX: Final = 64
+_CHAIN_MAX_AGE: Final = 0.005
 _CHECKPOINT_COMMITS: Final = 64
 _CHECKPOINT_INTERVAL: Final = 0.05
-_CHAIN_MAX_AGE: Final = 0.005
+_WRITER_BUSY_MS: Final = 50
 
 
 class RowMissing(Exception):
@@ -258,8 +259,11 @@ def connect(
         uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
     )
     try:
-        busy_ms = 50 if not reader else max(100, int(config.busy_deadline * 1000))
-        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        # Opening waits for other processes (one may be switching the file to WAL or
+        # migrating it) up to busy_deadline. Afterwards the writer keeps only a short wait:
+        # its BEGIN IMMEDIATE retries with backoff and jitter in begin_immediate().
+        open_ms = max(100, int(config.busy_deadline * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {open_ms}")
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         checked = check(conn) if check is not None else None
@@ -274,6 +278,8 @@ def connect(
         conn.execute(f"PRAGMA journal_size_limit = {int(config.journal_size_limit)}")
         if reader:
             conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
         _verify(conn, config, reader=reader, path=path)
     except BaseException:
         conn.close()
@@ -645,8 +651,8 @@ class Pool:
 
     def _upkeep(self) -> None:
         """Now and then, when the writer has gone idle, let it check the WAL's size."""
-        if self._writer_busy or self._writer is None:
-            return
+        if self._writer_busy or self._writer is None or self._checkpointing:
+            return  # (a background checkpoint in flight would make this one report "busy")
         commits = self.counters.commits
         if commits == self._upkeep_commits:
             return
@@ -751,9 +757,18 @@ class Pool:
         self._committed()
 
     def _committed(self) -> None:
-        """Count a commit; every so often checkpoint the WAL from the checkpointer."""
+        """Count a commit; under load, every so often checkpoint from the checkpointer.
+
+        Only while the writer stays busy (the next group already started): when it goes idle,
+        the writer's own upkeep checkpoints instead (``_upkeep``).
+        """
         self._since_checkpoint += 1
-        if self._since_checkpoint < _CHECKPOINT_COMMITS or self._checkpointing or self._closed:
+        if (
+            self._since_checkpoint < _CHECKPOINT_COMMITS
+            or not self._writer_busy
+            or self._checkpointing
+            or self._closed
+        ):
             return
         now = self._loop.time()
         if now - self._checkpoint_at < _CHECKPOINT_INTERVAL:

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .backup import (
-    BACKUPS_DIR,
+    backups_dir_for,
     list_backups,
     remove_file,
     replace_database,
@@ -22,14 +22,34 @@ from .backup import (
 from .config import StoreConfig
 from .errors import BackupError, CorruptDatabase, StorageError, StoreClosed, StoreError
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
-from .ids import DATABASE_NAME, new_record_id
-from .migrate import HEAD_REVISION, revision_check, run_migrations
+from .ids import new_record_id
+from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "has_sqlite_header", "make_private_dir"]
+__all__ = [
+    "AsyncProjectStore",
+    "FileKey",
+    "create_database_file",
+    "has_sqlite_header",
+    "make_private_dir",
+    "open_files",
+]
 
 log = logging.getLogger("demiarch_store")
+
+FileKey = tuple[int, int]
+_open_files: dict[FileKey, AsyncProjectStore] = {}
+"""Every project open in this process, by the (device, inode) of its database file."""
+
+
+def open_files() -> dict[FileKey, AsyncProjectStore]:
+    """Return a copy of the projects open in this process, by (device, inode) of their file.
+
+    Discovery uses it to describe an open project through its own pool: opening and closing a
+    second handle on a file the process holds would drop the process's POSIX locks on it.
+    """
+    return _open_files.copy()
 
 
 def make_private_dir(path: Path) -> None:
@@ -99,6 +119,10 @@ class AsyncProjectStore:
         self._closing: asyncio.Future[None] | None = None
         self._on_close: list[Callable[[AsyncProjectStore], None]] = []
         self.revision: str | None = None
+        """The schema revision the database is at once open."""
+        self.migrated: tuple[str | None, str | None] | None = None
+        """``(before, after)`` if opening changed the schema revision; ``(None, head)``: created."""
+        self._file_key: FileKey | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -161,19 +185,34 @@ class AsyncProjectStore:
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool
         try:
+            if revision is None:
+                # A new database: create the schema at head directly (no Alembic start-up).
+                before, revision = await pool.run_writer(
+                    create_schema_job,
+                    self.config.busy_deadline,
+                    pool,
+                    action="creating the schema",
+                )
+                if before != revision:
+                    self.migrated = (before, revision)
             if revision != HEAD_REVISION:
-                _, revision = await pool.run_writer(
+                before, revision = await pool.run_writer(
                     _migrate_job,
                     path,
                     self.id,
                     int(self.config.busy_deadline * 1000),
                     action="migrating the schema",
                 )
+                if before != revision:
+                    self.migrated = (before, revision)
             self.revision = revision
+            st = os.stat(path)
         except BaseException:
             await pool.close()
             self._pool = None
             raise
+        self._file_key = (st.st_dev, st.st_ino)
+        _open_files.setdefault(self._file_key, self)
         return self
 
     async def close(self) -> None:
@@ -186,6 +225,8 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
+            if self._file_key is not None and _open_files.get(self._file_key) is self:
+                del _open_files[self._file_key]
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)
@@ -249,9 +290,7 @@ class AsyncProjectStore:
         A database used alone under another name (``agent.sqlite``) gets
         ``agent.sqlite.backups`` beside it, so files sharing a folder keep separate backups.
         """
-        if self.path.name == DATABASE_NAME:
-            return self.path.parent / BACKUPS_DIR
-        return self.path.parent / f"{self.path.name}.{BACKUPS_DIR}"
+        return backups_dir_for(self.path)
 
     def backups(self) -> list[Path]:
         """Return the backups in ``backups_dir``, newest first."""
@@ -439,5 +478,7 @@ def _backup_error(exc: BaseException, project: str, path: Path) -> BackupError:
     )
 
 
-def _migrate_job(_conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
-    return run_migrations(path, project=project, busy_timeout_ms=busy_ms)
+def _migrate_job(conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
+    # The writer connection is idle here: it reads the pre-migration backup while the
+    # migration's own connection holds the write lock.
+    return run_migrations(path, project=project, busy_timeout_ms=busy_ms, backup_source=conn)
