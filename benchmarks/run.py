@@ -560,9 +560,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(HEADER)
             cells = await run_throughput(s, work, template, conv, keys, log)
         more["open"], project_file = await extras.open_at_head(work / "open", s.open_repeats)
-        more["discovery"] = await extras.discovery(
-            work / "discovery", project_file, s.discovery_projects, 3
-        )
+        more["discovery"] = await extras.discovery(work / "discovery", s.discovery_projects, 3)
         more["many_open"] = await extras.many_open(work / "many", project_file, s.open_projects)
     print()
     print(f"open a project at head: {more['open']['open_at_head_ms']:.2f} ms (median)")
