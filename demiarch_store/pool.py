@@ -942,9 +942,9 @@ class Pool:
 
     @property
     def connections(self) -> int:
-        """Open connections (each with its thread)."""
-        alive = [w for w in (self._writer, *self._readers_all) if w is not None and w.alive]
-        return len(alive)
+        """Open connections (each with its thread): writer, readers and the checkpointer."""
+        workers = (self._writer, *self._readers_all, self._checkpointer)
+        return len([w for w in workers if w is not None and w.alive])
 
 
 def begin_immediate(conn: sqlite3.Connection, deadline_s: float, pool: Pool) -> None:
