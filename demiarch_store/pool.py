@@ -364,6 +364,7 @@ class Pool:
         self._since_checkpoint = 0
         self._checkpoint_at = 0.0
         self._checkpointing = False
+        self._upkeeping = False
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
@@ -573,7 +574,7 @@ class Pool:
         self._writer_busy = False
         self._pump()
         self._upkeep()
-        self._committed()
+        self._committed(self._writer_busy)
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
         """Wait for a commit that can no longer be stopped.
@@ -661,7 +662,13 @@ class Pool:
         if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
             self._upkeep_due = now + UPKEEP_SECONDS
-            self._writer.post(idle_checkpoint, self)
+            self._upkeeping = True  # no background checkpoint meanwhile (see _committed)
+            self._writer.call(idle_checkpoint, self._upkeep_done, self)
+
+    def _upkeep_done(self, _result: Any, exc: BaseException | None) -> None:
+        self._upkeeping = False
+        if exc is not None and not isinstance(exc, StoreClosed):
+            log.warning("idle checkpoint of %s failed: %r", self.path, exc)
 
     def _arm_watchdog(self, delay: float) -> None:
         self._watchdog = self._loop.call_later(delay, self._expire_queued)
@@ -757,25 +764,31 @@ class Pool:
         # instead of starting groups of their own (fewer, larger groups under load).
         self._writer_busy = False
         self._handing_on = True
-        self._upkeep()
+        if len(group) == 1 and not self._queue:
+            self._upkeep()  # one task writing on its own: the writer is idle between units
         self._loop.call_soon(self._hand_on)
 
     def _hand_on(self) -> None:
         self._handing_on = False
-        self._pump()
-        self._committed()
+        loaded = bool(self._queue)  # the tasks just acknowledged wrote again at once
+        if loaded:
+            self._pump()
+            self._committed(loaded)
+        else:
+            self._upkeep()  # the writer has gone idle: its own upkeep may checkpoint
 
-    def _committed(self) -> None:
+    def _committed(self, loaded: bool) -> None:
         """Count a commit; under load, every so often checkpoint from the checkpointer.
 
-        Only while the writer stays busy (the next group already started): when it goes idle,
-        the writer's own upkeep checkpoints instead (``_upkeep``).
+        ``loaded``: work was waiting for the writer when this commit ended. Otherwise the writer
+        goes idle and its own upkeep checkpoints instead (``_upkeep``).
         """
         self._since_checkpoint += 1
         if (
-            self._since_checkpoint < _CHECKPOINT_COMMITS
-            or not self._writer_busy
+            not loaded
+            or self._since_checkpoint < _CHECKPOINT_COMMITS
             or self._checkpointing
+            or self._upkeeping
             or self._closed
         ):
             return
