@@ -764,16 +764,16 @@ class Pool:
         # instead of starting groups of their own (fewer, larger groups under load).
         self._writer_busy = False
         self._handing_on = True
-        if len(group) == 1 and not self._queue:
+        alone = len(group) == 1 and not self._queue
+        if alone:
             self._upkeep()  # one task writing on its own: the writer is idle between units
-        self._loop.call_soon(self._hand_on)
+        self._loop.call_soon(self._hand_on, alone)
 
-    def _hand_on(self) -> None:
+    def _hand_on(self, alone: bool) -> None:
         self._handing_on = False
-        loaded = bool(self._queue)  # the tasks just acknowledged wrote again at once
-        if loaded:
+        if self._queue:  # the tasks just acknowledged wrote again at once
             self._pump()
-            self._committed(loaded)
+            self._committed(loaded=not alone)
         else:
             self._upkeep()  # the writer has gone idle: its own upkeep may checkpoint
 
