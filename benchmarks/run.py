@@ -208,21 +208,15 @@ async def run_throughput(
     plan = [(w, "NORMAL") for w in WORKLOADS] + [("W1", "FULL")]
     plan = [(w, sync) for w, sync in plan if w in s.workloads]
     for workload, sync in plan:
-        # Raw sqlite3: synchronous, one thread, the denominator of every ratio.
+        # Raw sqlite3: synchronous, one thread, the denominator of every ratio. It runs before
+        # and after the other systems, and the median of both sets is kept, so that a change
+        # of the machine's load during the block moves the ratios less.
         path = work / f"sqlite3-{workload}-{sync}.sqlite"
         shutil.copyfile(template, path)
         raw = RawSqlite(path, conv, sync)
         op = _op(raw, workload)
         measure_sync(op, _keys(keys), min(0.1, s.duration))  # warm up
-        runs = []
-        for _ in range(s.repeats):
-            gc.collect()
-            result = measure_sync(op, _keys(keys), s.duration)
-            runs.append(_cell("sqlite3", workload, sync, 1, *result))
-        raw.close()
-        best = _median(runs)
-        cells.append(best)
-        log(_line(best))
+        raw_runs = _raw_runs(s, op, keys, workload, sync)
         systems = ASYNC_SYSTEMS if sync == "NORMAL" else ASYNC_SYSTEMS[:1]
         for cls in systems:
             path = work / f"{cls.name}-{workload}-{sync}.sqlite"
@@ -243,8 +237,23 @@ async def run_throughput(
                     log(_line(best))
             finally:
                 await system.close()
+        best = _median(raw_runs + _raw_runs(s, op, keys, workload, sync))
+        raw.close()
+        cells.append(best)
+        log(_line(best))
     _ratios(cells)
     return cells
+
+
+def _raw_runs(
+    s: Settings, op: Callable[[str], Any], keys: list[str], workload: str, sync: str
+) -> list[Cell]:
+    runs = []
+    for _ in range(s.repeats):
+        gc.collect()
+        result = measure_sync(op, _keys(keys), s.duration)
+        runs.append(_cell("sqlite3", workload, sync, 1, *result))
+    return runs
 
 
 def _ratios(cells: list[Cell]) -> None:
