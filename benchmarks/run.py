@@ -214,9 +214,9 @@ async def run_throughput(
         path = work / f"sqlite3-{workload}-{sync}.sqlite"
         shutil.copyfile(template, path)
         raw = RawSqlite(path, conv, sync)
-        op = _op(raw, workload)
-        measure_sync(op, _keys(keys), min(0.1, s.duration))  # warm up
-        raw_runs = _raw_runs(s, op, keys, workload, sync)
+        raw_op = _op(raw, workload)
+        measure_sync(raw_op, _keys(keys), min(0.1, s.duration))  # warm up
+        raw_runs = _raw_runs(s, raw_op, keys, workload, sync)
         systems = ASYNC_SYSTEMS if sync == "NORMAL" else ASYNC_SYSTEMS[:1]
         for cls in systems:
             path = work / f"{cls.name}-{workload}-{sync}.sqlite"
@@ -237,7 +237,7 @@ async def run_throughput(
                     log(_line(best))
             finally:
                 await system.close()
-        best = _median(raw_runs + _raw_runs(s, op, keys, workload, sync))
+        best = _median(raw_runs + _raw_runs(s, raw_op, keys, workload, sync))
         raw.close()
         cells.append(best)
         log(_line(best))

@@ -47,6 +47,8 @@ def test_harness_runs_in_quick_mode(tmp_path: Path) -> None:
             assert (system, workload, "NORMAL") in systems
     assert ("demiarch", "W1", "FULL") in systems and ("sqlite3", "W1", "FULL") in systems
     assert all(c["ops"] > 0 for c in doc["cells"])
+    raw = [c for c in doc["cells"] if c["system"] == "sqlite3"]
+    assert all(c["p50_ms"] > 0 and c["seconds"] > 0 for c in raw)
     ours = [c for c in doc["cells"] if c["system"] in ("demiarch", "sqlite3")]
     assert all(c["errors"] == 0 for c in ours), [c["first_error"] for c in ours]
     assert doc["extras"]["discovery"]["projects"] == 3
