@@ -1005,7 +1005,7 @@ def _commit_group(
                 for ops in units:
                     run_ops(conn, ops)
                 outcomes = [None] * len(units)
-            except (sqlite3.Error, RowMissing) as exc:
+            except Exception as exc:  # a value SQLite cannot bind fails this unit only
                 if not conn.in_transaction:
                     raise  # SQLite ended the transaction itself (I/O error, full disk)
                 del exc
@@ -1028,7 +1028,7 @@ def _run_units(conn: sqlite3.Connection, units: list[list[Op]]) -> list[BaseExce
         conn.execute("SAVEPOINT unit")
         try:
             run_ops(conn, ops)
-        except (sqlite3.Error, RowMissing) as exc:
+        except Exception as exc:  # a value SQLite cannot bind fails this unit only
             conn.execute("ROLLBACK TO unit")
             outcomes.append(exc)
         else:
@@ -1095,7 +1095,7 @@ def end_held_job(
             if not failed and ops:
                 try:
                     run_ops(conn, ops)
-                except (sqlite3.Error, RowMissing) as exc:
+                except Exception as exc:  # a value SQLite cannot bind fails this unit only
                     if not conn.in_transaction:
                         raise
                     own, failed = exc, True

@@ -256,3 +256,36 @@ async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(
         await unit("e")
     async with project.read() as r:
         assert "e" in {m.content for m in await r.messages.list(conv.id)}
+
+
+async def test_a_value_sqlite_cannot_bind_fails_its_unit_alone(project: AsyncProjectStore) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+
+    async def unit(i: int, *, reads: bool) -> str:
+        try:
+            async with project.transaction() as tx:
+                if reads:
+                    await tx.conversations.get(conv.id)  # a chain of units that read
+                # 2**70 does not fit SQLite's 64-bit integers: OverflowError while binding.
+                meta = {"n": 1} if i % 3 else None
+                await tx.messages.append(conv.id, role="user", content=f"{reads}{i}", meta=meta)
+                if i % 3 == 0:
+                    await tx.conversations.update(conv.id, meta={"big": 1})
+                    tx.defer(_op_with_unbindable_value())
+        except Exception:
+            return "failed"
+        return "ok"
+
+    for reads in (False, True):
+        outcomes = await asyncio.gather(*(unit(i, reads=reads) for i in range(12)))
+        assert outcomes == ["failed" if i % 3 == 0 else "ok" for i in range(12)]
+    async with project.read() as r:
+        stored = {m.content for m in await r.messages.list(conv.id)}
+    assert stored == {f"{reads}{i}" for reads in (False, True) for i in range(12) if i % 3}
+
+
+def _op_with_unbindable_value() -> object:
+    from demiarch_store.pool import Op
+
+    return Op("UPDATE conversations SET title = ? WHERE id = ?", (2**70, "x"))
