@@ -68,10 +68,27 @@ class _Monotonic:
             return self._step()
 
     def many(self, n: int) -> list[str]:
-        """Return ``n`` new IDs, in increasing order (one lock for the batch)."""
+        """Return ``n`` new IDs, in increasing order (one lock for the batch).
+
+        After the first, IDs continue the same millisecond with the random part counting up:
+        runs of up to 1,024 share a prefix and take their last two digits from a slice.
+        """
+        out: list[str] = []
         with self._lock:
-            step = self._step
-            return [step() for _ in range(n)]
+            while len(out) < n:
+                if not out:
+                    out.append(self._step())
+                    continue
+                rand = self._last_rand
+                low = rand & 1023
+                k = min(1023 - low, n - len(out), (1 << self._bits) - 1 - rand)
+                if k <= 0:
+                    out.append(self._step())  # the last two digits wrap: a new prefix
+                    continue
+                prefix = self._prefix
+                out += [prefix + pair for pair in _PAIRS[low + 1 : low + 1 + k]]
+                self._last_rand = rand + k
+        return out
 
     def _step(self) -> str:
         ms = time.time_ns() // 1_000_000

@@ -289,3 +289,19 @@ def _op_with_unbindable_value() -> object:
     from demiarch_store.pool import Op
 
     return Op("UPDATE conversations SET title = ? WHERE id = ?", (2**70, "x"))
+
+
+def test_batches_of_ids_increase_and_encode_like_single_ones() -> None:
+    from demiarch_store.ids import new_record_ids
+
+    ids: list[str] = []
+    for n in (0, 1, 2, 7, 1023, 1024, 1025, 2500):
+        ids += new_record_ids(n)
+        ids.append(new_record_id())
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    for record_id in ids[::37]:
+        value = 0
+        for ch in record_id:
+            value = value * 32 + alphabet.index(ch)
+        assert _encode(value, 26) == record_id
