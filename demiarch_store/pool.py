@@ -1,14 +1,18 @@
 """Connections, pragmas, the bounded pool, group commit and the busy retry.
 
 Each connection lives on its own thread and runs *jobs*: plain functions of the connection that
-do a whole piece of work (a unit of work, a read) in one hop. A thread drains every job queued
-for it before it reports back, so a burst of work costs one wake-up of the event loop.
+do a whole piece of work (a unit of work, a read) in one hop. Jobs queued during one turn of the
+event loop reach the thread as one batch, and a thread drains every job queued for it before it
+reports back, so a burst of work costs one wake-up each way.
 
 Writes go through one writer connection. Units of work that only write are *grouped*: every unit
-queued while the writer is busy goes into the next SQLite transaction, each inside its own
-savepoint, so one failing unit does not sink the others, and each caller is acknowledged only
-after the shared COMMIT (group commit: one fsync for many units). A unit that reads inside its
-transaction holds the writer for itself until it ends.
+queued while the writer is busy goes into the next SQLite transaction (undone and re-run with a
+savepoint per unit if one fails, so one failing unit does not sink the others), and each caller
+is acknowledged only after the shared COMMIT (group commit: one fsync for many units). A unit
+that reads holds the writer until it ends; units that read one after the other are *chained*
+into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
+snapshots that overlap share a read transaction (an *epoch*) on one reader when that cannot hide
+a unit acknowledged before they began. A checkpointer connection keeps the WAL short under load.
 """
 
 from __future__ import annotations

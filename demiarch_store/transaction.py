@@ -50,7 +50,8 @@ class Transaction(Session):
     """One unit of work: commits when its block ends, rolls back on any exception.
 
     Writes are collected and sent to the writer in one hop at commit. A read inside the unit
-    first takes the writer for the unit alone (``BEGIN IMMEDIATE``) and flushes the writes so
+    first takes the writer for the unit (``BEGIN IMMEDIATE``, or a savepoint in the transaction
+    of the units that read just before it: see ``Pool.start_held``) and flushes the writes so
     far, so the unit reads its own writes.
     """
 
@@ -179,7 +180,11 @@ class Transaction(Session):
 
 
 class Snapshot(Session):
-    """A read-only, consistent view on a reader connection, taken at its first query."""
+    """A read-only, consistent view on a reader connection, taken at its first query.
+
+    Overlapping snapshots may share one read transaction (see ``Pool.acquire_shared``); each
+    still sees one state, which includes every unit acknowledged before it began.
+    """
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
