@@ -56,8 +56,6 @@ _Item = tuple[Any, Any, tuple[Any, ...]]
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
-_EPOCH_MAX_AGE: Final = 0.01
-"""Seconds after which a read epoch takes no new snapshots (bounds how stale one can be)."""
 _EPOCH_MAX_HOLDERS: Final = 32
 _CHAIN_MAX: Final = 64
 _CHAIN_MAX_AGE: Final = 0.005
@@ -374,6 +372,7 @@ class Pool:
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
+        self._share_window = config.read_share_window
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
@@ -822,7 +821,7 @@ class Pool:
     # transaction (an *epoch*) on one reader, so their queries reach the thread in one batch.
     # Every snapshot still sees one consistent state for its whole block. A snapshot joins an
     # epoch only if nothing has finished on the writer since the epoch began and the epoch is
-    # younger than _EPOCH_MAX_AGE; so it sees every unit acknowledged before it started.
+    # younger than config.read_share_window; so it sees every unit acknowledged before it started.
 
     def _new_reader(self) -> Worker | None:
         """Return a new reader worker if the pool may open one (not yet connected)."""
@@ -896,7 +895,7 @@ class Pool:
         for worker in self._shared:
             if (
                 worker.epoch_gen == gen
-                and now - worker.epoch_start < _EPOCH_MAX_AGE
+                and now - worker.epoch_start < self._share_window
                 and worker.holders < _EPOCH_MAX_HOLDERS
             ):
                 worker.holders += 1
