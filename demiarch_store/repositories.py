@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
 
@@ -61,10 +61,13 @@ class Codec:
         self.binders: list[tuple[str, Callable[[Any], Any]]] = []
         self.loaders: list[Callable[[Any], Any] | None] = []
         for c in columns:
-            bind = c.type.bind_processor(_DIALECT)
+            bind: Callable[[Any], Any] | None = c.type.bind_processor(_DIALECT)
+            load: Callable[[Any], Any] | None = c.type.result_processor(_DIALECT, None)
+            if isinstance(c.type, JSON) and bind is not None and load is not None:
+                bind, load = _json_bind(bind), _json_load(load)
             if bind is not None:
                 self.binders.append((c.name, bind))
-            self.loaders.append(c.type.result_processor(_DIALECT, None))
+            self.loaders.append(load)
         self.any_loader = any(self.loaders)
 
     def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,6 +83,32 @@ class Codec:
         return tuple(
             v if p is None or v is None else p(v) for p, v in zip(self.loaders, row, strict=True)
         )
+
+
+def _json_bind(bind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def process(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT64 <= value < -_INT64:
+            raise InvalidValue(
+                "a JSON number at the top level must fit in 64 bits",
+                hint="wrap it in a list or an object, or store it as a string",
+            )
+        return bind(value)
+
+    return process
+
+
+def _json_load(load: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def process(value: Any) -> Any:
+        # SQLite gives a column declared JSON NUMERIC affinity: the JSON text of a top-level
+        # number is stored as that number, and comes back already decoded.
+        if isinstance(value, int | float):
+            return value
+        return load(value)
+
+    return process
+
+
+_INT64 = -(2**63)
 
 
 class Repository(Generic[R]):
