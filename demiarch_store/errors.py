@@ -157,6 +157,16 @@ def translate(
 
     This is the only place where ``sqlite3`` errors become the library's errors.
     """
+    if isinstance(exc, UnicodeEncodeError | OverflowError):
+        what = "text that is not valid Unicode" if isinstance(exc, UnicodeError) else "a huge int"
+        err: StoreError = InvalidValue(
+            f"{action} failed: a value cannot be stored ({what})",
+            project=project,
+            path=path,
+            hint="remove lone surrogates from text; keep integers within 64 bits",
+        )
+        err.__cause__ = exc
+        return err
     if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
             oserr = StorageError(
@@ -171,7 +181,6 @@ def translate(
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     detail = str(exc)
-    err: StoreError
     if primary in _BUSY:
         err = DatabaseBusy(
             f"{action} failed: the database is locked by another connection",

@@ -615,7 +615,7 @@ def _commit_group(
                 conn.execute("SAVEPOINT unit")
                 try:
                     run_ops(conn, ops)
-                except (sqlite3.Error, RowMissing) as exc:
+                except Exception as exc:  # a value SQLite cannot bind fails this unit only
                     conn.execute("ROLLBACK TO unit")
                     outcomes.append(exc)
                 else:

@@ -221,6 +221,13 @@ def _text(value: object, name: str, *, max_len: int | None = None, empty: bool =
         raise InvalidValue(f"{name} must not be empty")
     if max_len is not None and len(value) > max_len:
         raise InvalidValue(f"{name} is longer than {max_len} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidValue(
+                f"{name} is not valid Unicode text", hint="remove lone surrogates"
+            ) from None
     return value
 
 
