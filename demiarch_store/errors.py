@@ -157,9 +157,19 @@ def translate(
 
     This is the only place where ``sqlite3`` errors become the library's errors.
     """
+    if isinstance(exc, UnicodeDecodeError):
+        # sqlite3 decodes TEXT as UTF-8 itself: bytes that are not are a damaged file.
+        err: StoreError = CorruptDatabase(
+            f"{action} failed: the file holds text that is not valid UTF-8",
+            project=project,
+            path=path,
+            hint="restore it from a backup, or move it aside and recreate the project",
+        )
+        err.__cause__ = exc
+        return err
     if isinstance(exc, UnicodeEncodeError | OverflowError):
         what = "text that is not valid Unicode" if isinstance(exc, UnicodeError) else "a huge int"
-        err: StoreError = InvalidValue(
+        err = InvalidValue(
             f"{action} failed: a value cannot be stored ({what})",
             project=project,
             path=path,
