@@ -346,6 +346,10 @@ def describe(project_id: str, path: Path) -> ProjectInfo:
         if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
             return _info(project_id, path, "corrupt", str(exc), size=size)
         return _info(project_id, path, "unreadable", str(exc), size=size)
+    except UnicodeDecodeError:  # sqlite3 decodes TEXT itself: a damaged page
+        return _info(
+            project_id, path, "corrupt", "the file holds text that is not valid UTF-8", size=size
+        )
     except CorruptDatabase as exc:  # pragma: no cover - read_revision raises sqlite errors
         return _info(project_id, path, "corrupt", str(exc), size=size)
     finally:
