@@ -1,26 +1,103 @@
-"""Settings: one frozen dataclass, and the only function that reads the environment."""
+"""Settings: one frozen dataclass, and the only function that reads the environment.
+
+Where the projects directory comes from, first match wins:
+
+1. an explicit argument (``StoreConfig(projects_dir=...)`` or ``load_config(projects_dir=...)``);
+2. ``projects_dir`` in the TOML file ``$DEMIARCH_HOME/config.toml`` (relative paths are taken
+   from the file's directory);
+3. ``$DEMIARCH_HOME/projects``, where ``DEMIARCH_HOME`` defaults to ``~/.demiarch``.
+
+The config file may set any other ``StoreConfig`` field too; ``load_config()`` applies them.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import StoreError
 
-__all__ = ["StoreConfig", "default_home", "default_projects_dir"]
+__all__ = ["CONFIG_NAME", "StoreConfig", "default_projects_dir", "load_config"]
+
+CONFIG_NAME = "config.toml"
 
 
-def default_home() -> Path:
-    """Return ``$DEMIARCH_HOME``, or ``~/.demiarch`` when it is not set."""
-    home = os.environ.get("DEMIARCH_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".demiarch"
+def load_config(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreConfig:
+    """Return the ``StoreConfig`` for this environment: arguments > config file > defaults.
+
+    Reads ``DEMIARCH_HOME`` (default ``~/.demiarch``) from ``environ`` (default ``os.environ``)
+    and the optional TOML file ``<home>/config.toml``, whose top-level keys are ``StoreConfig``
+    field names. Keyword arguments are ``StoreConfig`` fields and win over the file.
+
+    Raises ``StoreError`` for a file that is not valid TOML, an unknown key or a value of the
+    wrong type, naming the file and the key.
+
+    Example::
+
+        config = load_config(max_readers=2)   # projects_dir from the file or $DEMIARCH_HOME
+    """
+    env = os.environ if environ is None else environ
+    home = Path(env.get("DEMIARCH_HOME") or "~/.demiarch").expanduser()
+    values: dict[str, Any] = {"projects_dir": home / "projects"}
+    values.update(_read_file(home / CONFIG_NAME))
+    values.update(overrides)
+    return StoreConfig(**values)
 
 
 def default_projects_dir() -> Path:
-    """Return the default projects directory: ``<home>/projects``."""
-    return default_home() / "projects"
+    """Return the projects directory ``load_config()`` picks when none is given."""
+    return load_config().projects_dir
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise StoreError(
+            f"the config file is not valid TOML ({exc})",
+            path=path,
+            hint="fix the file or delete it to use the defaults",
+        ) from exc
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read the config file: {exc.strerror}",
+            path=path,
+            hint="check the file's permissions",
+        ) from exc
+    kinds = {f.name: f.type for f in fields(StoreConfig)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        kind = kinds.get(key)
+        if kind is None:
+            raise StoreError(
+                f"unknown setting {key!r} in the config file",
+                path=path,
+                hint=f"known settings: {', '.join(sorted(kinds))}",
+            )
+        if key == "projects_dir":
+            ok = isinstance(value, str) and value != ""
+            value = path.parent / Path(value).expanduser() if ok else value
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise StoreError(
+                f"setting {key!r} in the config file has the wrong type",
+                path=path,
+                hint=f"expected {'a path string' if key == 'projects_dir' else kind}",
+            )
+        out[key] = value
+    return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,6 +128,12 @@ class StoreConfig:
     journal_size_limit: int = 64 * 1024 * 1024
     """Bytes the ``-wal`` file is truncated to after a checkpoint."""
 
+    wal_checkpoint_bytes: int = 16 * 1024 * 1024
+    """``-wal`` size above which the writer, once idle, checkpoints with ``TRUNCATE``."""
+
+    slow_transaction: float = 1.0
+    """Seconds after which a finished unit of work is logged at warning level."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "projects_dir", Path(self.projects_dir).expanduser())
         if self.max_readers < 1:
@@ -63,6 +146,11 @@ class StoreConfig:
         if self.synchronous not in ("NORMAL", "FULL"):
             raise StoreError(
                 "synchronous must be 'NORMAL' or 'FULL'", hint=f"got {self.synchronous!r}"
+            )
+        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0:
+            raise StoreError(
+                "wal_checkpoint_bytes and slow_transaction must not be negative",
+                hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
             )
         if self.keep_backups < 1 or self.max_open_projects < 1:
             raise StoreError("keep_backups and max_open_projects must be at least 1")

@@ -14,7 +14,8 @@
     ├── DatabaseBusy             (TimeoutError) another process held the lock past busy_deadline
     ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
     ├── StoreClosed
-    └── BackupError
+    ├── BackupError
+    └── BundleError              a project bundle that is damaged, tampered with or unknown
 
 Every message names what went wrong, the project, the path and what the user can do. Bound
 parameter values never appear in a message: they may hold secrets.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 __all__ = [
     "BackupError",
+    "BundleError",
     "ConstraintViolation",
     "CorruptDatabase",
     "DatabaseBusy",
@@ -128,6 +130,10 @@ class BackupError(StoreError):
     """A backup could not be written, verified or restored."""
 
 
+class BundleError(StoreError):
+    """A project bundle is truncated, tampered with, unsafe or in a format this code can't read."""
+
+
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _STORAGE = {
@@ -143,6 +149,16 @@ _STORAGE = {
     ),
     sqlite3.SQLITE_PERM: ("permission denied", "check the permissions of the file"),
     sqlite3.SQLITE_NOLFS: ("the file is too large", "free some space or split the project"),
+}
+
+_CONSTRAINT_HINTS = {
+    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: (
+        "a referenced record does not exist (an agent, conversation, checkpoint, ...) or "
+        "one still referenced cannot be removed; create or keep it first"
+    ),
+    sqlite3.SQLITE_CONSTRAINT_UNIQUE: "a value that must be unique (such as a name) is taken",
+    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: "a record with this ID already exists",
+    sqlite3.SQLITE_CONSTRAINT_NOTNULL: "a required value is missing",
 }
 
 
@@ -206,11 +222,15 @@ def translate(
             hint="restore it from a backup, or move it aside and recreate the project",
         )
     elif primary == sqlite3.SQLITE_CONSTRAINT:
+        # sqlite3 names the constraint and its columns here, never the values.
         err = ConstraintViolation(
             f"{action} failed: {detail}",
             project=project,
             path=path,
-            hint="a referenced record does not exist or a unique value is already taken",
+            hint=_CONSTRAINT_HINTS.get(
+                code if isinstance(code, int) else 0,
+                "a referenced record does not exist or a unique value is already taken",
+            ),
         )
     elif primary in _STORAGE:
         what, hint = _STORAGE[primary]

@@ -21,14 +21,23 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
 from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
+from .health import (
+    UPKEEP_COMMITS,
+    UPKEEP_SECONDS,
+    Checkpoint,
+    Reservoir,
+    idle_checkpoint,
+    optimize_on_close,
+)
 
 __all__ = ["Op", "Pool", "RowMissing", "Worker"]
 
@@ -41,6 +50,7 @@ _STOP: Final = object()
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+_WRITER_BUSY_MS: Final = 50
 
 
 class RowMissing(Exception):
@@ -83,6 +93,10 @@ class _Counters:
     busy_errors: int = 0
     pool_timeouts: int = 0
     groups: int = 0
+    idle_checkpoints: int = 0
+    last_checkpoint: Checkpoint | None = None
+    pool_wait: Reservoir = field(default_factory=Reservoir)
+    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 class Worker:
@@ -192,13 +206,16 @@ def connect(
 
     Returns the connection and what ``check`` returned. Runs as a worker's first job.
     """
-    uri = f"file:{path}?mode=rw"
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"  # a path may hold ? # or %
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
     )
     try:
-        busy_ms = 50 if not reader else max(100, int(config.busy_deadline * 1000))
-        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        # Opening waits for other processes (one may be switching the file to WAL or
+        # migrating it) up to busy_deadline. Afterwards the writer keeps only a short wait:
+        # its BEGIN IMMEDIATE retries with backoff and jitter in begin_immediate().
+        open_ms = max(100, int(config.busy_deadline * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {open_ms}")
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         checked = check(conn) if check is not None else None
@@ -213,6 +230,8 @@ def connect(
         conn.execute(f"PRAGMA journal_size_limit = {int(config.journal_size_limit)}")
         if reader:
             conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
         _verify(conn, config, reader=reader, path=path)
     except BaseException:
         conn.close()
@@ -241,11 +260,12 @@ def _verify(conn: sqlite3.Connection, config: StoreConfig, *, reader: bool, path
 class _Unit:
     """A write-only unit of work waiting for (or in) a group commit."""
 
-    __slots__ = ("fut", "late", "ops", "outcome", "sent")
+    __slots__ = ("fut", "late", "ops", "outcome", "queued_at", "sent")
 
-    def __init__(self, ops: list[Op], fut: asyncio.Future[None]) -> None:
+    def __init__(self, ops: list[Op], fut: asyncio.Future[None], queued_at: float) -> None:
         self.ops = ops
         self.fut = fut
+        self.queued_at = queued_at
         self.late: asyncio.Future[None] | None = None
         self.sent = False
         self.outcome: BaseException | None | object = _PENDING
@@ -280,11 +300,14 @@ class Pool:
         self._opening_readers = 0
         self._queue: deque[_Unit | asyncio.Future[None]] = deque()
         self._writer_busy = False
+        self._watchdog: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
+        self._upkeep_commits = 0
+        self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -306,6 +329,11 @@ class Pool:
             return
         self._closed = True
         await self._idle.wait()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._writer is not None:
+            self._writer.post(optimize_on_close)  # runs before the writer's stop
         workers = [w for w in (self._writer, *self._readers_all) if w is not None]
         self._readers_idle.clear()
         errors = []
@@ -370,9 +398,12 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued."""
-        unit = _Unit(ops, self._loop.create_future())
+        loop = self._loop
+        unit = _Unit(ops, loop.create_future(), loop.time())
         self._queue.append(unit)
         self._pump()
+        if not unit.sent and self._watchdog is None:
+            self._arm_watchdog(self.config.acquire_timeout)
         try:
             await unit.fut
         except asyncio.CancelledError:
@@ -460,6 +491,49 @@ class Pool:
             self._writer.post(_rollback_if_active)
         self._writer_busy = False
         self._pump()
+        self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Now and then, when the writer has gone idle, let it check the WAL's size."""
+        if self._writer_busy or self._writer is None:
+            return
+        commits = self.counters.commits
+        if commits == self._upkeep_commits:
+            return
+        now = time.monotonic()
+        if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
+            self._upkeep_commits = commits
+            self._upkeep_due = now + UPKEEP_SECONDS
+            self._writer.post(idle_checkpoint, self)
+
+    def _arm_watchdog(self, delay: float) -> None:
+        self._watchdog = self._loop.call_later(delay, self._expire_queued)
+
+    def _expire_queued(self) -> None:
+        """Fail queued write-only units that waited ``acquire_timeout`` for the writer."""
+        self._watchdog = None
+        timeout = self.config.acquire_timeout
+        now = self._loop.time()
+        oldest: float | None = None
+        for item in list(self._queue):
+            if not isinstance(item, _Unit) or item.fut.done():
+                continue
+            if item.queued_at + timeout <= now:
+                self._queue.remove(item)
+                self.counters.pool_timeouts += 1
+                item.fut.set_exception(
+                    PoolTimeout(
+                        f"no writer connection within {timeout:g}s",
+                        project=self.project,
+                        path=self.path,
+                        hint="a long transaction holds the writer; shorten it or raise "
+                        "acquire_timeout",
+                    )
+                )
+            elif oldest is None:
+                oldest = item.queued_at
+        if oldest is not None:
+            self._arm_watchdog(max(0.0, oldest + timeout - now))
 
     def _pump(self) -> None:
         queue_ = self._queue
@@ -512,6 +586,7 @@ class Pool:
             if unit.late is not None:
                 _resolve(unit.late, outcome)
         self._pump()
+        self._upkeep()
 
     # -- readers ------------------------------------------------------------------------------
 

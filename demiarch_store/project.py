@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -10,13 +11,45 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .backup import (
+    backups_dir_for,
+    list_backups,
+    remove_file,
+    replace_database,
+    stage_restore,
+    take_backup,
+)
 from .config import StoreConfig
-from .errors import CorruptDatabase, StorageError, StoreClosed
-from .migrate import HEAD_REVISION, revision_check, run_migrations
+from .errors import BackupError, CorruptDatabase, StorageError, StoreClosed, StoreError
+from .health import HealthReport, StoreStats, build_report, check_job, stats_of
+from .ids import new_record_id
+from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
 
-__all__ = ["AsyncProjectStore", "create_database_file", "make_private_dir"]
+__all__ = [
+    "AsyncProjectStore",
+    "FileKey",
+    "create_database_file",
+    "has_sqlite_header",
+    "make_private_dir",
+    "open_files",
+]
+
+log = logging.getLogger("demiarch_store")
+
+FileKey = tuple[int, int]
+_open_files: dict[FileKey, AsyncProjectStore] = {}
+"""Every project open in this process, by the (device, inode) of its database file."""
+
+
+def open_files() -> dict[FileKey, AsyncProjectStore]:
+    """Return a copy of the projects open in this process, by (device, inode) of their file.
+
+    Discovery uses it to describe an open project through its own pool: opening and closing a
+    second handle on a file the process holds would drop the process's POSIX locks on it.
+    """
+    return _open_files.copy()
 
 
 def make_private_dir(path: Path) -> None:
@@ -32,6 +65,16 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(d, 0o700)
+
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def has_sqlite_header(path: Path) -> bool:
+    """Return True for an empty file or one that starts with SQLite's 100-byte header."""
+    with open(path, "rb") as f:
+        head = f.read(100)
+    return head == b"" or (len(head) == 100 and head.startswith(_MAGIC))
 
 
 def create_database_file(path: Path) -> None:
@@ -76,6 +119,10 @@ class AsyncProjectStore:
         self._closing: asyncio.Future[None] | None = None
         self._on_close: list[Callable[[AsyncProjectStore], None]] = []
         self.revision: str | None = None
+        """The schema revision the database is at once open."""
+        self.migrated: tuple[str | None, str | None] | None = None
+        """``(before, after)`` if opening changed the schema revision; ``(None, head)``: created."""
+        self._file_key: FileKey | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None and not self._pool.closed else "closed"
@@ -116,6 +163,17 @@ class AsyncProjectStore:
                     path=path,
                     hint="move it aside",
                 )
+            elif not has_sqlite_header(path):
+                # Refuse before SQLite opens it: closing a read-write connection to a file
+                # with a damaged header deletes its -wal, which may hold the only copy of
+                # recent commits.
+                raise CorruptDatabase(
+                    "the file is not a SQLite database (its header is damaged)",
+                    project=self.id,
+                    path=path,
+                    hint="restore it from a backup (store.quarantine_project() moves it aside "
+                    "and restores the newest good backup)",
+                )
         except OSError as exc:
             raise StorageError(
                 f"cannot create the database file: {exc.strerror}",
@@ -127,19 +185,34 @@ class AsyncProjectStore:
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool
         try:
+            if revision is None:
+                # A new database: create the schema at head directly (no Alembic start-up).
+                before, revision = await pool.run_writer(
+                    create_schema_job,
+                    self.config.busy_deadline,
+                    pool,
+                    action="creating the schema",
+                )
+                if before != revision:
+                    self.migrated = (before, revision)
             if revision != HEAD_REVISION:
-                _, revision = await pool.run_writer(
+                before, revision = await pool.run_writer(
                     _migrate_job,
                     path,
                     self.id,
                     int(self.config.busy_deadline * 1000),
                     action="migrating the schema",
                 )
+                if before != revision:
+                    self.migrated = (before, revision)
             self.revision = revision
+            st = os.stat(path)
         except BaseException:
             await pool.close()
             self._pool = None
             raise
+        self._file_key = (st.st_dev, st.st_ino)
+        _open_files.setdefault(self._file_key, self)
         return self
 
     async def close(self) -> None:
@@ -152,6 +225,8 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
+            if self._file_key is not None and _open_files.get(self._file_key) is self:
+                del _open_files[self._file_key]
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)
@@ -206,6 +281,204 @@ class AsyncProjectStore:
         pool.check_open()
         return Snapshot(pool)
 
+    # -- backup, health, maintenance ----------------------------------------------------------
 
-def _migrate_job(_conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
-    return run_migrations(path, project=project, busy_timeout_ms=busy_ms)
+    @property
+    def backups_dir(self) -> Path:
+        """Where ``backup()`` writes by default: ``<project dir>/backups``.
+
+        A database used alone under another name (``agent.sqlite``) gets
+        ``agent.sqlite.backups`` beside it, so files sharing a folder keep separate backups.
+        """
+        return backups_dir_for(self.path)
+
+    def backups(self) -> list[Path]:
+        """Return the backups in ``backups_dir``, newest first."""
+        return list_backups(self.backups_dir)
+
+    async def backup(self, dest: Path | str | None = None) -> Path:
+        """Write a consistent snapshot of the database while writers keep writing.
+
+        Args:
+            dest: a new file to write, or a directory to write a new backup into. By default
+                the backup goes into ``backups_dir`` and only the newest
+                ``config.keep_backups`` there are kept.
+
+        Returns the backup's path once it is complete, verified with ``integrity_check`` and
+        fsynced; the file has mode 0600. Backups are named ``<sequence>-<UTC time>.sqlite``:
+        the sequence keeps them in order and never reuses a name, even if the clock goes back.
+
+        Raises:
+            BackupError: the snapshot could not be written or verified, or ``dest`` exists.
+        """
+        pool = self.pool
+        keep = self.config.keep_backups if dest is None else None
+        pool.enter()
+        try:
+            try:
+                directory, target = await asyncio.to_thread(self._backup_target, dest)
+            except OSError as exc:
+                raise BackupError(
+                    f"cannot create the backups directory: {exc.strerror}",
+                    project=self.id,
+                    path=self.backups_dir,
+                    hint="check the permissions of the project directory",
+                ) from exc
+            worker = await pool.acquire_reader()
+            try:
+                path: Path = await worker.submit(take_backup, directory, target, keep)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                raise _backup_error(exc, self.id, target or directory) from exc
+            finally:
+                pool.release_reader(worker, started=True)
+        finally:
+            pool.leave()
+        return path
+
+    def _backup_target(self, dest: Path | str | None) -> tuple[Path, Path | None]:
+        """Return (directory, file or None for a new name); create the default directory."""
+        if dest is None:
+            make_private_dir(self.backups_dir)
+            return self.backups_dir, None
+        dest = Path(dest)
+        return (dest, None) if dest.is_dir() else (dest.parent, dest)
+
+    async def restore(self, backup: Path | str) -> None:
+        """Replace this database with a backup, then reopen it (migrating it to head).
+
+        The backup is checked first (read-only, ``trusted_schema=OFF``, ``integrity_check``,
+        a known schema revision) and copied beside the database; only then is the project
+        closed (waiting for work in flight) and the copy renamed over the database.
+
+        Raises:
+            BackupError: the backup is missing, damaged or too new; the database is untouched.
+            DatabaseBusy: another process has the database open.
+        """
+        if self._closing is not None:
+            raise StoreClosed(
+                "the project is closed",
+                project=self.id,
+                path=self.path,
+                hint="restore through Store.restore_project() or a new AsyncProjectStore",
+            )
+        backup = Path(backup)
+        staging = self.path.with_name(f".{self.path.name}.restore-{os.getpid()}-{new_record_id()}")
+        was_open = self._pool is not None
+        try:
+            await asyncio.to_thread(stage_restore, backup, staging, project=self.id, live=self.path)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+            try:
+                await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
+            except BaseException:
+                if was_open:  # the old database is still in place: carry on with it
+                    try:
+                        await self._reopen()
+                    except StoreError as exc:  # now closed; the first error says why
+                        log.warning("reopening %s after a failed restore: %s", self.id, exc)
+                raise
+        finally:
+            await asyncio.to_thread(remove_file, staging)
+        await self._reopen()
+
+    async def _reopen(self) -> None:
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()  # marks the project closed, so a Store forgets it
+            raise
+
+    async def check(self, *, full: bool = False) -> HealthReport:
+        """Check the database's health and return a report (``report.ok``, ``report.problems``).
+
+        Runs ``quick_check`` (``full=True``: the slower ``integrity_check``) and
+        ``foreign_key_check`` on a reader, and a ``PASSIVE`` checkpoint that shows whether a
+        reader keeps the WAL from being reset; adds file sizes and the pool's figures. Damage
+        found is reported as a problem; a file too damaged to read at all raises
+        ``CorruptDatabase``.
+        """
+        pool = self.pool
+        pool.enter()
+        try:
+            worker = await pool.acquire_reader()
+            try:
+                figures = await worker.submit(check_job, self.path, full)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                raise pool.translate(exc, "checking the database") from None
+            finally:
+                pool.release_reader(worker, started=True)
+        finally:
+            pool.leave()
+        return build_report(
+            figures, full=full, stats=self.stats(), config=self.config, path=self.path
+        )
+
+    def stats(self) -> StoreStats:
+        """Return a snapshot of the counters and latencies since the project opened."""
+        return stats_of(self.pool)
+
+    async def vacuum(self) -> None:
+        """Rebuild the file to give free pages back to the file system (holds the writer)."""
+        await self._on_writer(_vacuum_job, "vacuuming the database")
+
+    async def optimize(self) -> None:
+        """Run ``PRAGMA optimize`` (refresh the query planner's statistics where useful).
+
+        It also runs, best effort, when the project closes.
+        """
+        await self._on_writer(_optimize_job, "optimizing the database")
+
+    async def _on_writer(self, job: Callable[..., Any], action: str) -> None:
+        pool = self.pool
+        pool.enter()
+        try:
+            await pool.acquire_writer()
+            try:
+                await pool.run_writer(job, action=action)
+            finally:
+                pool.release_writer()
+        finally:
+            pool.leave()
+
+
+def _vacuum_job(conn: Any) -> None:
+    conn.execute("VACUUM")
+    # VACUUM wrote the whole database to the WAL: give that space back too.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _optimize_job(conn: Any) -> None:
+    conn.execute("PRAGMA optimize")
+
+
+def _backup_error(exc: BaseException, project: str, path: Path) -> BackupError:
+    if isinstance(exc, FileExistsError):
+        return BackupError(
+            "the backup file already exists",
+            project=project,
+            path=path,
+            hint="choose a new file name or a directory",
+        )
+    if isinstance(exc, StoreError):
+        why = str(exc)
+    elif isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
+    else:
+        why = str(exc) if isinstance(exc, Exception) else type(exc).__name__
+    return BackupError(
+        f"the backup failed: {why}",
+        project=project,
+        path=path,
+        hint="check the free space and permissions of the destination; the database is fine",
+    )
+
+
+def _migrate_job(conn: Any, path: Path, project: str, busy_ms: int) -> tuple[Any, Any]:
+    # The writer connection is idle here: it reads the pre-migration backup while the
+    # migration's own connection holds the write lock.
+    return run_migrations(path, project=project, busy_timeout_ms=busy_ms, backup_source=conn)

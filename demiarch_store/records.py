@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-__all__ = ["Conversation", "Message", "ProjectRecord"]
+__all__ = [
+    "Agent",
+    "CheckpointRecord",
+    "CodeArtifact",
+    "Conversation",
+    "CostTotal",
+    "LLMCall",
+    "Message",
+    "Plugin",
+    "ProjectRecord",
+    "SessionRecord",
+    "Skill",
+]
 
 JSONValue = Any
 
@@ -44,3 +57,123 @@ class Message:
     content: str
     meta: JSONValue
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An agent: its configuration, its status and the state it resumes from."""
+
+    id: str
+    name: str
+    role: str | None
+    status: str
+    config: JSONValue
+    state: JSONValue
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Skill:
+    """A learned skill and its record of uses (``tags`` are in ``skill_tags``)."""
+
+    id: str
+    name: str
+    description: str | None
+    definition: JSONValue
+    agent_id: str | None
+    uses: int
+    successes: int
+    failures: int
+    last_used_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CodeArtifact:
+    """One version of a generated file; ``content_hash`` is the SHA-256 of the UTF-8 content."""
+
+    id: str
+    path: str
+    version: int
+    language: str | None
+    content: str
+    content_hash: str
+    agent_id: str | None
+    conversation_id: str | None
+    meta: JSONValue
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LLMCall:
+    """One LLM API call: tokens, exact cost in USD, latency and outcome."""
+
+    id: str
+    provider: str | None
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    latency_ms: int | None
+    status: str
+    error: str | None
+    agent_id: str | None
+    conversation_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CostTotal:
+    """LLM calls summed over one group.
+
+    ``key`` is the model, agent ID or conversation ID (``None`` for calls without one), or the
+    UTC day as ``YYYY-MM-DD``.
+    """
+
+    key: str | None
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A saved state of a run; ``parent_id`` links it to the checkpoint it follows."""
+
+    id: str
+    run_id: str
+    parent_id: str | None
+    state: bytes
+    state_hash: str
+    meta: JSONValue
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """An installed plugin, enabled or not, with its JSON config and state."""
+
+    id: str
+    name: str
+    version: str | None
+    enabled: bool
+    config: JSONValue
+    state: JSONValue
+    installed_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A user session; active while ``ended_at`` is ``None``."""
+
+    id: str
+    user_id: str | None
+    agent_id: str | None
+    meta: JSONValue
+    started_at: datetime
+    last_active_at: datetime
+    ended_at: datetime | None

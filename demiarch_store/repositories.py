@@ -7,11 +7,26 @@ reach the database at commit, or before the unit's first read. Reads run at once
 
 from __future__ import annotations
 
+import builtins
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
 
@@ -19,18 +34,37 @@ from . import schema
 from .errors import InvalidValue
 from .ids import new_record_id
 from .pool import Op
-from .records import Conversation, Message, ProjectRecord
-from .schema import utcnow
+from .records import (
+    Agent,
+    CheckpointRecord,
+    CodeArtifact,
+    Conversation,
+    CostTotal,
+    LLMCall,
+    Message,
+    Plugin,
+    ProjectRecord,
+    SessionRecord,
+    Skill,
+)
+from .schema import from_nanos, to_micros, to_nanos, utcnow
 
 if TYPE_CHECKING:
     from .transaction import Session
 
 __all__ = [
+    "AgentRepository",
+    "CheckpointRepository",
+    "CodeGenerationRepository",
     "ConversationRepository",
+    "LLMCallRepository",
     "MessageRepository",
+    "PluginRepository",
     "ProjectRepository",
     "Repositories",
     "Repository",
+    "SessionRepository",
+    "SkillRepository",
 ]
 
 R = TypeVar("R")
@@ -74,7 +108,16 @@ class Codec:
         out = dict(values)
         for name, proc in self.binders:
             if name in out:
-                out[name] = proc(out[name])
+                try:
+                    out[name] = proc(out[name])
+                except (TypeError, ValueError) as exc:
+                    if isinstance(exc, InvalidValue):
+                        raise
+                    # The driver's text names the type, never the value (it may be a secret).
+                    raise InvalidValue(
+                        f"{name} cannot be stored: {type(exc).__name__}",
+                        hint="pass JSON-compatible values: dict, list, str, int, bool, None",
+                    ) from exc
         return out
 
     def load(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -115,7 +158,7 @@ class Repository(Generic[R]):
     """Shared CRUD for a table whose primary key is ``id`` and whose IDs sort by creation."""
 
     table: ClassVar[Table]
-    record: ClassVar[type[Any]]
+    record_type: ClassVar[type[Any]]
     noun: ClassVar[str]
     _codec: ClassVar[Codec]
     _sql: ClassVar[dict[str, str]]
@@ -125,9 +168,11 @@ class Repository(Generic[R]):
         if "table" in cls.__dict__:
             cls._codec = Codec(cls.table)
             cls._sql = {}
-            fields = getattr(cls.record, "__dataclass_fields__", {})
+            fields = getattr(cls.record_type, "__dataclass_fields__", {})
             if list(fields) != cls._codec.names:
-                raise TypeError(f"{cls.record.__name__} fields must match {cls.table.name} columns")
+                raise TypeError(
+                    f"{cls.record_type.__name__} fields must match {cls.table.name} columns"
+                )
 
     def __init__(self, session: Session) -> None:
         self._s = session
@@ -142,10 +187,10 @@ class Repository(Generic[R]):
             return text
 
     def _row(self, row: tuple[Any, ...]) -> R:
-        return self.record(*self._codec.load(row))  # type: ignore[no-any-return]
+        return self.record_type(*self._codec.load(row))  # type: ignore[no-any-return]
 
     async def _rows(self, sql: str, params: Mapping[str, Any]) -> list[R]:
-        load, record = self._codec.load, self.record
+        load, record = self._codec.load, self.record_type
         return [record(*load(row)) for row in await self._s.fetch(sql, params)]
 
     async def get(self, id: str) -> R:
@@ -187,7 +232,7 @@ class Repository(Generic[R]):
         """Queue an INSERT of a full row and return its record."""
         sql = self.sql("insert", lambda: insert(self.table))
         self._s.defer(Op(sql, self._codec.bind(values)))
-        return self.record(**values)  # type: ignore[no-any-return]
+        return self.record_type(**values)  # type: ignore[no-any-return]
 
     def _update(self, id: str, values: dict[str, Any]) -> None:
         """Queue an UPDATE of some columns of one record (``NotFound`` at commit if missing)."""
@@ -235,7 +280,7 @@ class ProjectRepository(Repository[ProjectRecord]):
     """This project's own metadata row."""
 
     table = schema.projects
-    record = ProjectRecord
+    record_type = ProjectRecord
     noun = "project"
 
     async def create(self, *, id: str, name: str, description: str | None = None) -> ProjectRecord:
@@ -274,7 +319,7 @@ class ConversationRepository(Repository[Conversation]):
     """Conversations; their messages live in ``messages``."""
 
     table = schema.conversations
-    record = Conversation
+    record_type = Conversation
     noun = "conversation"
 
     async def create(self, *, title: str | None = None, meta: Any = None) -> Conversation:
@@ -305,7 +350,7 @@ class MessageRepository(Repository[Message]):
     """Messages of conversations, in the order they were appended."""
 
     table = schema.messages
-    record = Message
+    record_type = Message
     noun = "message"
 
     async def append(
@@ -352,6 +397,70 @@ class MessageRepository(Repository[Message]):
         params = {"conv": conversation_id, "after": after or "", "limit": _limit(limit)}
         return await self._rows(sql, params)
 
+    async def last(self, conversation_id: str, n: int) -> builtins.list[Message]:
+        """Return the last ``n`` messages of a conversation, oldest first."""
+        t = self.table
+        sql = self.sql(
+            "last",
+            lambda: (
+                select(t)
+                .where(t.c.conversation_id == bindparam("conv"))
+                .order_by(t.c.id.desc())
+                .limit(bindparam("limit"))
+            ),
+        )
+        rows = await self._rows(sql, {"conv": conversation_id, "limit": _limit(n)})
+        rows.reverse()
+        return rows
+
+    async def count(self, conversation_id: str | None = None) -> int:
+        """Return the number of messages of a conversation (of all, if none is given)."""
+        if conversation_id is None:
+            return await super().count()
+        t = self.table
+        sql = self.sql(
+            "count_conv",
+            lambda: (
+                select(func.count()).select_from(t).where(t.c.conversation_id == bindparam("conv"))
+            ),
+        )
+        return int((await self._s.fetch(sql, {"conv": conversation_id}))[0][0])
+
+    async def search(
+        self, text: str, *, conversation_id: str | None = None, limit: int | None = None
+    ) -> builtins.list[Message]:
+        """Return messages whose content contains ``text`` (ASCII case-insensitive), in order.
+
+        ``%`` and ``_`` in ``text`` match themselves. This scans the messages it searches; it is
+        meant for one conversation or a modest project, not as a full-text index.
+        """
+        pattern = "%" + _like_escape(_text(text, "text", empty=False)) + "%"
+        t = self.table
+        # The database lowers both sides, so both are folded by the same rules.
+        like = func.lower(t.c.content).like(func.lower(bindparam("pattern")), escape="\\")
+        if conversation_id is None:
+            sql = self.sql(
+                "search",
+                lambda: select(t).where(like).order_by(t.c.id).limit(bindparam("limit")),
+            )
+            params: dict[str, Any] = {"pattern": pattern, "limit": _limit(limit)}
+        else:
+            sql = self.sql(
+                "search_conv",
+                lambda: (
+                    select(t)
+                    .where(t.c.conversation_id == bindparam("conv"), like)
+                    .order_by(t.c.id)
+                    .limit(bindparam("limit"))
+                ),
+            )
+            params = {"pattern": pattern, "conv": conversation_id, "limit": _limit(limit)}
+        return await self._rows(sql, params)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
 
 def _message(conversation_id: str, role: object, content: object, meta: Any) -> dict[str, Any]:
     return {
@@ -362,6 +471,687 @@ def _message(conversation_id: str, role: object, content: object, meta: Any) -> 
         "meta": meta,
         "created_at": utcnow(),
     }
+
+
+# -- the agent schema -------------------------------------------------------------------------
+
+
+def _optional_text(value: object, name: str, *, max_len: int | None = None) -> str | None:
+    return None if value is None else _text(value, name, max_len=max_len)
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidValue(f"{name} must be a non-negative integer, not {type(value).__name__}")
+    return value
+
+
+def _micros(value: datetime | None, default: int) -> int:
+    return default if value is None else to_micros(value)
+
+
+_MIN_MICROS = -(2**63)
+_MAX_MICROS = 2**63 - 1
+
+
+class AgentRepository(Repository[Agent]):
+    """Agents: register them, track their status and the state they resume from."""
+
+    table = schema.agents
+    record_type = Agent
+    noun = "agent"
+
+    async def register(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        status: str = "idle",
+        config: Any = None,
+        state: Any = None,
+    ) -> Agent:
+        """Register an agent (status ``"idle"`` unless given)."""
+        now = utcnow()
+        values = {
+            "id": new_record_id(),
+            "name": _text(name, "name", max_len=200, empty=False),
+            "role": _optional_text(role, "role", max_len=100),
+            "status": _text(status, "status", max_len=32, empty=False),
+            "config": config,
+            "state": state,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return self._insert(values)
+
+    async def update_status(self, id: str, status: str) -> None:
+        """Set an agent's status (``NotFound`` at commit if there is no such agent)."""
+        status = _text(status, "status", max_len=32, empty=False)
+        self._update(id, {"status": status, "updated_at": utcnow()})
+
+    async def update_state(self, id: str, state: Any) -> None:
+        """Replace an agent's state (any JSON value; ``None`` clears it)."""
+        self._update(id, {"state": state, "updated_at": utcnow()})
+
+    async def update_config(self, id: str, config: Any) -> None:
+        """Replace an agent's config (any JSON value; ``None`` clears it)."""
+        self._update(id, {"config": config, "updated_at": utcnow()})
+
+    async def list_by_status(
+        self, status: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Agent]:
+        """Return the agents with this status, in registration order."""
+        t = self.table
+        sql = self.sql(
+            "by_status",
+            lambda: (
+                select(t)
+                .where(t.c.status == bindparam("status"), t.c.id > bindparam("after"))
+                .order_by(t.c.id)
+                .limit(bindparam("limit"))
+            ),
+        )
+        params = {"status": _text(status, "status"), "after": after or "", "limit": _limit(limit)}
+        return await self._rows(sql, params)
+
+
+class SkillRepository(Repository[Skill]):
+    """Learned skills: unique names, tags, and a record of how often they worked."""
+
+    table = schema.skills
+    record_type = Skill
+    noun = "skill"
+
+    async def add(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        definition: Any = None,
+        tags: Iterable[str] = (),
+        agent_id: str | None = None,
+    ) -> Skill:
+        """Add a skill; a name already taken raises ``ConstraintViolation`` at commit."""
+        now = utcnow()
+        values = {
+            "id": new_record_id(),
+            "name": _text(name, "name", max_len=200, empty=False),
+            "description": _optional_text(description, "description"),
+            "definition": definition,
+            "agent_id": agent_id,
+            "uses": 0,
+            "successes": 0,
+            "failures": 0,
+            "last_used_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        tag_list = _tags(tags)
+        record = self._insert(values)
+        self._add_tags(record.id, tag_list)
+        return record
+
+    async def update(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        definition: Any = None,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        """Change a skill; ``tags`` (if given) replaces its tags. ``NotFound`` at commit."""
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if name is not None:
+            values["name"] = _text(name, "name", max_len=200, empty=False)
+        if description is not None:
+            values["description"] = _text(description, "description")
+        if definition is not None:
+            values["definition"] = definition
+        tag_list = None if tags is None else _tags(tags)
+        self._update(id, values)
+        if tag_list is not None:
+            st = schema.skill_tags
+            sql = self.sql(
+                "clear_tags", lambda: st.delete().where(st.c.skill_id == bindparam("id"))
+            )
+            self._s.defer(Op(sql, {"id": id}))
+            self._add_tags(id, tag_list)
+
+    def _add_tags(self, id: str, tags: list[str]) -> None:
+        if tags:
+            sql = self.sql("insert_tag", lambda: insert(schema.skill_tags))
+            self._s.defer(Op(sql, [{"skill_id": id, "tag": tag} for tag in tags], many=True))
+
+    async def record_use(self, id: str, *, success: bool) -> None:
+        """Count one use of a skill, successful or not (``NotFound`` at commit)."""
+        if not isinstance(success, bool):
+            raise InvalidValue(f"success must be True or False, not {type(success).__name__}")
+        t = self.table
+        sql = self.sql(
+            "record_use",
+            lambda: (
+                update(t)
+                .where(t.c.id == bindparam("id"))
+                .values(
+                    uses=t.c.uses + 1,
+                    successes=t.c.successes + bindparam("ok"),
+                    failures=t.c.failures + bindparam("failed"),
+                    last_used_at=bindparam("now"),
+                    updated_at=bindparam("now"),
+                )
+            ),
+        )
+        params = {"id": id, "ok": int(success), "failed": int(not success)}
+        params["now"] = to_micros(utcnow())
+        self._s.defer(Op(sql, params, missing=f"no skill with id {id!r}"))
+
+    async def find_by_name(self, name: str) -> Skill:
+        """Return the skill with this name, or raise ``NotFound``."""
+        t = self.table
+        sql = self.sql("by_name", lambda: select(t).where(t.c.name == bindparam("name")))
+        rows = await self._rows(sql, {"name": _text(name, "name")})
+        if not rows:
+            raise self._s.not_found("no skill with this name")
+        return rows[0]
+
+    async def find_by_tag(self, tag: str) -> list[Skill]:
+        """Return the skills carrying this tag, in the order they were added."""
+        t, st = self.table, schema.skill_tags
+        sql = self.sql(
+            "by_tag",
+            lambda: (
+                select(t)
+                .join(st, st.c.skill_id == t.c.id)
+                .where(st.c.tag == bindparam("tag"))
+                .order_by(t.c.id)
+            ),
+        )
+        return await self._rows(sql, {"tag": _text(tag, "tag")})
+
+    async def tags(self, id: str) -> list[str]:
+        """Return a skill's tags, sorted (``NotFound`` if there is no such skill)."""
+        t, st = self.table, schema.skill_tags
+        sql = self.sql(
+            "tags",
+            lambda: (
+                select(t.c.id, st.c.tag)
+                .outerjoin(st, st.c.skill_id == t.c.id)
+                .where(t.c.id == bindparam("id"))
+                .order_by(st.c.tag)
+            ),
+        )
+        rows = await self._s.fetch(sql, {"id": id})
+        if not rows:
+            raise self._s.not_found(f"no skill with id {id!r}")
+        return [row[1] for row in rows if row[1] is not None]
+
+
+def _tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise InvalidValue("tags must be a list of strings, not one string")
+    return sorted({_text(tag, "tag", max_len=100, empty=False) for tag in tags})
+
+
+def _utf8(text: str, name: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(
+            f"{name} is not valid Unicode text (it holds a lone surrogate)",
+            hint="decode the file with errors='replace' or store it as bytes elsewhere",
+        ) from None
+
+
+def sha256_hex(data: bytes) -> str:
+    """Return the SHA-256 of ``data`` as 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class CodeGenerationRepository(Repository[CodeArtifact]):
+    """Generated files, versioned per path: each store is version 1, 2, 3, ..."""
+
+    table = schema.code_generation
+    record_type = CodeArtifact
+    noun = "code artifact"
+
+    async def store(
+        self,
+        path: str,
+        content: str,
+        *,
+        language: str | None = None,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        meta: Any = None,
+    ) -> CodeArtifact:
+        """Store ``content`` as the next version of ``path`` and return it.
+
+        The version is read inside the unit of work, which therefore holds the writer (as any
+        read in a transaction does), so two units never pick the same version.
+        """
+        path = _text(path, "path", max_len=1000, empty=False)
+        values: dict[str, Any] = {
+            "id": new_record_id(),
+            "path": path,
+            "version": 0,
+            "language": _optional_text(language, "language", max_len=64),
+            "content": _text(content, "content"),
+            "content_hash": sha256_hex(_utf8(content, "content")),
+            "agent_id": agent_id,
+            "conversation_id": conversation_id,
+            "meta": meta,
+            "created_at": utcnow(),
+        }
+        t = self.table
+        sql = self.sql(
+            "max_version",
+            lambda: select(func.coalesce(func.max(t.c.version), 0)).where(
+                t.c.path == bindparam("path")
+            ),
+        )
+        values["version"] = int((await self._s.fetch(sql, {"path": path}))[0][0]) + 1
+        return self._insert(values)
+
+    async def latest(self, path: str) -> CodeArtifact:
+        """Return the newest version of ``path``, or raise ``NotFound``."""
+        t = self.table
+        sql = self.sql(
+            "latest",
+            lambda: (
+                select(t).where(t.c.path == bindparam("path")).order_by(t.c.version.desc()).limit(1)
+            ),
+        )
+        rows = await self._rows(sql, {"path": _text(path, "path")})
+        if not rows:
+            raise self._s.not_found("no code artifact stored at this path")
+        return rows[0]
+
+    async def history(self, path: str) -> list[CodeArtifact]:
+        """Return every version of ``path``, oldest first (empty if none)."""
+        t = self.table
+        sql = self.sql(
+            "history",
+            lambda: select(t).where(t.c.path == bindparam("path")).order_by(t.c.version),
+        )
+        return await self._rows(sql, {"path": _text(path, "path")})
+
+    async def list_latest(self) -> list[CodeArtifact]:
+        """Return the newest version of every path, sorted by path."""
+        t = self.table
+        newer = t.alias("newer")
+        sql = self.sql(
+            "list_latest",
+            lambda: (
+                select(t)
+                .where(
+                    ~select(newer.c.id)
+                    .where(newer.c.path == t.c.path, newer.c.version > t.c.version)
+                    .exists()
+                )
+                .order_by(t.c.path)
+            ),
+        )
+        return await self._rows(sql, {})
+
+
+Grouping = Literal["model", "agent", "conversation", "day"]
+
+
+class LLMCallRepository(Repository[LLMCall]):
+    """LLM API calls, for cost tracking: exact sums of cost and tokens."""
+
+    table = schema.llm_calls
+    record_type = LLMCall
+    noun = "LLM call"
+
+    async def record(
+        self,
+        *,
+        model: str,
+        cost_usd: Decimal | int | str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        provider: str | None = None,
+        latency_ms: int | None = None,
+        status: str = "ok",
+        error: str | None = None,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> LLMCall:
+        """Record one call. ``cost_usd`` is exact (``Decimal``; a float is refused).
+
+        ``created_at`` defaults to now; pass it to import calls logged elsewhere. An unknown
+        ``agent_id`` or ``conversation_id`` raises ``ConstraintViolation`` at commit.
+        """
+        nanos = to_nanos(cost_usd)
+        if nanos < 0:
+            raise InvalidValue("cost_usd must not be negative")
+        values = {
+            "id": new_record_id(),
+            "provider": _optional_text(provider, "provider", max_len=64),
+            "model": _text(model, "model", max_len=200, empty=False),
+            "input_tokens": _count(input_tokens, "input_tokens"),
+            "output_tokens": _count(output_tokens, "output_tokens"),
+            "cost_usd": from_nanos(nanos),
+            "latency_ms": None if latency_ms is None else _count(latency_ms, "latency_ms"),
+            "status": _text(status, "status", max_len=32, empty=False),
+            "error": _optional_text(error, "error"),
+            "agent_id": agent_id,
+            "conversation_id": conversation_id,
+            "created_at": utcnow() if created_at is None else _aware(created_at),
+        }
+        return self._insert(values)
+
+    async def totals(
+        self,
+        by: Grouping = "model",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[CostTotal]:
+        """Return cost and tokens summed per model, agent, conversation or UTC day.
+
+        Counts calls with ``since <= created_at < until`` (either bound may be left out).
+        Sorted by key; calls without an agent or conversation form the group ``None``, first.
+        """
+        t = self.table
+        keys: dict[str, Any] = {
+            "model": lambda: t.c.model,
+            "agent": lambda: t.c.agent_id,
+            "conversation": lambda: t.c.conversation_id,
+            # Integer division of integer microseconds: the same day number on any database.
+            "day": lambda: (
+                type_coerce(t.c.created_at, BigInteger)
+                // literal_column(str(schema.MICROS_PER_DAY), BigInteger)
+            ),
+        }
+        if by not in keys:
+            raise InvalidValue("totals can be grouped by 'model', 'agent', 'conversation' or 'day'")
+
+        def build() -> ClauseElement:
+            key = keys[by]().label("key")
+            return (
+                select(
+                    key,
+                    func.count(),
+                    func.coalesce(func.sum(t.c.input_tokens), 0),
+                    func.coalesce(func.sum(t.c.output_tokens), 0),
+                    func.coalesce(func.sum(type_coerce(t.c.cost_usd, BigInteger)), 0),
+                )
+                .where(t.c.created_at >= bindparam("since"), t.c.created_at < bindparam("until"))
+                .group_by(key)
+            )
+
+        rows = await self._s.fetch(self.sql(f"totals:{by}", build), _range(since, until))
+        totals = [
+            CostTotal(
+                key=_day(row[0]) if by == "day" else row[0],
+                calls=int(row[1]),
+                input_tokens=int(row[2]),
+                output_tokens=int(row[3]),
+                cost_usd=from_nanos(int(row[4])),
+            )
+            for row in rows
+        ]
+        totals.sort(key=lambda c: (c.key is not None, c.key or ""))
+        return totals
+
+    async def total_cost(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Decimal:
+        """Return the exact total cost in USD of the calls in ``[since, until)``."""
+        t = self.table
+        sql = self.sql(
+            "total_cost",
+            lambda: select(func.coalesce(func.sum(type_coerce(t.c.cost_usd, BigInteger)), 0)).where(
+                t.c.created_at >= bindparam("since"), t.c.created_at < bindparam("until")
+            ),
+        )
+        rows = await self._s.fetch(sql, _range(since, until))
+        return from_nanos(int(rows[0][0]))
+
+    async def delete_older_than(self, when: datetime) -> None:
+        """Delete, at commit, the calls recorded before ``when``."""
+        t = self.table
+        sql = self.sql("delete_older", lambda: t.delete().where(t.c.created_at < bindparam("when")))
+        self._s.defer(Op(sql, {"when": to_micros(when)}))
+
+
+def _aware(value: datetime) -> datetime:
+    to_micros(value)  # refuses naive datetimes and other types
+    return value.astimezone(UTC)
+
+
+def _range(since: datetime | None, until: datetime | None) -> dict[str, int]:
+    return {"since": _micros(since, _MIN_MICROS), "until": _micros(until, _MAX_MICROS)}
+
+
+def _day(number: Any) -> str | None:
+    if number is None:
+        return None
+    return (date(1970, 1, 1) + timedelta(days=int(number))).isoformat()
+
+
+class CheckpointRepository(Repository[CheckpointRecord]):
+    """Recovery checkpoints: state blobs per run, each linked to its parent."""
+
+    table = schema.checkpoints
+    record_type = CheckpointRecord
+    noun = "checkpoint"
+
+    async def save(
+        self,
+        run_id: str,
+        state: bytes,
+        *,
+        parent_id: str | None = None,
+        meta: Any = None,
+    ) -> CheckpointRecord:
+        """Save a state for a run; a ``parent_id`` that does not exist fails at commit."""
+        if not isinstance(state, bytes | bytearray | memoryview):
+            raise InvalidValue(f"state must be bytes, not {type(state).__name__}")
+        blob = bytes(state)
+        values = {
+            "id": new_record_id(),
+            "run_id": _text(run_id, "run_id", max_len=200, empty=False),
+            "parent_id": None if parent_id is None else _text(parent_id, "parent_id"),
+            "state": blob,
+            "state_hash": sha256_hex(blob),
+            "meta": meta,
+            "created_at": utcnow(),
+        }
+        return self._insert(values)
+
+    async def latest(self, run_id: str) -> CheckpointRecord:
+        """Return the newest checkpoint of a run, or raise ``NotFound``."""
+        t = self.table
+        sql = self.sql(
+            "latest",
+            lambda: (
+                select(t).where(t.c.run_id == bindparam("run")).order_by(t.c.id.desc()).limit(1)
+            ),
+        )
+        rows = await self._rows(sql, {"run": _text(run_id, "run_id")})
+        if not rows:
+            raise self._s.not_found("no checkpoint for this run")
+        return rows[0]
+
+    async def list(
+        self,
+        run_id: str | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[CheckpointRecord]:
+        """Return a run's checkpoints, oldest first (every checkpoint if no run is given)."""
+        if run_id is None:
+            return await super().list(limit=limit, after=after)
+        t = self.table
+        sql = self.sql(
+            "list_run",
+            lambda: (
+                select(t)
+                .where(t.c.run_id == bindparam("run"), t.c.id > bindparam("after"))
+                .order_by(t.c.id)
+                .limit(bindparam("limit"))
+            ),
+        )
+        params = {"run": _text(run_id, "run_id"), "after": after or "", "limit": _limit(limit)}
+        return await self._rows(sql, params)
+
+    async def prune(self, run_id: str, *, keep: int) -> None:
+        """Delete, at commit, all but the newest ``keep`` checkpoints of a run.
+
+        The chain of what is kept stays intact: a kept checkpoint whose parent is deleted (the
+        oldest kept one) gets ``parent_id = NULL`` and becomes the root of the run. The foreign
+        key's ``ON DELETE SET NULL`` does it, so checkpoints of other runs forked from a
+        deleted one are unlinked the same way rather than left dangling.
+        """
+        t = self.table
+        newest = (
+            select(t.c.id)
+            .where(t.c.run_id == bindparam("run"))
+            .order_by(t.c.id.desc())
+            .limit(bindparam("keep"))
+        )
+        sql = self.sql(
+            "prune",
+            lambda: t.delete().where(
+                t.c.run_id == bindparam("run"), t.c.id.not_in(newest.scalar_subquery())
+            ),
+        )
+        params = {"run": _text(run_id, "run_id"), "keep": _count(keep, "keep")}
+        self._s.defer(Op(sql, params))
+
+
+class PluginRepository(Repository[Plugin]):
+    """Installed plugins: enabled or not, with JSON config and state."""
+
+    table = schema.plugins
+    record_type = Plugin
+    noun = "plugin"
+
+    async def install(
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        config: Any = None,
+        state: Any = None,
+        enabled: bool = True,
+    ) -> Plugin:
+        """Install a plugin; a name already installed raises ``ConstraintViolation`` at commit."""
+        now = utcnow()
+        values = {
+            "id": new_record_id(),
+            "name": _text(name, "name", max_len=200, empty=False),
+            "version": _optional_text(version, "version", max_len=64),
+            "enabled": _bool(enabled, "enabled"),
+            "config": config,
+            "state": state,
+            "installed_at": now,
+            "updated_at": now,
+        }
+        return self._insert(values)
+
+    async def enable(self, id: str) -> None:
+        """Enable a plugin (``NotFound`` at commit)."""
+        self._update(id, {"enabled": True, "updated_at": utcnow()})
+
+    async def disable(self, id: str) -> None:
+        """Disable a plugin (``NotFound`` at commit)."""
+        self._update(id, {"enabled": False, "updated_at": utcnow()})
+
+    async def set_config(self, id: str, config: Any) -> None:
+        """Replace a plugin's config (any JSON value; ``None`` clears it)."""
+        self._update(id, {"config": config, "updated_at": utcnow()})
+
+    async def set_state(self, id: str, state: Any) -> None:
+        """Replace a plugin's state (any JSON value; ``None`` clears it)."""
+        self._update(id, {"state": state, "updated_at": utcnow()})
+
+    async def get_by_name(self, name: str) -> Plugin:
+        """Return the plugin with this name, or raise ``NotFound``."""
+        t = self.table
+        sql = self.sql("by_name", lambda: select(t).where(t.c.name == bindparam("name")))
+        rows = await self._rows(sql, {"name": _text(name, "name")})
+        if not rows:
+            raise self._s.not_found("no plugin with this name")
+        return rows[0]
+
+    async def list_enabled(self) -> list[Plugin]:
+        """Return the enabled plugins, in installation order."""
+        t = self.table
+        sql = self.sql(
+            "enabled", lambda: select(t).where(t.c.enabled == bindparam("on")).order_by(t.c.id)
+        )
+        return await self._rows(sql, {"on": True})
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{name} must be True or False, not {type(value).__name__}")
+    return value
+
+
+class SessionRepository(Repository[SessionRecord]):
+    """User sessions: start, touch while active, end."""
+
+    table = schema.sessions
+    record_type = SessionRecord
+    noun = "session"
+
+    async def start(
+        self, *, user_id: str | None = None, agent_id: str | None = None, meta: Any = None
+    ) -> SessionRecord:
+        """Start a session."""
+        now = utcnow()
+        values = {
+            "id": new_record_id(),
+            "user_id": _optional_text(user_id, "user_id", max_len=200),
+            "agent_id": agent_id,
+            "meta": meta,
+            "started_at": now,
+            "last_active_at": now,
+            "ended_at": None,
+        }
+        return self._insert(values)
+
+    def _active_update(self, name: str, column: str, id: str) -> None:
+        t = self.table
+        sql = self.sql(
+            name,
+            lambda: (
+                update(t)
+                .where(t.c.id == bindparam("id"), t.c.ended_at.is_(None))
+                .values({column: bindparam("now")})
+            ),
+        )
+        params = {"id": id, "now": to_micros(utcnow())}
+        self._s.defer(Op(sql, params, missing=f"no active session with id {id!r}"))
+
+    async def touch(self, id: str) -> None:
+        """Mark an active session as active now (``NotFound`` at commit if none or ended)."""
+        self._active_update("touch", "last_active_at", id)
+
+    async def end(self, id: str) -> None:
+        """End an active session (``NotFound`` at commit if none or already ended)."""
+        self._active_update("end", "ended_at", id)
+
+    async def list_active(self, *, active_since: datetime | None = None) -> list[SessionRecord]:
+        """Return the sessions not ended (and touched at or after ``active_since``), in order."""
+        t = self.table
+        sql = self.sql(
+            "active",
+            lambda: (
+                select(t)
+                .where(t.c.ended_at.is_(None), t.c.last_active_at >= bindparam("since"))
+                .order_by(t.c.id)
+            ),
+        )
+        return await self._rows(sql, {"since": _micros(active_since, _MIN_MICROS)})
 
 
 class Repositories:
@@ -378,3 +1168,31 @@ class Repositories:
     @cached_property
     def messages(self) -> MessageRepository:
         return MessageRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def agents(self) -> AgentRepository:
+        return AgentRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def skills(self) -> SkillRepository:
+        return SkillRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def code_generation(self) -> CodeGenerationRepository:
+        return CodeGenerationRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def llm_calls(self) -> LLMCallRepository:
+        return LLMCallRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def checkpoints(self) -> CheckpointRepository:
+        return CheckpointRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def plugins(self) -> PluginRepository:
+        return PluginRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def sessions(self) -> SessionRepository:
+        return SessionRepository(self)  # type: ignore[arg-type]

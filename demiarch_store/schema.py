@@ -14,14 +14,19 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -29,20 +34,32 @@ from .errors import InvalidValue
 
 __all__ = [
     "HEAD_REVISION",
+    "MICROS_PER_DAY",
     "Money",
     "Timestamp",
+    "agents",
+    "checkpoints",
+    "code_generation",
     "conversations",
     "from_nanos",
+    "llm_calls",
     "messages",
     "metadata",
+    "plugins",
     "projects",
+    "sessions",
+    "skill_tags",
+    "skills",
     "to_micros",
     "to_nanos",
     "utcnow",
 ]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The Alembic revision the tables below describe (a test checks it is Alembic's head)."""
+
+MICROS_PER_DAY = 86_400_000_000
+"""Microseconds in a UTC day: ``created_at // MICROS_PER_DAY`` is the day number, portably."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -174,3 +191,142 @@ messages = Table(
     Column("created_at", Timestamp, nullable=False),
     Index(None, "conversation_id", "id"),
 )
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(100), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("config", JSON(none_as_null=True), nullable=True),
+    Column("state", JSON(none_as_null=True), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index(None, "status", "id"),
+)
+"""Agents: configuration and the state they resume from; listed by status."""
+
+skills = Table(
+    "skills",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("description", Text, nullable=True),
+    Column("definition", JSON(none_as_null=True), nullable=True),
+    Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
+    Column("uses", Integer, nullable=False),
+    Column("successes", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("last_used_at", Timestamp, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index(None, "agent_id"),
+)
+"""Learned skills: a unique name, a free-form definition and a success record."""
+
+skill_tags = Table(
+    "skill_tags",
+    metadata,
+    Column("skill_id", _ID, ForeignKey("skills.id", ondelete="CASCADE"), nullable=False),
+    Column("tag", String(100), nullable=False),
+    PrimaryKeyConstraint("skill_id", "tag"),
+    Index(None, "tag", "skill_id"),
+)
+"""The tags of skills, one row each, so finding by tag is an indexed lookup on any database."""
+
+code_generation = Table(
+    "code_generation",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("path", String(1000), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("language", String(64), nullable=True),
+    Column("content", Text, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
+    Column(
+        "conversation_id",
+        _ID,
+        ForeignKey("conversations.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("path", "version"),
+    # Deleting an agent or a conversation sets these to NULL: indexed, that is no table scan.
+    Index(None, "agent_id"),
+    Index(None, "conversation_id"),
+)
+"""Generated artifacts: every store of a path is a new version (1, 2, ...)."""
+
+llm_calls = Table(
+    "llm_calls",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("provider", String(64), nullable=True),
+    Column("model", String(200), nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+    Column("latency_ms", Integer, nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
+    Column(
+        "conversation_id",
+        _ID,
+        ForeignKey("conversations.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    Column("created_at", Timestamp, nullable=False),
+    Index(None, "created_at"),
+    Index(None, "model"),
+    Index(None, "agent_id"),
+    Index(None, "conversation_id"),
+)
+"""One row per LLM API call, for cost tracking. Deleting an agent or conversation keeps the cost."""
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("run_id", String(200), nullable=False),
+    Column("parent_id", _ID, ForeignKey("checkpoints.id", ondelete="SET NULL"), nullable=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("state_hash", String(64), nullable=False),
+    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Index(None, "run_id", "id"),
+    Index(None, "parent_id"),
+)
+"""Recovery checkpoints: a state blob per step of a run, linked to its parent."""
+
+plugins = Table(
+    "plugins",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("version", String(64), nullable=True),
+    Column("enabled", Boolean(create_constraint=False), nullable=False),
+    Column("config", JSON(none_as_null=True), nullable=True),
+    Column("state", JSON(none_as_null=True), nullable=True),
+    Column("installed_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+"""Installed plugins: a unique name, on or off, with JSON config and state."""
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("user_id", String(200), nullable=True),
+    Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
+    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("started_at", Timestamp, nullable=False),
+    Column("last_active_at", Timestamp, nullable=False),
+    Column("ended_at", Timestamp, nullable=True),
+    Index(None, "ended_at", "id"),
+    Index(None, "agent_id"),
+)
+"""User sessions: started, touched while active, ended."""

@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
 import stat
+import tempfile
+import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .config import StoreConfig
+from .backup import quarantine_database, write_snapshot
+from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
     InvalidProjectId,
+    InvalidValue,
     ProjectExists,
     ProjectNotFound,
     StorageError,
     StoreClosed,
     StoreError,
+    translate,
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
-from .migrate import read_revision
-from .project import AsyncProjectStore, make_private_dir
+from .migrate import known_revisions, read_revision, run_migrations
+from .project import AsyncProjectStore, FileKey, make_private_dir, open_files
 from .schema import HEAD_REVISION
 
-__all__ = ["ProjectInfo", "ProjectStatus", "Store"]
+if TYPE_CHECKING:
+    from .legacy import LegacyImportReport
+
+__all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "readonly_uri", "scan"]
 
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger("demiarch_store")
+
+log = logging.getLogger("demiarch_store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +70,9 @@ class Store:
     """
 
     def __init__(self, config: StoreConfig | None = None) -> None:
-        self.config = config if config is not None else StoreConfig()
-        self._open: dict[str, AsyncProjectStore] = {}
+        self.config = config if config is not None else load_config()
+        # Open projects, least recently used first; at most max_open_projects idle ones.
+        self._open: OrderedDict[str, AsyncProjectStore] = OrderedDict()
         self._opening: dict[str, asyncio.Future[AsyncProjectStore]] = {}
         self._closed = False
 
@@ -165,6 +179,7 @@ class Store:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self._adopt(project)
+        await self._trim(keep=project)
         return project
 
     async def open_project(self, project_id: str) -> AsyncProjectStore:
@@ -173,6 +188,7 @@ class Store:
         validate_project_id(project_id)
         project = self._open.get(project_id)
         if project is not None and not project.closed:
+            self._open.move_to_end(project_id)
             return project
         pending = self._opening.get(project_id)
         if pending is not None:
@@ -188,23 +204,56 @@ class Store:
                     path=path.parent,
                     hint="list projects with Store.list_projects() or `demiarch-store list`",
                 )
+            try:
+                st = path.lstat()
+                empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
+            except OSError:
+                empty = False  # no file: AsyncProjectStore.open() explains, as for a link
+            if empty:
+                raise CorruptDatabase(
+                    "the project's database file is empty (0 bytes): its data is lost",
+                    project=project_id,
+                    path=path,
+                    hint="restore it from a backup, or delete the project",
+                )
             project = AsyncProjectStore(
                 path, config=self.config, project_id=project_id, create=False
             )
             await project.open()
             self._adopt(project)
             future.set_result(project)
-            return project
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the waiters re-raise it themselves
             raise
         finally:
             del self._opening[project_id]
+        await self._trim(keep=project)
+        return project
 
     def _adopt(self, project: AsyncProjectStore) -> None:
         self._open[project.id] = project
+        self._open.move_to_end(project.id)
         project._on_close.append(self._forget)
+
+    async def _trim(self, *, keep: AsyncProjectStore) -> None:
+        """Close least recently used idle projects until at most ``max_open_projects`` are open.
+
+        A project with work in flight is never closed; if every other project is busy, the
+        store stays over the bound until the next open finds an idle one. Each victim is
+        checked and starts closing without an await in between, so no unit of work can slip
+        in; a caller still holding it gets ``StoreClosed`` and calls ``open_project`` again.
+        """
+        while len(self._open) > self.config.max_open_projects:
+            victim = next((p for p in self._open.values() if p is not keep and not p.busy), None)
+            if victim is None:
+                return
+            del self._open[victim.id]
+            try:
+                await victim.close()
+            except StoreError:
+                log.warning("closing idle project %s failed", victim.id, exc_info=True)
+                raise
 
     def _forget(self, project: AsyncProjectStore) -> None:
         if self._open.get(project.id) is project:
@@ -234,41 +283,392 @@ class Store:
                 hint="check the permissions of the project directory",
             ) from exc
 
+    async def migrate_project(
+        self, project_id: str, to: str = "head"
+    ) -> tuple[str | None, str | None]:
+        """Migrate a project's schema to ``to`` and return its revisions ``(before, after)``.
+
+        ``to`` is ``"head"`` (the default), ``"base"`` or a revision such as ``"0001"``; an
+        older revision downgrades. The project is closed first if this store has it open, and
+        stays closed (opening it again upgrades it back to head). A database holding data is
+        backed up to ``<project dir>/backups/`` first. Raises ``ProjectNotFound``,
+        ``SchemaTooNew`` or ``MigrationError`` (the database is then left as it was).
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.is_file():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path,
+                hint="list projects with Store.list_projects()",
+            )
+        if not isinstance(to, str):
+            raise InvalidValue("the target revision must be a string such as 'head' or '0001'")
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open: migrating may be the cure
+        project = self._open.get(project_id)
+        if project is not None:
+            await project.close()
+        st = path.stat()
+        holder = open_files().get((st.st_dev, st.st_ino))
+        if holder is not None and not holder.closed:
+            raise StoreError(
+                "the project is open elsewhere in this process",
+                project=project_id,
+                path=path,
+                hint="close that AsyncProjectStore first; its schema must not change under it",
+            )
+        return await asyncio.to_thread(
+            run_migrations,
+            path,
+            project=project_id,
+            target=to,
+            busy_timeout_ms=int(self.config.busy_deadline * 1000),
+        )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def restore_project(self, project_id: str, backup: Path | str) -> AsyncProjectStore:
+        """Replace a project's database with a backup and return the project, open.
+
+        The backup is checked before anything changes (see ``AsyncProjectStore.restore``); an
+        open project is closed (its work in flight finishes first) and reopened on the restored
+        file, migrated to head if the backup is older. The same project object stays valid.
+
+        Raises:
+            BackupError: the backup is missing, damaged or too new; the live database is
+                untouched and the project stays open.
+            DatabaseBusy: another process has the project open.
+            ProjectNotFound: no such project.
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects()",
+            )
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open (corrupt?): restore it anyway
+        project = self._open.get(project_id)
+        if project is not None and not project.closed:
+            await project.restore(backup)
+            return project
+        project = AsyncProjectStore(path, config=self.config, project_id=project_id, create=False)
+        await project.restore(backup)
+        self._adopt(project)
+        return project
+
+    async def quarantine_project(self, project_id: str) -> Path:
+        """Move a damaged project's database files aside together, then restore a backup.
+
+        The project is closed if open; ``database.sqlite`` and its ``-wal``, ``-shm`` (and
+        ``-journal``) move into ``<project dir>/quarantine/<UTC time>-<suffix>/``; then the
+        newest backup that passes the restore checks is put in place. Without one the project
+        is left empty: ``open_project`` raises ``CorruptDatabase`` until a backup is restored.
+        Returns the quarantine folder.
+
+        Raises:
+            DatabaseBusy: another process has the project open.
+            ProjectNotFound: no such project.
+        """
+        self._check_open()
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects()",
+            )
+        project = self._open.get(project_id)
+        if project is not None:
+            try:
+                await project.close()
+            except StoreError as exc:
+                # A damaged file may not close cleanly; its files move aside all the same.
+                log.warning("closing project %s before quarantine: %s", project_id, exc)
+        try:
+            target, restored = await asyncio.to_thread(
+                quarantine_database, path, project=project_id
+            )
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                f"cannot move the database aside: {exc.strerror}",
+                project=project_id,
+                path=path,
+                hint="check the permissions of the project directory",
+            ) from exc
+        if restored is None:
+            log.warning("project %s quarantined in %s; no good backup found", project_id, target)
+        else:
+            log.warning("project %s quarantined in %s; restored %s", project_id, target, restored)
+        return target
+
+    # -- bundles ------------------------------------------------------------------------------
+
+    async def export_project(self, project_id: str, dest: Path | str) -> Path:
+        """Write the project to one portable bundle file and return its path.
+
+        ``dest`` is the bundle's path, or a directory to hold ``<id>.demiarch.zip``. The bundle
+        is a zip of a consistent online snapshot (taken on one of the project's reader
+        connections while writers carry on) and a manifest with the project's ID, name, schema
+        revision, SHA-256 and creation time. An existing file is never replaced.
+
+        Raises ``BundleError`` if ``dest`` exists, ``ProjectNotFound`` or ``CorruptDatabase``
+        for the project, ``StorageError`` if the file cannot be written.
+        """
+        from . import __version__
+        from .bundles import export_target, write_bundle
+
+        project = await self.open_project(project_id)
+        pool = project.pool
+        target = await asyncio.to_thread(export_target, Path(dest), project_id)
+        try:
+            staging = Path(
+                await asyncio.to_thread(
+                    tempfile.mkdtemp, prefix=".demiarch-export-", dir=target.parent
+                )
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the bundle: {exc.strerror}",
+                project=project_id,
+                path=target,
+                hint="check that the directory exists and is writable",
+            ) from exc
+        try:
+            snapshot = staging / DATABASE_NAME
+            pool.enter()  # work in flight: the LRU will not close the project meanwhile
+            try:
+                worker = await pool.acquire_reader()
+                try:
+                    await worker.submit(write_snapshot, snapshot)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    raise pool.translate(exc, "exporting the project") from None
+                finally:
+                    pool.release_reader(worker, started=False)
+            finally:
+                pool.leave()
+            try:
+                return await asyncio.to_thread(
+                    write_bundle, snapshot, target, project_id=project_id, version=__version__
+                )
+            except OSError as exc:
+                raise pool.translate(exc, "writing the bundle") from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def import_project(
+        self, bundle: Path | str, *, project_id: str | None = None
+    ) -> AsyncProjectStore:
+        """Import a bundle as a new project and return it, open.
+
+        The project keeps the bundle's ID unless ``project_id`` gives a new one (its project
+        record is renamed to match). The bundle is verified completely (members, manifest,
+        size, SHA-256, integrity check) on a staging copy first: a truncated, tampered or
+        unsafe bundle raises ``BundleError`` and nothing is written to the projects directory.
+
+        Raises ``ProjectExists`` if the ID is taken, ``SchemaTooNew`` if the bundle comes from
+        a newer demiarch-store, ``InvalidProjectId`` for a bad ``project_id``.
+        """
+        from .bundles import install_bundle
+
+        self._check_open()
+        if project_id is not None:
+            validate_project_id(project_id)
+        bundle = Path(bundle)
+        job = asyncio.ensure_future(
+            asyncio.to_thread(install_bundle, bundle, self.projects_dir, project_id)
+        )
+        try:
+            directory = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: let it finish, then undo what it wrote.
+            await asyncio.wait([job])
+            if not job.cancelled() and job.exception() is None:
+                await asyncio.to_thread(shutil.rmtree, job.result(), True)
+            raise
+        except OSError as exc:
+            raise translate(
+                exc, project=project_id, path=bundle, action="importing the bundle"
+            ) from None
+        try:
+            return await self.open_project(directory.name)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+
+    # -- legacy -------------------------------------------------------------------------------
+
+    async def import_legacy(self, db_path: Path | str) -> LegacyImportReport:
+        """Split an old single global database into one project database each.
+
+        Every row of the legacy ``projects`` table becomes ``<projects_dir>/<id>/`` with the
+        rows of every schema table that belong to it (by ``project_id``, or through a foreign
+        key to rows already copied). Idempotent: a project whose ID already exists is skipped,
+        so a second run imports nothing twice. The source is opened read-only and never
+        modified. Projects are not opened; ``open_project`` migrates them as usual.
+
+        Returns a ``LegacyImportReport`` (imported, skipped with reasons, rows, notes). Raises
+        ``StorageError`` or ``CorruptDatabase`` if the source cannot be read.
+        """
+        from .legacy import import_legacy
+
+        self._check_open()
+        return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
+
     # -- discovery ----------------------------------------------------------------------------
 
     async def list_projects(self) -> list[ProjectInfo]:
-        """Describe every project directory, sorted by ID. Never raises for a bad entry."""
+        """Describe every project directory, sorted by ID, without changing any file.
+
+        Never raises for a bad entry: a damaged, empty, newer or unreadable project is listed
+        with its ``status`` and an ``error`` saying why; stray files and names that are not
+        project IDs are left out. A project open in this process is described through its own
+        pool. Raises ``StorageError`` only if the projects directory itself cannot be read.
+        """
         self._check_open()
-        return await asyncio.to_thread(discover, self.projects_dir)
+        entries = await asyncio.to_thread(scan, self.projects_dir)
+        held = open_files()
+        infos: dict[str, ProjectInfo] = {}
+        closed_ones: list[tuple[str, Path]] = []
+        opened: list[tuple[str, Path, AsyncProjectStore]] = []
+        for project_id, path, key in entries:
+            if isinstance(path, ProjectInfo):
+                infos[project_id] = path
+            elif key is not None and key in held:
+                opened.append((project_id, path, held[key]))
+            else:
+                closed_ones.append((project_id, path))
+        from_pools = asyncio.gather(*(_describe_open(i, p, proj) for i, p, proj in opened))
+        from_files = await asyncio.to_thread(lambda: [describe(i, p) for i, p in closed_ones])
+        for info in [*from_files, *await from_pools]:
+            infos[info.id] = info
+        return [infos[k] for k in sorted(infos)]
 
 
-def discover(projects_dir: Path) -> list[ProjectInfo]:
-    """Scan ``projects_dir`` read-only and describe each project directory."""
+def scan(projects_dir: Path) -> list[tuple[str, Path | ProjectInfo, FileKey | None]]:
+    """List the project directories: (id, database path or a finished info, file key)."""
     try:
         entries = sorted(os.scandir(projects_dir), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    except OSError:
-        return []
-    infos = []
+    except OSError as exc:
+        raise StorageError(
+            f"cannot read the projects directory: {exc.strerror}",
+            path=projects_dir,
+            hint="check that it is a directory you may read",
+        ) from exc
+    out: list[tuple[str, Path | ProjectInfo, FileKey | None]] = []
     for entry in entries:
         try:
             validate_project_id(entry.name)
         except StoreError:
-            continue  # stray files and foreign names are not projects
-        if not entry.is_dir(follow_symlinks=False):
-            if entry.is_symlink():
-                infos.append(
-                    _info(
-                        entry.name,
-                        Path(entry.path),
-                        "unreadable",
-                        "the project directory is a symlink",
-                    )
-                )
-            continue
-        infos.append(describe(entry.name, Path(entry.path) / DATABASE_NAME))
+            continue  # dot-files, staging directories and foreign names are not projects
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_link, is_dir = False, False
+        if is_link:
+            if is_dir or not os.path.exists(entry.path):
+                why = "the project directory is a symlink; projects must be real directories"
+                info = _info(entry.name, Path(entry.path), "unreadable", why)
+                out.append((entry.name, info, None))
+            continue  # a link to a file is a stray file
+        if not is_dir:
+            continue  # a stray file among the project directories
+        path = Path(entry.path) / DATABASE_NAME
+        try:
+            st = os.lstat(path)
+            key: FileKey | None = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        out.append((entry.name, path, key))
+    return out
+
+
+def discover(projects_dir: Path) -> list[ProjectInfo]:
+    """Describe each project directory under ``projects_dir`` from its file alone."""
+    infos = []
+    for project_id, path, _ in scan(projects_dir):
+        infos.append(path if isinstance(path, ProjectInfo) else describe(project_id, path))
     return infos
+
+
+async def _describe_open(project_id: str, path: Path, project: AsyncProjectStore) -> ProjectInfo:
+    """Describe a project open in this process with one query on one of its readers."""
+    sql = (
+        "SELECT v.version_num, p.name, p.updated_at FROM alembic_version AS v "
+        "LEFT JOIN projects AS p ON 1 LIMIT 1"
+    )
+
+    async def query() -> list[Any]:
+        async with project.read() as r:
+            return await r.fetch(sql, {})
+
+    try:
+        pool = project.pool
+        if pool._loop is asyncio.get_running_loop():
+            rows = await query()
+        else:  # open in another thread's event loop: run the query there
+            fut = asyncio.run_coroutine_threadsafe(query(), pool._loop)
+            rows = await asyncio.wrap_future(fut)
+    except StoreClosed:
+        # Closing meanwhile: once closed, the file is free to be read directly.
+        if pool._loop is asyncio.get_running_loop():
+            await project.close()
+            return await asyncio.to_thread(describe, project_id, path)
+        return _info(project_id, path, "unreadable", "the project is closing in another thread")
+    except CorruptDatabase as exc:
+        return _info(project_id, path, "corrupt", str(exc), size=_size(path))
+    except StoreError as exc:
+        return _info(project_id, path, "unreadable", str(exc), size=_size(path))
+    revision, name, updated = rows[0] if rows else (None, None, None)
+    status: ProjectStatus = "ok" if name is not None else "empty"
+    return _info(
+        project_id,
+        path,
+        status,
+        None if name is not None else "the database holds no project record",
+        size=_size(path),
+        name=name,
+        updated_at=_micros(updated),
+        revision=revision,
+    )
+
+
+def _size(path: Path) -> int:
+    """Return the size of ``database.sqlite`` (without its ``-wal``), 0 if it cannot be read."""
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _micros(value: object) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return _EPOCH + timedelta(microseconds=value)
+        except OverflowError:
+            return None
+    return None
 
 
 def _info(
@@ -294,63 +694,109 @@ def _info(
     )
 
 
+def readonly_uri(path: Path) -> str:
+    """Return a URI that reads ``path`` without creating or writing any file.
+
+    ``mode=ro`` alone is not enough: a read-only connection to a WAL-mode database creates the
+    ``-wal`` and ``-shm`` files when they are missing (and cannot delete them again). So a
+    database whose ``-wal`` and ``-shm`` exist (a process has it open, or left them behind) is
+    read with ``mode=ro`` through them, which sees every committed transaction; any other is
+    read with ``immutable=1``: no locks, no side files. A writer that starts meanwhile can make
+    that read fail; ``describe`` then reads again.
+    """
+    quoted = urllib.parse.quote(str(path))
+    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
+        return f"file:{quoted}?mode=ro"
+    return f"file:{quoted}?mode=ro&immutable=1"
+
+
+def _fingerprint(path: Path) -> tuple[tuple[int, int] | None, ...]:
+    out: list[tuple[int, int] | None] = []
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            st = os.stat(f"{path}{suffix}")
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def describe(project_id: str, path: Path) -> ProjectInfo:
-    """Describe one project's database without modifying it."""
+    """Describe one project's database from its file, without modifying anything.
+
+    The file must not be open in this process (``Store.list_projects`` routes those through
+    their pools). If the read fails while another process changes the file, it reads again.
+    """
+    for _ in range(3):
+        before = _fingerprint(path)
+        info = _describe_file(project_id, path)
+        if info.status in ("ok", "empty", "newer_schema") or _fingerprint(path) == before:
+            break
+    return info
+
+
+def _describe_file(project_id: str, path: Path) -> ProjectInfo:
     try:
         st = path.lstat()
     except FileNotFoundError:
-        return _info(project_id, path, "empty", "the project directory holds no database")
+        return _info(project_id, path, "empty", "the project directory holds no database file")
     except OSError as exc:
-        return _info(project_id, path, "unreadable", exc.strerror)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        return _info(project_id, path, "unreadable", f"cannot read the database: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        why = "the database file is a symlink; a project must hold the real file"
+        return _info(project_id, path, "unreadable", why)
+    if not stat.S_ISREG(st.st_mode):
         return _info(project_id, path, "unreadable", "the database is not a regular file")
-    size = st.st_size
-    if size == 0:
-        return _info(project_id, path, "empty", "the database file is empty", size=size)
+    size = _size(path)
+    if st.st_size == 0:
+        return _info(project_id, path, "empty", "the database file is empty (0 bytes)", size=size)
+    if not os.access(path, os.R_OK):
+        return _info(project_id, path, "unreadable", "permission denied", size=size)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         return _info(project_id, path, "unreadable", str(exc), size=size)
     try:
+        conn.execute("PRAGMA busy_timeout = 1000")
         conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("BEGIN")  # one snapshot for every query below
         revision = read_revision(conn)
         if revision is None:
+            tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+            if tables:
+                why = "the database holds tables but no demiarch-store schema revision"
+                return _info(project_id, path, "corrupt", why, size=size)
             return _info(project_id, path, "empty", "the database has no schema yet", size=size)
-        if revision != HEAD_REVISION:
-            from .migrate import known_revisions
-
-            if revision not in known_revisions():
-                return _info(
-                    project_id,
-                    path,
-                    "newer_schema",
-                    f"schema revision {revision!r} is newer than this code knows",
-                    size=size,
-                    revision=revision,
-                )
+        if revision != HEAD_REVISION and revision not in known_revisions():
+            why = f"schema revision {revision!r} is newer than this demiarch-store knows"
+            return _info(project_id, path, "newer_schema", why, size=size, revision=revision)
         row = conn.execute("SELECT name, updated_at FROM projects LIMIT 1").fetchone()
-        name, updated = (row[0], row[1]) if row else (None, None)
-        updated_at = _EPOCH + timedelta(microseconds=updated) if updated is not None else None
+        if row is None:
+            why = "the database holds no project record"
+            return _info(project_id, path, "empty", why, size=size, revision=revision)
         return _info(
             project_id,
             path,
             "ok",
             None,
             size=size,
-            name=name,
-            updated_at=updated_at,
+            name=row[0],
+            updated_at=_micros(row[1]),
             revision=revision,
         )
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_ERROR):
             return _info(project_id, path, "corrupt", str(exc), size=size)
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            why = "the database is locked by another process; list again later"
+            return _info(project_id, path, "unreadable", why, size=size)
         return _info(project_id, path, "unreadable", str(exc), size=size)
     except UnicodeDecodeError:  # sqlite3 decodes TEXT itself: a damaged page
         return _info(
             project_id, path, "corrupt", "the file holds text that is not valid UTF-8", size=size
         )
-    except CorruptDatabase as exc:  # pragma: no cover - read_revision raises sqlite errors
-        return _info(project_id, path, "corrupt", str(exc), size=size)
     finally:
         conn.close()

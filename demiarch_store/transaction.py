@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -13,6 +15,8 @@ from .pool import Op, Pool, Worker, interactive_job, read_job
 from .repositories import Repositories
 
 __all__ = ["Session", "Snapshot", "Transaction"]
+
+log = logging.getLogger("demiarch_store")
 
 
 class Session(Repositories):
@@ -34,7 +38,12 @@ class Session(Repositories):
         raise NotImplementedError  # pragma: no cover - both subclasses define it
 
     def not_found(self, message: str) -> NotFound:
-        return NotFound(message, project=self._pool.project, path=self._pool.path)
+        return NotFound(
+            message,
+            project=self._pool.project,
+            path=self._pool.path,
+            hint="check the ID; it may be mistyped or the record deleted",
+        )
 
 
 class Transaction(Session):
@@ -53,9 +62,11 @@ class Transaction(Session):
         self._ended = False
         self._failed: BaseException | None = None
         self._depth = 0
+        self._t0 = 0.0
 
     async def __aenter__(self) -> Transaction:
         self._pool.enter()
+        self._t0 = perf_counter()
         return self
 
     async def __aexit__(
@@ -79,6 +90,16 @@ class Transaction(Session):
                 pool.counters.rollbacks += 1
         finally:
             pool.leave()
+            elapsed = perf_counter() - self._t0
+            pool.counters.transaction_seconds.add(elapsed)
+            if elapsed >= pool.config.slow_transaction:
+                # Counts only: statement parameters may hold secrets.
+                log.warning(
+                    "slow transaction in project %s: %.3fs, %d statements",
+                    pool.project,
+                    elapsed,
+                    len(self._ops),
+                )
 
     def _check(self) -> None:
         if self._ended:
@@ -112,7 +133,9 @@ class Transaction(Session):
         pool = self._pool
         begin = not self._held
         if begin:
+            t0 = perf_counter()
             await pool.acquire_writer()
+            pool.counters.pool_wait.add(perf_counter() - t0)
             self._held = True
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
@@ -168,7 +191,9 @@ class Snapshot(Session):
     async def __aenter__(self) -> Snapshot:
         self._pool.enter()
         try:
+            t0 = perf_counter()
             self._worker = await self._pool.acquire_reader()
+            self._pool.counters.pool_wait.add(perf_counter() - t0)
         except BaseException:
             self._pool.leave()
             raise

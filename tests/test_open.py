@@ -106,6 +106,7 @@ def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "demiarch_store/migrations/env.py" in names
     assert "demiarch_store/migrations/versions/0001_initial.py" in names
+    assert "demiarch_store/migrations/versions/0002_agent_schema.py" in names
     assert "demiarch_store/py.typed" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -132,3 +133,32 @@ asyncio.run(main())
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == HEAD_REVISION
+
+
+async def test_a_damaged_header_never_costs_the_wal(tmp_path: Path) -> None:
+    path = tmp_path / "p" / "database.sqlite"
+    async with AsyncProjectStore(path, project_id="p") as project:
+        async with project.transaction() as tx:
+            await tx.conversations.create(title="only in the wal")
+        # Keep the -wal on disk as a crash would: copy the files while the project is open.
+        files = {s: Path(f"{path}{s}").read_bytes() for s in ("", "-wal")}
+    for suffix, data in files.items():
+        Path(f"{path}{suffix}").write_bytes(data)
+    with open(path, "r+b") as f:
+        f.write(b"\x00" * 16)
+    wal_before = Path(f"{path}-wal").read_bytes()
+    with pytest.raises(CorruptDatabase, match="header"):
+        async with AsyncProjectStore(path, project_id="p"):
+            pass
+    assert Path(f"{path}-wal").read_bytes() == wal_before
+
+
+async def test_paths_with_uri_characters_open(tmp_path: Path) -> None:
+    path = tmp_path / "odd ?#% dir" / "db?mode=ro#x.sqlite"
+    async with AsyncProjectStore(path, project_id="odd") as project:
+        async with project.transaction() as tx:
+            await tx.conversations.create(title="odd")
+        async with project.read() as r:
+            assert await r.conversations.count() == 1
+    assert path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]

@@ -250,10 +250,17 @@ async def test_pool_timeout_for_readers_and_writer(tmp_path: Path) -> None:
             with pytest.raises(PoolTimeout, match="writer"):
                 async with project.transaction() as other:
                     await other.conversations.count()
+            with pytest.raises(PoolTimeout, match="writer"):
+                async with project.transaction() as queued:  # write-only: waits in the queue
+                    await queued.conversations.create(title="never")
         # Both pools recover.
         async with project.read() as r:
             assert await r.conversations.count() == 0
-        assert project.pool.counters.pool_timeouts == 2
+        async with project.transaction() as tx:
+            await tx.conversations.create(title="after")
+        async with project.read() as r:
+            assert [c.title for c in await r.conversations.list()] == ["after"]
+        assert project.pool.counters.pool_timeouts == 3
 
 
 async def test_writes_in_a_snapshot_are_refused(project: AsyncProjectStore) -> None:
@@ -311,3 +318,14 @@ async def test_transaction_objects_refuse_use_after_the_block(project: AsyncProj
         pass
     with pytest.raises(StoreError, match="ended"):
         await r.conversations.count()
+
+
+async def test_error_messages_never_contain_written_values(project: AsyncProjectStore) -> None:
+    secret = "sk-live-0123456789abcdef"
+    with pytest.raises(ConstraintViolation) as info:
+        async with project.transaction() as tx:
+            await tx.messages.append("missing-conversation", role="user", content=secret)
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    assert project.id in str(info.value) and str(project.path) in str(info.value)
+    assert "referenced record does not exist" in str(info.value)
+    assert info.value.__cause__ is not None  # the driver error is chained, not lost

@@ -1,0 +1,361 @@
+"""Health and metrics: the check report, the stats snapshot, and the writer's idle upkeep.
+
+Counters live on the pool (``Pool.counters``) and cost an integer increment or one float stored
+in a fixed array on the hot path; everything else (sorting, percentiles, file sizes, checks) is
+computed only when ``project.stats()`` or ``project.check()`` asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import stat
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .migrate import read_revision
+from .schema import HEAD_REVISION
+
+if TYPE_CHECKING:
+    from .config import StoreConfig
+    from .pool import Pool
+
+__all__ = [
+    "UPKEEP_COMMITS",
+    "UPKEEP_SECONDS",
+    "Checkpoint",
+    "HealthReport",
+    "Percentiles",
+    "Reservoir",
+    "StoreStats",
+    "build_report",
+    "check_job",
+    "idle_checkpoint",
+    "optimize_on_close",
+    "stats_of",
+]
+
+log = logging.getLogger("demiarch_store")
+
+RESERVOIR_SIZE = 1024
+UPKEEP_COMMITS = 50
+"""When the writer goes idle, it looks at the WAL's size after this many commits..."""
+UPKEEP_SECONDS = 1.0
+"""...or after this many seconds, whichever comes first."""
+_MAX_ROWS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Durations in seconds over the most recent samples (at most 1024)."""
+
+    count: int
+    """Samples recorded since the project opened (the percentiles use the latest ones)."""
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+
+class Reservoir:
+    """The latest ``size`` samples of a duration, in a fixed array: no allocation per sample."""
+
+    __slots__ = ("_data", "_n", "_size")
+
+    def __init__(self, size: int = RESERVOIR_SIZE) -> None:
+        self._data = array("d", bytes(8 * size))
+        self._size = size
+        self._n = 0
+
+    def add(self, seconds: float) -> None:
+        """Record one sample (runs on the event loop thread only)."""
+        self._data[self._n % self._size] = seconds
+        self._n += 1
+
+    def percentiles(self) -> Percentiles:
+        """Return nearest-rank percentiles of the samples held."""
+        n = min(self._n, self._size)
+        if n == 0:
+            return Percentiles(count=0, p50=0.0, p95=0.0, p99=0.0, max=0.0)
+        data = sorted(self._data[:n])
+
+        def rank(q: float) -> float:
+            return data[max(0, math.ceil(q * n) - 1)]
+
+        return Percentiles(
+            count=self._n, p50=rank(0.50), p95=rank(0.95), p99=rank(0.99), max=data[-1]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The outcome of one ``PRAGMA wal_checkpoint``."""
+
+    mode: Literal["PASSIVE", "TRUNCATE"]
+    busy: bool
+    """True when the checkpoint could not finish because another connection was in the way."""
+    log_frames: int
+    """Frames in the ``-wal`` file (-1 when the database is not in WAL mode)."""
+    checkpointed_frames: int
+    """Frames copied back into the database file."""
+    wal_bytes_before: int
+    """Size of the ``-wal`` file just before the checkpoint."""
+
+    @property
+    def blocked(self) -> bool:
+        """True when a reader's snapshot kept frames from being copied back."""
+        return self.busy or self.checkpointed_frames < self.log_frames
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """A snapshot of one project's counters since it opened (``project.stats()``)."""
+
+    commits: int
+    """Units of work committed."""
+    rollbacks: int
+    """Units of work rolled back (an exception, a cancellation or a failed commit)."""
+    group_commits: int
+    """SQLite transactions that committed grouped write-only units."""
+    busy_retries: int
+    """Times ``BEGIN IMMEDIATE`` found another process holding the lock and retried."""
+    database_busy: int
+    """``DatabaseBusy`` errors raised (the retry deadline passed)."""
+    pool_timeouts: int
+    """``PoolTimeout`` errors raised (no connection within ``acquire_timeout``)."""
+    pool_wait: Percentiles
+    """Time to get a reader (snapshots) or the writer (units of work that read)."""
+    transaction_seconds: Percentiles
+    """Time from entering a unit of work to its commit or rollback."""
+    connections: int
+    """Open connections (the writer and the readers opened so far)."""
+    connections_in_use: int
+    """Connections serving a unit of work, a snapshot or a job right now."""
+    in_flight: int
+    """Units of work and snapshots under way."""
+    idle_checkpoints: int
+    """``TRUNCATE`` checkpoints the writer ran when idle because the WAL had grown."""
+    last_checkpoint: Checkpoint | None
+    """The latest of those checkpoints."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """What ``project.check()`` found: ``ok``, the ``problems``, and the figures behind them."""
+
+    ok: bool
+    problems: tuple[str, ...]
+    """One sentence per problem: what is wrong and what to do."""
+    check: Literal["quick_check", "integrity_check"]
+    """Which SQLite check ran (``full=True`` runs the slower ``integrity_check``)."""
+    integrity: tuple[str, ...]
+    """Its result rows: ``("ok",)`` for a healthy file (at most 100 rows)."""
+    foreign_key_violations: tuple[tuple[Any, ...], ...]
+    """``PRAGMA foreign_key_check`` rows: (table, rowid, parent table, key index); at most 100."""
+    revision: str | None
+    """The schema revision in the file."""
+    head_revision: str
+    """The schema revision this code writes."""
+    database_bytes: int
+    wal_bytes: int
+    shm_bytes: int
+    page_size: int
+    page_count: int
+    freelist_pages: int
+    """Unused pages that ``vacuum()`` would give back to the file system."""
+    checkpoint: Checkpoint | None
+    """A ``PASSIVE`` checkpoint run by this check: ``blocked`` means a reader holds old frames."""
+    stats: StoreStats
+    """Pool and retry figures at the time of the check."""
+
+    @property
+    def checkpoint_blocked(self) -> bool:
+        """True when the checkpoint of this check could not copy every frame back."""
+        return self.checkpoint is not None and self.checkpoint.blocked
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _checkpoint(
+    conn: sqlite3.Connection, mode: Literal["PASSIVE", "TRUNCATE"], wal: int
+) -> Checkpoint:
+    busy, log_frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    return Checkpoint(mode, bool(busy), int(log_frames), int(done), wal)
+
+
+def check_job(conn: sqlite3.Connection, path: Path, full: bool) -> dict[str, Any]:
+    """Gather the figures of a health check on a reader connection (one hop).
+
+    Each step that fails on a damaged file is recorded as a problem instead of raising, so the
+    caller always gets a report.
+    """
+    figures: dict[str, Any] = {"errors": []}
+    errors: list[str] = figures["errors"]
+    mode = "integrity_check" if full else "quick_check"
+    try:
+        rows = conn.execute(f"PRAGMA {mode}({_MAX_ROWS})").fetchall()
+        figures["integrity"] = tuple(str(r[0]) for r in rows)
+    except sqlite3.DatabaseError as exc:
+        figures["integrity"] = (f"{mode} could not run: {exc}",)
+    try:
+        rows = conn.execute("PRAGMA foreign_key_check").fetchmany(_MAX_ROWS)
+        figures["foreign_keys"] = tuple(tuple(r) for r in rows)
+    except sqlite3.DatabaseError as exc:
+        figures["foreign_keys"] = ()
+        errors.append(f"foreign_key_check could not run: {exc}")
+    try:
+        figures["revision"] = read_revision(conn)
+    except sqlite3.DatabaseError as exc:
+        figures["revision"] = None
+        errors.append(f"the schema revision could not be read: {exc}")
+    for name in ("page_size", "page_count", "freelist_count"):
+        try:
+            figures[name] = int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            figures[name] = 0
+            errors.append(f"PRAGMA {name} failed: {exc}")
+    wal = _size(f"{path}-wal")
+    try:
+        figures["checkpoint"] = _checkpoint(conn, "PASSIVE", wal)
+    except sqlite3.DatabaseError as exc:
+        figures["checkpoint"] = None
+        errors.append(f"a PASSIVE checkpoint failed: {exc}")
+    modes = {}
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            st = os.lstat(f"{path}{suffix}")
+        except FileNotFoundError:
+            continue
+        modes[suffix] = stat.S_IMODE(st.st_mode)
+        figures[f"size{suffix}"] = st.st_size
+    figures["modes"] = modes
+    return figures
+
+
+def build_report(
+    figures: dict[str, Any], *, full: bool, stats: StoreStats, config: StoreConfig, path: Path
+) -> HealthReport:
+    """Turn the figures of ``check_job`` into a report, naming each problem and its remedy."""
+    problems: list[str] = []
+    integrity: tuple[str, ...] = figures["integrity"]
+    if integrity != ("ok",):
+        more = f" (and {len(integrity) - 1} more)" if len(integrity) > 1 else ""
+        problems.append(
+            f"{'integrity_check' if full else 'quick_check'} failed: {integrity[0]}{more}; "
+            "restore the project from a backup or quarantine it"
+        )
+    fks: tuple[tuple[Any, ...], ...] = figures["foreign_keys"]
+    if fks:
+        tables = sorted({str(r[0]) for r in fks})
+        problems.append(
+            f"{len(fks)}{'+' if len(fks) >= _MAX_ROWS else ''} rows violate foreign keys "
+            f"(tables: {', '.join(tables)}); restore from a backup or delete the orphans"
+        )
+    revision = figures["revision"]
+    if revision != HEAD_REVISION:
+        problems.append(
+            f"schema revision {revision!r} is not this code's head {HEAD_REVISION!r}; "
+            "reopen the project to migrate it"
+        )
+    problems.extend(f"{e}; the file may be damaged" for e in figures["errors"])
+    checkpoint: Checkpoint | None = figures["checkpoint"]
+    wal = figures.get("size-wal", 0)
+    if checkpoint is not None and checkpoint.blocked and wal > config.wal_checkpoint_bytes:
+        problems.append(
+            f"the WAL has grown to {wal} bytes and a checkpoint could not copy "
+            f"{checkpoint.log_frames - checkpoint.checkpointed_frames} of its "
+            f"{checkpoint.log_frames} frames back: a long read (in this process or another) "
+            "holds an old snapshot; end long reads so the WAL can be reset"
+        )
+    for suffix, mode in sorted(figures["modes"].items()):
+        if mode & 0o077:
+            problems.append(
+                f"{path.name}{suffix} has mode {mode:04o}, readable by other users; "
+                f"run chmod 600 on it"
+            )
+    return HealthReport(
+        ok=not problems,
+        problems=tuple(problems),
+        check="integrity_check" if full else "quick_check",
+        integrity=integrity,
+        foreign_key_violations=fks,
+        revision=revision,
+        head_revision=HEAD_REVISION,
+        database_bytes=figures.get("size", 0),
+        wal_bytes=wal,
+        shm_bytes=figures.get("size-shm", 0),
+        page_size=figures["page_size"],
+        page_count=figures["page_count"],
+        freelist_pages=figures["freelist_count"],
+        checkpoint=checkpoint,
+        stats=stats,
+    )
+
+
+def stats_of(pool: Pool) -> StoreStats:
+    """Take a snapshot of a pool's counters (on the event loop thread)."""
+    c = pool.counters
+    readers_in_use = len(pool._readers_all) - len(pool._readers_idle)
+    return StoreStats(
+        commits=c.commits,
+        rollbacks=c.rollbacks,
+        group_commits=c.groups,
+        busy_retries=c.busy_retries,
+        database_busy=c.busy_errors,
+        pool_timeouts=c.pool_timeouts,
+        pool_wait=c.pool_wait.percentiles(),
+        transaction_seconds=c.transaction_seconds.percentiles(),
+        connections=pool.connections,
+        connections_in_use=readers_in_use + (1 if pool._writer_busy else 0),
+        in_flight=pool._in_flight,
+        idle_checkpoints=c.idle_checkpoints,
+        last_checkpoint=c.last_checkpoint,
+    )
+
+
+def idle_checkpoint(conn: sqlite3.Connection, pool: Pool) -> None:
+    """Reset a grown WAL with a ``TRUNCATE`` checkpoint (a writer job, posted when idle).
+
+    Never waits for readers: with ``busy_timeout`` at 0 a blocked checkpoint returns at once,
+    copies what it can, and is tried again at the next idle moment.
+    """
+    wal = _size(f"{pool.path}-wal")
+    if wal <= pool.config.wal_checkpoint_bytes:
+        return
+    previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        result = _checkpoint(conn, "TRUNCATE", wal)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
+    pool.counters.idle_checkpoints += 1  # only the writer thread writes these two
+    pool.counters.last_checkpoint = result
+    if result.blocked:
+        log.info(
+            "WAL of %s is %d bytes; a reader kept %d of %d frames from the checkpoint",
+            pool.path,
+            wal,
+            result.log_frames - result.checkpointed_frames,
+            result.log_frames,
+        )
+    else:
+        log.debug("WAL of %s checkpointed and truncated from %d bytes", pool.path, wal)
+
+
+def optimize_on_close(conn: sqlite3.Connection) -> None:
+    """Run ``PRAGMA optimize`` before the writer closes (best effort: another process may lock)."""
+    try:
+        # Bounds the ANALYZE work optimize may start, so closing a big project stays quick.
+        conn.execute("PRAGMA analysis_limit = 1000")
+        conn.execute("PRAGMA optimize")
+    except sqlite3.Error as exc:
+        log.debug("PRAGMA optimize on close skipped: %s", exc)

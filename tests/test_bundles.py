@@ -1,0 +1,236 @@
+"""Bundles: export a consistent snapshot to one file, import it anywhere, refuse damaged ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from demiarch_store import (
+    AsyncProjectStore,
+    BundleError,
+    InvalidProjectId,
+    ProjectExists,
+    Store,
+    StoreConfig,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(bundle) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _rewrite(bundle: Path, dest: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return dest
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+async def _project_with_data(store: Store, name: str = "exported") -> AsyncProjectStore:
+    project = await store.create_project(name=name)
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="planning")
+        await tx.messages.append_many(conv.id, [{"role": "user", "content": "hi"}] * 20)
+    return project
+
+
+async def test_export_is_a_consistent_online_snapshot_and_imports_elsewhere(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        conv_id = (await _conversations(project))[0]
+        stop = asyncio.Event()
+
+        async def writer() -> int:  # keeps writing while the snapshot is taken
+            n = 0
+            while not stop.is_set():
+                async with project.transaction() as tx:
+                    await tx.messages.append(conv_id, role="tool", content=f"{n}")
+                n += 1
+                await asyncio.sleep(0)
+            return n
+
+        task = asyncio.create_task(writer())
+        await asyncio.sleep(0.01)
+        bundle = await store.export_project(project.id, tmp_path)
+        stop.set()
+        written = await task
+    assert bundle == tmp_path / f"{project.id}.demiarch.zip"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporaries
+    manifest = json.loads(_members(bundle)["manifest.json"])
+    assert manifest["project_id"] == project.id and manifest["name"] == "exported"
+    assert manifest["revision"] == project.revision and manifest["format_version"] == 1
+    assert len(manifest["sha256"]) == 64 and manifest["created_at"].endswith("+00:00")
+
+    other = StoreConfig(projects_dir=tmp_path / "elsewhere")
+    async with Store(other) as store:
+        imported = await store.import_project(bundle)  # keeps its own ID
+        assert imported.id == project.id
+        renamed = await store.import_project(bundle, project_id="copy")
+        for copy in (imported, renamed):
+            async with copy.read() as r:
+                record = await r.projects.get(copy.id)  # the record follows the new ID
+                assert record.name == "exported"
+                messages = await r.messages.list(conv_id)
+            # A prefix of the writes, in order, without gaps: one consistent snapshot.
+            tools = [m.content for m in messages if m.role == "tool"]
+            assert tools == [str(n) for n in range(len(tools))] and len(tools) <= written
+        infos = {i.id: i.status for i in await store.list_projects()}
+        assert infos == {project.id: "ok", "copy": "ok"}
+
+
+async def _conversations(project: AsyncProjectStore) -> list[str]:
+    async with project.read() as r:
+        return [c.id for c in await r.conversations.list()]
+
+
+async def test_importing_into_a_taken_id_writes_nothing(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path / "b.zip")
+        before = _listing(config.projects_dir)
+        with pytest.raises(ProjectExists, match=project.id):
+            await store.import_project(bundle)
+        with pytest.raises(InvalidProjectId):
+            await store.import_project(bundle, project_id="../escape")
+        assert _listing(config.projects_dir) == before
+        with pytest.raises(BundleError, match="already exists"):
+            await store.export_project(project.id, bundle)
+
+
+def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    members = _members(bundle)
+    db = bytearray(members["database.sqlite"])
+    db[len(db) // 2] ^= 0xFF
+    manifest = json.loads(members["manifest.json"])
+    raw = bundle.read_bytes()
+    (tmp / "truncated.zip").write_bytes(raw[: len(raw) // 2])
+    (tmp / "text.zip").write_text("not a zip at all\n")
+
+    def with_manifest(**changes: object) -> bytes:
+        return json.dumps({**manifest, **changes}).encode()
+
+    cases = {
+        "tampered": ({**members, "database.sqlite": bytes(db)}, "checksum"),
+        "traversal": ({**members, "../../evil.sh": b"echo owned"}, "'../../evil.sh'"),
+        "absolute": ({**members, "/tmp/evil": b"x"}, "'/tmp/evil'"),
+        "missing-db": ({"manifest.json": members["manifest.json"]}, "exactly"),
+        "bad-id": (
+            {**members, "manifest.json": with_manifest(project_id="../../x")},
+            "invalid project ID",
+        ),
+        "other-project": (
+            {**members, "manifest.json": with_manifest(project_id="someone-else")},
+            "does not hold the project",
+        ),
+        "newer-format": (
+            {**members, "manifest.json": with_manifest(format_version=99)},
+            "format version 99",
+        ),
+        "wrong-size": (
+            {**members, "manifest.json": with_manifest(size_bytes=12)},
+            "size",
+        ),
+        "not-json": ({**members, "manifest.json": b"{nope"}, "manifest is unreadable"),
+    }
+    out = {
+        name: (_rewrite(bundle, tmp / f"{name}.zip", m), words)
+        for name, (m, words) in cases.items()
+    }
+    out["truncated"] = (tmp / "truncated.zip", "not a readable bundle")
+    out["text"] = (tmp / "text.zip", "not a readable bundle")
+    out["missing"] = (tmp / "missing.zip", "no such bundle")
+    return out
+
+
+async def test_a_damaged_or_unsafe_bundle_is_refused_and_nothing_is_written(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path)
+        await store.delete_project(project.id)
+        bad = _bad_bundles(bundle, tmp_path)
+        outside = _listing(tmp_path.parent)
+        before = _listing(config.projects_dir)
+        for name, (path, words) in bad.items():
+            with pytest.raises(BundleError) as caught:
+                await store.import_project(path, project_id=f"into-{name}")
+            assert words in str(caught.value), name
+            assert str(path) in str(caught.value), name
+            assert _listing(config.projects_dir) == before, name
+        assert _listing(tmp_path.parent) == outside
+        # The good bundle still imports after all that.
+        again = await store.import_project(bundle)
+        assert again.id == project.id
+
+
+def test_a_bundle_exported_by_another_process_imports_here(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from demiarch_store import Store, StoreConfig\n"
+        "async def main():\n"
+        "    async with Store(StoreConfig(projects_dir=Path(sys.argv[1]))) as store:\n"
+        "        p = await store.create_project(name='from a child', project_id='child')\n"
+        "        async with p.transaction() as tx:\n"
+        "            await tx.conversations.create(title='made elsewhere')\n"
+        "        print(await store.export_project(p.id, Path(sys.argv[2])))\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "theirs"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    bundle = Path(out.stdout.strip())
+
+    async def main() -> None:
+        async with Store(StoreConfig(projects_dir=tmp_path / "ours")) as store:
+            project = await store.import_project(bundle)
+            async with project.read() as r:
+                assert [c.title for c in await r.conversations.list()] == ["made elsewhere"]
+
+    asyncio.run(main())
+    assert os.listdir(tmp_path / "ours") == ["child"]
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 5, 20, 200])
+async def test_a_cancelled_import_leaves_nothing_behind(
+    tmp_path: Path, config: StoreConfig, ticks: int
+) -> None:
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path)
+        before = _listing(config.projects_dir)
+        task = asyncio.create_task(store.import_project(bundle, project_id="cancelled"))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            assert _listing(config.projects_dir) == before
+        else:  # it finished first: then it is whole and open
+            assert (await store.open_project("cancelled")).id == "cancelled"
