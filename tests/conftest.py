@@ -39,7 +39,7 @@ async def project(store: Store) -> AsyncProjectStore:
 SOAK = os.environ.get("DEMIARCH_SOAK", "") not in ("", "0")
 settings.register_profile(
     "ci",
-    max_examples=20,
+    max_examples=30,
     stateful_step_count=6,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

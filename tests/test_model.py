@@ -174,6 +174,25 @@ units = st.builds(
     st.lists(_actions, max_size=4).map(tuple),
     st.one_of(st.none(), st.none(), st.none(), st.integers(0, 3)),
 )
+# Write-only units (no ReadBack, which holds the writer) started together share group commits.
+_write_only = st.recursive(
+    st.one_of(
+        st.builds(Create, _titles),
+        st.builds(Append, _index, st.integers(1, 3), st.booleans()),
+        st.builds(AppendShared, st.integers(1, 2)),
+        st.builds(Retitle, _index, _titles),
+        st.builds(DeleteMessage, _index, _index),
+        st.builds(DeleteConversation, _index),
+        st.builds(Ghost, st.sampled_from(["append", "retitle", "delete"])),
+    ),
+    lambda inner: st.builds(Savepoint, st.lists(inner, max_size=3).map(tuple), st.booleans()),
+    max_leaves=5,
+)
+bursts = st.lists(
+    st.builds(Unit, st.lists(_write_only, min_size=1, max_size=4).map(tuple)),
+    min_size=3,
+    max_size=8,
+)
 batches = st.builds(
     Batch,
     st.lists(
@@ -286,6 +305,11 @@ class ConcurrencyMachine(RuleBasedStateMachine):
     def run_batch(self, batch: Batch) -> None:
         """Run every writer and reader of the batch at once, then fold commits into the model."""
         self.run(self._batch(batch))
+
+    @rule(units=bursts)
+    def group_commit_burst(self, units: list[Unit]) -> None:
+        """Start many write-only units at once: they share group commits (one savepoint each)."""
+        self.run(self._batch(Batch(tuple(Writer((u,)) for u in units), readers=1)))
 
     async def _batch(self, batch: Batch) -> None:
         project = self.p
