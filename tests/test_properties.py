@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import assume, given
+from conftest import SOAK
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from demiarch_store import (
@@ -225,3 +226,88 @@ def test_updates_round_trip(runner: Runner, title: str, meta: Any) -> None:
         assert got.updated_at >= conv.updated_at
 
     runner.run(go())
+
+
+short = st.text(min_size=1, max_size=30)
+
+
+@given(
+    name=short,
+    text=texts,
+    meta=json_values,
+    blob=st.binary(max_size=5000),
+    cost=amounts.filter(lambda d: d >= 0),
+    tokens=st.integers(0, 2**40),
+)
+def test_every_repository_round_trips(
+    runner: Runner, name: str, text: str, meta: Any, blob: bytes, cost: Decimal, tokens: int
+) -> None:
+    async def go() -> None:
+        project = runner.project
+        unique = name + new_record_id()  # names are unique per table; the project is shared
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title=name, meta=meta)
+            agent = await tx.agents.register(unique, role=name[:100], config=meta, state=meta)
+            skill = await tx.skills.add(
+                unique, description=text, definition=meta, agent_id=agent.id
+            )
+            call = await tx.llm_calls.record(
+                model=name, cost_usd=cost, input_tokens=tokens, output_tokens=tokens,
+                agent_id=agent.id, conversation_id=conv.id, error=text,
+            )
+            checkpoint = await tx.checkpoints.save(name, blob, meta=meta)
+            plugin = await tx.plugins.install(unique, version=name[:64], config=meta, state=meta)
+            session = await tx.sessions.start(user_id=name, agent_id=agent.id, meta=meta)
+            code = await tx.code_generation.store(
+                f"src/{name}.py", text, language="python", agent_id=agent.id, meta=meta
+            )
+        written = {
+            "agents": agent, "skills": skill, "llm_calls": call, "checkpoints": checkpoint,
+            "plugins": plugin, "sessions": session, "code_generation": code,
+        }
+        async with project.read() as r:
+            for repo, record in written.items():
+                got = await getattr(r, repo).get(record.id)
+                assert got == record, repo
+                for f in ("config", "state", "definition", "meta"):
+                    if hasattr(record, f) and (repo, f) != ("checkpoints", "state"):
+                        assert _exact(getattr(got, f)) == _exact(meta), (repo, f)
+        assert call.cost_usd == cost and checkpoint.state == blob and code.content == text
+
+    runner.run(go())
+
+
+@settings(max_examples=40 if SOAK else 8)
+@given(
+    conversations=st.lists(
+        st.tuples(st.none() | texts, json_values, st.lists(st.text(max_size=50), max_size=5)),
+        max_size=4,
+    )
+)
+def test_migrations_down_and_up_keep_generated_data(
+    tmp_path_factory: pytest.TempPathFactory, conversations: list[tuple[Any, Any, list[str]]]
+) -> None:
+    config = StoreConfig(projects_dir=tmp_path_factory.mktemp("mig") / "projects")
+
+    async def go() -> None:
+        async with Store(config) as store:
+            project = await store.create_project(name="migrated")
+            written = []
+            async with project.transaction() as tx:
+                for title, meta, contents in conversations:
+                    conv = await tx.conversations.create(title=title, meta=meta)
+                    msgs = [
+                        await tx.messages.append(conv.id, role="user", content=c, meta=meta)
+                        for c in contents
+                    ]
+                    written.append((conv, msgs))
+            assert await store.migrate_project(project.id, to="0001") == ("0002", "0001")
+            assert await store.migrate_project(project.id, to="head") == ("0001", "0002")
+            again = await store.open_project(project.id)
+            async with again.read() as r:
+                for conv, msgs in written:
+                    got = await r.conversations.get(conv.id)
+                    assert (got.title, _exact(got.meta)) == (conv.title, _exact(conv.meta))
+                    assert await r.messages.list(conv.id) == msgs
+
+    asyncio.run(go())
