@@ -439,10 +439,12 @@ class Pool:
                 await asyncio.shield(fut)
                 break
             except asyncio.CancelledError:
+                # Count it even when the commit is already done: a cancel that arrives after the
+                # commit finished but before this task resumed must not be swallowed.
+                cancels += 1
                 if fut.done():
                     outcome = None if fut.cancelled() else fut.exception()
                     break
-                cancels += 1
             except BaseException as exc:
                 outcome = exc
                 break
