@@ -563,3 +563,78 @@ async def test_a_long_reader_in_another_process_makes_check_report_wal_growth(
         later = await project.check()
         assert not later.checkpoint_blocked and later.ok, later.problems
         assert later.wal_bytes < report.wal_bytes
+
+
+# -- cancellation during commit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["grouped", "holding-the-writer"])
+async def test_cancellation_during_commit_is_all_or_nothing_and_told_truly(
+    project: AsyncProjectStore, held: bool
+) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="cancel in commit")
+    loop = asyncio.get_running_loop()
+    for delay in range(8):  # cancel 0..7 loop iterations after the block's body ended
+        tag = f"{held}-{delay}"
+        returned: list[bool] = []
+
+        async def unit(tag: str, delay: int, returned: list[bool]) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            async with project.transaction() as tx:
+                await tx.messages.append(conv.id, role="user", content=tag)
+                if held:
+                    await tx.messages.count()  # a read: the unit holds the writer
+                _after(loop, delay, task.cancel)
+            returned.append(True)  # the block returned: the unit committed
+            await asyncio.sleep(3600)  # the cancellation, if still pending, lands here
+
+        task = asyncio.create_task(unit(tag, delay, returned))
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(30):
+                await task
+        async with project.read() as r:
+            stored = [m for m in await r.messages.list(conv.id) if m.content == tag]
+        assert len(stored) == len(returned), f"delay {delay}: stored {len(stored)}"
+    assert project.pool._in_flight == 0
+
+
+async def test_cancelling_a_queued_unit_drops_it_and_the_writer_stays_usable(
+    project: AsyncProjectStore,
+) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="queued")
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with project.transaction() as tx:
+            await tx.messages.count()  # holds the writer until released
+            await release.wait()
+            await tx.messages.append(conv.id, role="user", content="holder")
+
+    async def queued() -> None:
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content="queued")
+
+    hold = asyncio.create_task(holder())
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(queued())
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    async with asyncio.timeout(30):
+        await hold
+    async with project.transaction() as tx:
+        await tx.messages.append(conv.id, role="user", content="after")
+    async with project.read() as r:
+        assert [m.content for m in await r.messages.list(conv.id)] == ["holder", "after"]
+
+
+def _after(loop: asyncio.AbstractEventLoop, n: int, fn: Any) -> None:
+    if n == 0:
+        fn()
+    else:
+        loop.call_soon(_after, loop, n - 1, fn)
