@@ -43,7 +43,7 @@ async def writer(path: Path, tag: str, seed: int) -> None:
             async with project.transaction() as tx:
                 n = rng.randint(1, 4)
                 items = [
-                    {"role": "user", "content": f"{tag}:{i}:{k}/{n}|" * rng.randint(1, 300)}
+                    {"role": "user", "content": f"{tag}:{i}:{k}/{n}|" * rng.randint(1, 40)}
                     for k in range(n)
                 ]
                 if rng.random() < 0.5:
