@@ -10,12 +10,15 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
 
 from .errors import BackupError, DatabaseBusy
@@ -25,12 +28,18 @@ from .migrate import known_revisions, read_revision
 __all__ = [
     "BACKUPS_DIR",
     "QUARANTINE_DIR",
+    "STALE_STAGING_AGE",
+    "Staging",
     "backups_dir_for",
+    "create_database_file",
     "fsync_dir",
     "list_backups",
+    "make_private_dir",
     "quarantine_database",
     "remove_file",
+    "remove_stale_staging",
     "replace_database",
+    "restore_staging",
     "stage_restore",
     "take_backup",
     "write_snapshot",
@@ -47,12 +56,7 @@ def write_snapshot(source: sqlite3.Connection, dest: Path) -> None:
     with ``O_EXCL|O_NOFOLLOW``: an existing file or a planted link is never overwritten. On any
     failure the partial file is removed and the error re-raised.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(dest, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+    create_database_file(dest)
     try:
         target = sqlite3.connect(dest, isolation_level=None)
         try:
@@ -72,12 +76,43 @@ def write_snapshot(source: sqlite3.Connection, dest: Path) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            try:
-                os.unlink(f"{dest}{suffix}")
-            except FileNotFoundError:
-                pass
+        remove_file(dest)
         raise
+
+
+def create_database_file(path: Path) -> None:
+    """Create an empty database file with mode 0600 before SQLite opens it.
+
+    ``O_EXCL|O_NOFOLLOW`` refuses an existing file or a planted symlink; SQLite later gives the
+    ``-wal`` and ``-shm`` files the database's mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700, whatever the umask."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
+
+
+def remove_file(path: Path) -> None:
+    """Remove a database file and its side files if they exist."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # -- taking backups --------------------------------------------------------------------------
@@ -87,6 +122,10 @@ BACKUPS_DIR = "backups"
 # time is for people. A file is only given such a name once it is complete and verified.
 _BACKUP_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)\.sqlite")
 _PARTIAL_NAME = re.compile(r"\.partial-(\d+)-[0-9a-z]+\.sqlite(?:-journal|-wal|-shm)?")
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def backups_dir_for(database: Path) -> Path:
@@ -132,7 +171,7 @@ def take_backup(
             os.link(partial, dest)  # refuses an existing file, like O_EXCL
             final = dest
         else:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            stamp = _utc_stamp()
             while True:
                 existing = list_backups(directory)
                 newest = _BACKUP_NAME.fullmatch(existing[0].name) if existing else None
@@ -148,28 +187,35 @@ def take_backup(
     fsync_dir(directory)
     if keep is not None:
         for old in list_backups(directory)[keep:]:
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass  # another process pruned it
+            old.unlink(missing_ok=True)  # another process may have pruned it
         fsync_dir(directory)
     return final
 
 
-def _remove_stale_partials(directory: Path) -> None:
-    """Remove the partial files of backups whose process died (kill -9, power loss)."""
+def _remove_stale_partials(directory: Path, pattern: re.Pattern[str] = _PARTIAL_NAME) -> None:
+    """Remove the files matching ``pattern`` (group 1: a PID) whose process died."""
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
-        return
+    except OSError:
+        return  # best effort: the next backup or restore tries again
     for name in names:
-        m = _PARTIAL_NAME.fullmatch(name)
+        m = pattern.fullmatch(name)
         if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
             continue
-        try:
-            os.unlink(directory / name)
-        except FileNotFoundError:
-            pass
+        (directory / name).unlink(missing_ok=True)
+
+
+_RESTORE_NAME = re.compile(r"\..+\.restore-(\d+)-[0-9a-z]+(?:-journal|-wal|-shm)?")
+
+
+def restore_staging(live: Path) -> Path:
+    """Return a new name beside ``live`` for a backup being restored over it.
+
+    A restore killed half-way leaves a whole database copy there; the files of processes
+    that are gone are removed first.
+    """
+    _remove_stale_partials(live.parent, _RESTORE_NAME)
+    return live.with_name(f".{live.name}.restore-{os.getpid()}-{new_record_id()}")
 
 
 def _alive(pid: int) -> bool:
@@ -266,6 +312,15 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
 _SHM_DMS_BYTE = 128
 
 
+def _open_elsewhere(live: Path, project: str | None) -> DatabaseBusy:
+    return DatabaseBusy(
+        "the project is open in another process",
+        project=project,
+        path=live,
+        hint="close it there, then retry",
+    )
+
+
 @contextmanager
 def no_other_users(live: Path, project: str | None) -> Iterator[None]:
     """Hold the -shm file's DMS lock exclusively: no other process has ``live`` open.
@@ -283,12 +338,7 @@ def no_other_users(live: Path, project: str | None) -> Iterator[None]:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE, os.SEEK_SET)
         except OSError as exc:
-            raise DatabaseBusy(
-                "the project is open in another process",
-                project=project,
-                path=live,
-                hint="close it there, then retry",
-            ) from exc
+            raise _open_elsewhere(live, project) from exc
         yield
     finally:
         os.close(fd)
@@ -314,12 +364,7 @@ def _guard(live: Path, project: str | None) -> sqlite3.Connection | None:
         guard.close()
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise DatabaseBusy(
-                "the project is open in another process",
-                project=project,
-                path=live,
-                hint="close it there, then retry",
-            ) from exc
+            raise _open_elsewhere(live, project) from exc
         return None
     return guard
 
@@ -337,10 +382,7 @@ def replace_database(staging: Path, live: Path, *, project: str | None) -> None:
             for suffix in ("-wal", "-shm", "-journal"):
                 if guard is not None and suffix == "-journal":
                     continue  # the guard's own (inactive) journal; it removes it on close
-                try:
-                    os.unlink(f"{live}{suffix}")
-                except FileNotFoundError:
-                    pass
+                Path(f"{live}{suffix}").unlink(missing_ok=True)
             os.replace(staging, live)
             fsync_dir(live.parent)
         finally:
@@ -361,14 +403,9 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
     """
     parent = live.parent / QUARANTINE_DIR
     with no_other_users(live, project):
-        try:
-            os.mkdir(parent, 0o700)
-            os.chmod(parent, 0o700)
-        except FileExistsError:
-            pass
+        make_private_dir(parent)
         while True:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            target = parent / f"{stamp}-{new_record_id()[-6:]}"
+            target = parent / f"{_utc_stamp()}-{new_record_id()[-6:]}"
             try:
                 os.mkdir(target, 0o700)
             except FileExistsError:
@@ -384,7 +421,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         fsync_dir(live.parent)
     restored = None
     for backup in list_backups(live.parent / BACKUPS_DIR):
-        staging = live.with_name(f".{live.name}.restore-{os.getpid()}-{new_record_id()}")
+        staging = restore_staging(live)
         try:
             stage_restore(backup, staging, project=project, live=live)
         except BackupError as exc:
@@ -399,10 +436,88 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
     return target, restored
 
 
-def remove_file(path: Path) -> None:
-    """Remove a database file and its side files if they exist."""
-    for suffix in ("", "-journal", "-wal", "-shm"):
+# -- staging folders -------------------------------------------------------------------------
+
+STALE_STAGING_AGE = 24 * 3600.0
+"""An unlocked staging folder this old is stale even if a process with its PID is alive."""
+
+# .<kind>-<pid>-<random>; folders from before the PID was in the name have none.
+_STAGING_NAME = re.compile(r"\.(?:import|legacy|demiarch-export)-(?:(\d+)-)?[a-z0-9_]+")
+
+
+class Staging:
+    """A hidden working folder, ``<parent>/<prefix><pid>-<random>``, locked while in use.
+
+    The folder is ``flock``-ed through a descriptor held until ``close()``, so a process killed
+    half-way (kill -9, power loss) leaves a folder nobody holds, which the next ``Staging`` in
+    the same parent removes (see ``remove_stale_staging``). Creating one removes stale ones.
+    """
+
+    def __init__(self, parent: Path, prefix: str) -> None:
+        remove_stale_staging(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
         try:
-            os.unlink(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
+            self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits only for a cleaner's brief look
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Remove the folder and everything left in it, then release it. Idempotent."""
+        if self._fd is None:
+            return
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def remove_stale_staging(parent: Path, *, max_age: float = STALE_STAGING_AGE) -> list[Path]:
+    """Remove the staging folders under ``parent`` that a crash left behind; return them.
+
+    A folder is removed only if nobody holds its lock (a live ``Staging`` always does) and
+    either the process named in it is gone or it is older than ``max_age`` (a PID reused by
+    another process, a folder from before PIDs were in the names, or the instant between a
+    folder's creation and its lock). Never raises: cleaning up is best effort.
+    """
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        m = _STAGING_NAME.fullmatch(entry.name)
+        if m is None:
+            continue
+        path = Path(entry.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, a link or not a folder: not ours to remove
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use
+            pid = int(m[1]) if m[1] is not None else None
+            gone = pid is not None and pid != os.getpid() and not _alive(pid)
+            if gone or time.time() - os.fstat(fd).st_mtime > max_age:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed the stale staging folder %s", path)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed

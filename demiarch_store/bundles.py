@@ -23,14 +23,16 @@ import sqlite3
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .backup import Staging, fsync_dir, make_private_dir
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
-from .project import make_private_dir
+from .project import claim_project_dir
 
 __all__ = [
     "BUNDLE_SUFFIX",
@@ -49,6 +51,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 BUNDLE_SUFFIX = ".demiarch.zip"
 _MAX_MANIFEST = 64 * 1024
+# What reading a damaged member raises: a bad CRC, a broken deflate stream, a cut-off member,
+# a compression method zipfile cannot read.
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError)
 _CHUNK = 1024 * 1024
 
 
@@ -78,14 +83,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_target(dest: Path, project_id: str) -> Path:
     """Return the bundle path for ``dest``: a directory gets ``<id>.demiarch.zip`` inside."""
     dest = dest.expanduser()
@@ -95,8 +92,9 @@ def export_target(dest: Path, project_id: str) -> Path:
 def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -> Path:
     """Zip ``snapshot`` and its manifest into a new file ``dest`` (0600, fsynced, never replaced).
 
-    Runs in a thread. The archive is written to a hidden temporary file beside ``dest`` and
-    linked into place only when complete, so ``dest`` is never a partial bundle.
+    Runs in a thread. The archive is written to a temporary file beside ``snapshot`` (in the
+    export's staging folder, on ``dest``'s file system, so a crash leaves nothing but that
+    folder) and linked into place only when complete, so ``dest`` is never a partial bundle.
     """
     conn = sqlite3.connect(snapshot, isolation_level=None)
     try:
@@ -119,7 +117,7 @@ def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -
         created_at=datetime.now(UTC).isoformat(),
         exported_by=f"demiarch-store {version}",
     )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=snapshot.parent)
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o600)
@@ -138,7 +136,7 @@ def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -
                 path=dest,
                 hint="choose another path or remove the old bundle",
             ) from None
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -177,7 +175,7 @@ def _read_manifest(zf: zipfile.ZipFile, bundle: Path) -> Manifest:
         raise _bad("the bundle's manifest is too large", bundle)
     try:
         data = json.loads(zf.read(MANIFEST_NAME))
-    except (ValueError, zipfile.BadZipFile) as exc:
+    except _UNREADABLE as exc:
         raise _bad(f"the bundle's manifest is unreadable ({exc})", bundle) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _bad("the file is not a demiarch-store bundle (no bundle manifest)", bundle)
@@ -274,21 +272,32 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
         conn.close()
 
 
-def read_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> tuple[Path, Manifest]:
-    """Verify ``bundle`` and stage its database under ``projects_dir``; return (staging dir, ...).
+_TAKEN = "import into another ID with project_id=..., or delete the existing project"
 
-    Runs in a thread. The staging directory's name starts with a dot, so discovery never lists
-    it; the caller publishes it with ``publish`` or removes it.
+
+def _refuse_taken(projects_dir: Path, project_id: str) -> None:
+    """Fail early, before anything is staged; ``publish`` decides for good."""
+    if os.path.lexists(projects_dir / project_id):
+        raise ProjectExists(
+            "a project with this ID already exists",
+            project=project_id,
+            path=projects_dir / project_id,
+            hint=_TAKEN,
+        )
+
+
+def read_bundle(
+    bundle: Path, projects_dir: Path, project_id: str | None
+) -> tuple[Staging, Manifest]:
+    """Verify ``bundle`` and stage its database under ``projects_dir``; return (staging, ...).
+
+    Runs in a thread. The staging folder's name starts with a dot, so discovery never lists
+    it; the caller publishes its ``database.sqlite`` with ``publish``, then closes it.
     """
     bundle = bundle.expanduser()
     target = project_id
-    if target is not None and (projects_dir / target).exists():
-        raise ProjectExists(
-            "a project with this ID already exists",
-            project=target,
-            path=projects_dir / target,
-            hint="import into another ID with project_id=..., or delete the existing project",
-        )
+    if target is not None:
+        _refuse_taken(projects_dir, target)
     try:
         zf = zipfile.ZipFile(bundle)
     except FileNotFoundError:
@@ -303,58 +312,43 @@ def read_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> tup
         _check_members(zf, bundle)
         manifest = _read_manifest(zf, bundle)
         target = target or manifest.project_id
-        if (projects_dir / target).exists():
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=target,
-                path=projects_dir / target,
-                hint="import into another ID with project_id=..., or delete the existing project",
-            )
+        _refuse_taken(projects_dir, target)
         make_private_dir(projects_dir)
-        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=projects_dir))
+        staging = Staging(projects_dir, ".import-")
+        staged = staging.path / DATABASE_NAME
         try:
             try:
-                _extract(zf, manifest, staging / DATABASE_NAME, bundle)
-            except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+                _extract(zf, manifest, staged, bundle)
+            except _UNREADABLE as exc:
                 raise _bad(f"the bundle's database cannot be read ({exc})", bundle) from exc
-            _verify_database(staging / DATABASE_NAME, manifest, bundle, target)
+            _verify_database(staged, manifest, bundle, target)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            staging.close()
             raise
     return staging, manifest
 
 
-def publish(staging: Path, projects_dir: Path, project_id: str) -> Path:
-    """Move a staged database into ``<projects_dir>/<project_id>/``; remove the staging dir.
+def publish(database: Path, projects_dir: Path, project_id: str) -> Path:
+    """Move a staged database file into ``<projects_dir>/<project_id>/``; return that folder.
 
     ``mkdir`` decides who gets the ID: a project created meanwhile wins and ``ProjectExists``
-    is raised. Returns the project directory.
+    is raised. The caller removes its staging folder.
     """
     directory = projects_dir / validate_project_id(project_id)
+    claim_project_dir(directory, project_id, hint=_TAKEN)
     try:
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=project_id,
-                path=directory,
-                hint="import into another ID with project_id=..., or delete the existing project",
-            ) from None
-        os.chmod(directory, 0o700)
-        try:
-            os.rename(staging / DATABASE_NAME, directory / DATABASE_NAME)
-            _fsync_dir(directory)
-            _fsync_dir(projects_dir)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.rename(database, directory / DATABASE_NAME)
+        fsync_dir(directory)
+        fsync_dir(projects_dir)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return directory
 
 
 def install_bundle(bundle: Path, projects_dir: Path, project_id: str | None) -> Path:
     """Verify ``bundle``, then move its database into its project directory; return that."""
     staging, manifest = read_bundle(bundle, projects_dir, project_id)
-    return publish(staging, projects_dir, project_id or manifest.project_id)
+    with staging:
+        target = project_id or manifest.project_id
+        return publish(staging.path / DATABASE_NAME, projects_dir, target)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import StoreError
+from .errors import InvalidValue, StorageError, StoreError
 
 __all__ = ["CONFIG_NAME", "StoreConfig", "default_projects_dir", "load_config"]
 
@@ -34,7 +34,8 @@ def load_config(*, environ: Mapping[str, str] | None = None, **overrides: Any) -
     field names. Keyword arguments are ``StoreConfig`` fields and win over the file.
 
     Raises ``StoreError`` for a file that is not valid TOML, an unknown key or a value of the
-    wrong type, naming the file and the key.
+    wrong type, naming the file and the key; ``InvalidValue`` for a value out of range (naming
+    the file if it may hold it); ``StorageError`` if the file cannot be read.
 
     Example::
 
@@ -43,9 +44,16 @@ def load_config(*, environ: Mapping[str, str] | None = None, **overrides: Any) -
     env = os.environ if environ is None else environ
     home = Path(env.get("DEMIARCH_HOME") or "~/.demiarch").expanduser()
     values: dict[str, Any] = {"projects_dir": home / "projects"}
-    values.update(_read_file(home / CONFIG_NAME))
+    from_file = _read_file(home / CONFIG_NAME)
+    values.update(from_file)
     values.update(overrides)
-    return StoreConfig(**values)
+    try:
+        return StoreConfig(**values)
+    except InvalidValue as exc:
+        if not set(from_file) - set(overrides):
+            raise
+        # The file may hold the bad value: name it.
+        raise InvalidValue(exc.message, path=home / CONFIG_NAME, hint=exc.hint) from exc
 
 
 def default_projects_dir() -> Path:
@@ -66,7 +74,7 @@ def _read_file(path: Path) -> dict[str, Any]:
             hint="fix the file or delete it to use the defaults",
         ) from exc
     except OSError as exc:
-        raise StoreError(
+        raise StorageError(
             f"cannot read the config file: {exc.strerror}",
             path=path,
             hint="check the file's permissions",
@@ -137,20 +145,25 @@ class StoreConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "projects_dir", Path(self.projects_dir).expanduser())
         if self.max_readers < 1:
-            raise StoreError("max_readers must be at least 1", hint=f"got {self.max_readers}")
+            raise InvalidValue(
+                "max_readers must be at least 1", hint=f"got {self.max_readers}; use 1 or more"
+            )
         if self.acquire_timeout <= 0 or self.busy_deadline < 0:
-            raise StoreError(
+            raise InvalidValue(
                 "acquire_timeout must be positive and busy_deadline not negative",
                 hint=f"got {self.acquire_timeout} and {self.busy_deadline}",
             )
         if self.synchronous not in ("NORMAL", "FULL"):
-            raise StoreError(
+            raise InvalidValue(
                 "synchronous must be 'NORMAL' or 'FULL'", hint=f"got {self.synchronous!r}"
             )
         if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0:
-            raise StoreError(
+            raise InvalidValue(
                 "wal_checkpoint_bytes and slow_transaction must not be negative",
                 hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
             )
         if self.keep_backups < 1 or self.max_open_projects < 1:
-            raise StoreError("keep_backups and max_open_projects must be at least 1")
+            raise InvalidValue(
+                "keep_backups and max_open_projects must be at least 1",
+                hint=f"got {self.keep_backups} and {self.max_open_projects}",
+            )

@@ -58,6 +58,7 @@ class StoreError(Exception):
         path: Path | str | None = None,
         hint: str | None = None,
     ) -> None:
+        self.message = message
         self.project = project
         self.path = Path(path) if path is not None else None
         self.hint = hint

@@ -16,15 +16,14 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backup import Staging, create_database_file, make_private_dir
 from .bundles import publish
 from .errors import CorruptDatabase, ProjectExists, StorageError, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import run_migrations
-from .project import create_database_file, make_private_dir
 from .schema import metadata
 from .store import readonly_uri
 
@@ -198,8 +197,8 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
         ) from exc
     report.notes.extend(notes)
     make_private_dir(projects_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".legacy-", dir=projects_dir))
-    try:
+    with Staging(projects_dir, ".legacy-") as staging_dir:
+        staging = staging_dir.path
         template = staging / "template.sqlite"
         create_database_file(template)
         run_migrations(template, project=None)
@@ -222,7 +221,7 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
             _clone(template, staged)
             try:
                 counts = _copy(staged, uri, plan, project_id)
-                publish(work, projects_dir, project_id)
+                publish(staged, projects_dir, project_id)
             except ProjectExists:
                 report.skipped[key] = "a project with this ID already exists (imported before?)"
             except sqlite3.Error as exc:
@@ -232,6 +231,4 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
                 report.rows[project_id] = counts
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return report

@@ -214,8 +214,7 @@ def backup_before_migration(
 ) -> Path:
     """Back ``source`` up into the database's backups folder (as ``project.backup()`` names
     them) and return the file; ``restore`` and ``project.backups()`` see it like any other."""
-    from .backup import backups_dir_for, take_backup
-    from .project import make_private_dir
+    from .backup import backups_dir_for, make_private_dir, take_backup
 
     directory = backups_dir_for(database)
     make_private_dir(directory)

@@ -13,16 +13,26 @@ from typing import Any, Self
 
 from .backup import (
     backups_dir_for,
+    create_database_file,
     list_backups,
+    make_private_dir,
     remove_file,
     replace_database,
+    restore_staging,
     stage_restore,
     take_backup,
 )
 from .config import StoreConfig
-from .errors import BackupError, CorruptDatabase, StorageError, StoreClosed, StoreError
+from .errors import (
+    BackupError,
+    CorruptDatabase,
+    ProjectExists,
+    StorageError,
+    StoreClosed,
+    StoreError,
+    translate,
+)
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
-from .ids import new_record_id
 from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
 from .pool import Pool
 from .transaction import Snapshot, Transaction
@@ -30,9 +40,10 @@ from .transaction import Snapshot, Transaction
 __all__ = [
     "AsyncProjectStore",
     "FileKey",
-    "create_database_file",
+    "claim_project_dir",
+    "create_database_file",  # defined in backup.py; kept here for existing imports
     "has_sqlite_header",
-    "make_private_dir",
+    "make_private_dir",  # likewise
     "open_files",
 ]
 
@@ -52,19 +63,28 @@ def open_files() -> dict[FileKey, AsyncProjectStore]:
     return _open_files.copy()
 
 
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700, whatever the umask."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(d, 0o700)
+def claim_project_dir(directory: Path, project_id: str, *, hint: str) -> None:
+    """Create a project's directory (mode 0700): ``mkdir`` decides who gets the ID.
+
+    Raises ``ProjectExists`` (with ``hint``) if it exists, ``StorageError`` if it cannot be made.
+    """
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        raise ProjectExists(
+            "a project with this ID already exists",
+            project=project_id,
+            path=directory,
+            hint=hint,
+        ) from None
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the project directory: {exc.strerror}",
+            project=project_id,
+            path=directory,
+            hint="check the permissions of the projects directory",
+        ) from exc
+    os.chmod(directory, 0o700)
 
 
 _MAGIC = b"SQLite format 3\x00"
@@ -75,20 +95,6 @@ def has_sqlite_header(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(100)
     return head == b"" or (len(head) == 100 and head.startswith(_MAGIC))
-
-
-def create_database_file(path: Path) -> None:
-    """Create an empty database file with mode 0600 before SQLite opens it.
-
-    ``O_EXCL|O_NOFOLLOW`` refuses an existing file or a planted symlink; SQLite later gives the
-    ``-wal`` and ``-shm`` files the database's mode.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 class AsyncProjectStore:
@@ -181,6 +187,7 @@ class AsyncProjectStore:
                 path=path,
                 hint="check the permissions of the projects directory",
             ) from exc
+        self.migrated = None  # a reopen (restore) reports what this opening did, not the last
         pool = Pool(path, self.config, project=self.id)
         revision = await pool.open(revision_check(self.id, path))
         self._pool = pool
@@ -211,9 +218,15 @@ class AsyncProjectStore:
             await pool.close()
             self._pool = None
             raise
+        self._forget_file()  # a reopen after a restore: the old file's inode may be reused
         self._file_key = (st.st_dev, st.st_ino)
         _open_files.setdefault(self._file_key, self)
         return self
+
+    def _forget_file(self) -> None:
+        if self._file_key is not None and _open_files.get(self._file_key) is self:
+            del _open_files[self._file_key]
+        self._file_key = None
 
     async def close(self) -> None:
         """Wait for work in flight, then close every connection and its thread. Idempotent."""
@@ -225,8 +238,7 @@ class AsyncProjectStore:
             if self._pool is not None:
                 await self._pool.close()
         finally:
-            if self._file_key is not None and _open_files.get(self._file_key) is self:
-                del _open_files[self._file_key]
+            self._forget_file()
             self._closing.set_result(None)
             for callback in self._on_close:
                 callback(self)
@@ -311,30 +323,24 @@ class AsyncProjectStore:
         Raises:
             BackupError: the snapshot could not be written or verified, or ``dest`` exists.
         """
-        pool = self.pool
+        self.pool.check_open()
         keep = self.config.keep_backups if dest is None else None
-        pool.enter()
         try:
-            try:
-                directory, target = await asyncio.to_thread(self._backup_target, dest)
-            except OSError as exc:
-                raise BackupError(
-                    f"cannot create the backups directory: {exc.strerror}",
-                    project=self.id,
-                    path=self.backups_dir,
-                    hint="check the permissions of the project directory",
-                ) from exc
-            worker = await pool.acquire_reader()
-            try:
-                path: Path = await worker.submit(take_backup, directory, target, keep)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                raise _backup_error(exc, self.id, target or directory) from exc
-            finally:
-                pool.release_reader(worker, started=True)
-        finally:
-            pool.leave()
+            directory, target = await asyncio.to_thread(self._backup_target, dest)
+        except OSError as exc:
+            raise BackupError(
+                f"cannot create the backups directory: {exc.strerror}",
+                project=self.id,
+                path=self.backups_dir,
+                hint="check the permissions of the project directory",
+            ) from exc
+        path: Path = await self._on_reader(
+            take_backup,
+            directory,
+            target,
+            keep,
+            error=lambda exc: _backup_error(exc, self.id, target or directory),
+        )
         return path
 
     def _backup_target(self, dest: Path | str | None) -> tuple[Path, Path | None]:
@@ -364,22 +370,28 @@ class AsyncProjectStore:
                 hint="restore through Store.restore_project() or a new AsyncProjectStore",
             )
         backup = Path(backup)
-        staging = self.path.with_name(f".{self.path.name}.restore-{os.getpid()}-{new_record_id()}")
+        staging = await asyncio.to_thread(restore_staging, self.path)
         was_open = self._pool is not None
         try:
             await asyncio.to_thread(stage_restore, backup, staging, project=self.id, live=self.path)
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.close()
+            self._forget_file()  # its file is about to be replaced; discovery reads it directly
             try:
                 await asyncio.to_thread(replace_database, staging, self.path, project=self.id)
-            except BaseException:
+            except BaseException as exc:
                 if was_open:  # the old database is still in place: carry on with it
                     try:
                         await self._reopen()
-                    except StoreError as exc:  # now closed; the first error says why
-                        log.warning("reopening %s after a failed restore: %s", self.id, exc)
-                raise
+                    except StoreError as again:  # now closed; the first error says why
+                        log.warning("reopening %s after a failed restore: %s", self.id, again)
+                err = translate(
+                    exc, project=self.id, path=self.path, action="putting the backup in place"
+                )
+                if err is exc:
+                    raise
+                raise err from exc
         finally:
             await asyncio.to_thread(remove_file, staging)
         await self._reopen()
@@ -400,20 +412,12 @@ class AsyncProjectStore:
         found is reported as a problem; a file too damaged to read at all raises
         ``CorruptDatabase``.
         """
-        pool = self.pool
-        pool.enter()
-        try:
-            worker = await pool.acquire_reader()
-            try:
-                figures = await worker.submit(check_job, self.path, full)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                raise pool.translate(exc, "checking the database") from None
-            finally:
-                pool.release_reader(worker, started=True)
-        finally:
-            pool.leave()
+        figures = await self._on_reader(
+            check_job,
+            self.path,
+            full,
+            error=lambda exc: self.pool.translate(exc, "checking the database"),
+        )
         return build_report(
             figures, full=full, stats=self.stats(), config=self.config, path=self.path
         )
@@ -432,6 +436,31 @@ class AsyncProjectStore:
         It also runs, best effort, when the project closes.
         """
         await self._on_writer(_optimize_job, "optimizing the database")
+
+    async def _on_reader(
+        self, job: Callable[..., Any], *args: Any, error: Callable[[BaseException], BaseException]
+    ) -> Any:
+        """Run ``job(conn, *args)`` on a reader, as work in flight; ``error`` maps a failure.
+
+        Work in flight keeps ``Store``'s LRU from closing the project meanwhile.
+        """
+        pool = self.pool
+        pool.enter()
+        try:
+            worker = await pool.acquire_reader()
+            try:
+                return await worker.submit(job, *args)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                mapped = error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            finally:
+                pool.release_reader(worker, started=True)
+        finally:
+            pool.leave()
 
     async def _on_writer(self, job: Callable[..., Any], action: str) -> None:
         pool = self.pool

@@ -8,7 +8,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import tempfile
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .backup import quarantine_database, write_snapshot
+from .backup import Staging, make_private_dir, quarantine_database, write_snapshot
 from .config import StoreConfig, load_config
 from .errors import (
     CorruptDatabase,
     InvalidProjectId,
     InvalidValue,
-    ProjectExists,
     ProjectNotFound,
     StorageError,
     StoreClosed,
@@ -32,7 +30,7 @@ from .errors import (
 )
 from .ids import DATABASE_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
-from .project import AsyncProjectStore, FileKey, make_private_dir, open_files
+from .project import AsyncProjectStore, FileKey, claim_project_dir, open_files
 from .schema import HEAD_REVISION
 
 if TYPE_CHECKING:
@@ -43,8 +41,6 @@ __all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "rea
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-log = logging.getLogger("demiarch_store")
-
 log = logging.getLogger("demiarch_store")
 
 
@@ -140,6 +136,29 @@ class Store:
         """Return ``<projects_dir>/<id>/database.sqlite``."""
         return self.project_dir(project_id) / DATABASE_NAME
 
+    def _existing(self, project_id: str) -> Path:
+        """Return the database path of a project whose directory exists; else ProjectNotFound."""
+        path = self.database_path(project_id)
+        if not path.parent.is_dir():
+            raise ProjectNotFound(
+                "no such project",
+                project=project_id,
+                path=path.parent,
+                hint="list projects with Store.list_projects() or `demiarch-store list`",
+            )
+        return path
+
+    async def _settled(self, project_id: str) -> AsyncProjectStore | None:
+        """Wait for an open of this project in progress; return the project if open."""
+        pending = self._opening.get(project_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except StoreError:
+                pass  # it failed to open (corrupt?): the caller may be the cure
+        project = self._open.get(project_id)
+        return project if project is not None and not project.closed else None
+
     # -- projects -----------------------------------------------------------------------------
 
     async def create_project(
@@ -149,24 +168,18 @@ class Store:
         self._check_open()
         project_id = new_project_id() if project_id is None else validate_project_id(project_id)
         directory = self.project_dir(project_id)
-        make_private_dir(self.projects_dir)
         try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            raise ProjectExists(
-                "a project with this ID already exists",
-                project=project_id,
-                path=directory,
-                hint="open it with open_project() or choose another ID",
-            ) from None
+            make_private_dir(self.projects_dir)
         except OSError as exc:
             raise StorageError(
-                f"cannot create the project directory: {exc.strerror}",
+                f"cannot create the projects directory: {exc.strerror}",
                 project=project_id,
-                path=directory,
-                hint="check the permissions of the projects directory",
+                path=self.projects_dir,
+                hint="check that its parent is a directory you may write",
             ) from exc
-        os.chmod(directory, 0o700)
+        claim_project_dir(
+            directory, project_id, hint="open it with open_project() or choose another ID"
+        )
         project = AsyncProjectStore(
             directory / DATABASE_NAME, config=self.config, project_id=project_id
         )
@@ -196,14 +209,7 @@ class Store:
         future: asyncio.Future[AsyncProjectStore] = asyncio.get_running_loop().create_future()
         self._opening[project_id] = future
         try:
-            path = self.database_path(project_id)
-            if not path.parent.is_dir():
-                raise ProjectNotFound(
-                    "no such project",
-                    project=project_id,
-                    path=path.parent,
-                    hint="list projects with Store.list_projects() or `demiarch-store list`",
-                )
+            path = self._existing(project_id)
             try:
                 st = path.lstat()
                 empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
@@ -262,17 +268,10 @@ class Store:
     async def delete_project(self, project_id: str) -> None:
         """Close the project if open, then delete its directory: database, -wal, -shm, backups."""
         self._check_open()
-        directory = self.project_dir(project_id)
-        project = self._open.get(project_id)
+        directory = self._existing(project_id).parent
+        project = await self._settled(project_id)
         if project is not None:
             await project.close()
-        if not directory.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=directory,
-                hint="list projects with Store.list_projects()",
-            )
         try:
             await asyncio.to_thread(shutil.rmtree, directory)
         except OSError as exc:
@@ -292,26 +291,21 @@ class Store:
         older revision downgrades. The project is closed first if this store has it open, and
         stays closed (opening it again upgrades it back to head). A database holding data is
         backed up to ``<project dir>/backups/`` first. Raises ``ProjectNotFound``,
-        ``SchemaTooNew`` or ``MigrationError`` (the database is then left as it was).
+        ``CorruptDatabase`` (no database file), ``SchemaTooNew`` or ``MigrationError`` (the
+        database is then left as it was).
         """
         self._check_open()
-        path = self.database_path(project_id)
+        path = self._existing(project_id)
         if not path.is_file():
-            raise ProjectNotFound(
-                "no such project",
+            raise CorruptDatabase(
+                "the project has no database file",
                 project=project_id,
                 path=path,
-                hint="list projects with Store.list_projects()",
+                hint="restore it from a backup or delete the project",
             )
         if not isinstance(to, str):
             raise InvalidValue("the target revision must be a string such as 'head' or '0001'")
-        pending = self._opening.get(project_id)
-        if pending is not None:
-            try:
-                await asyncio.shield(pending)
-            except StoreError:
-                pass  # it failed to open: migrating may be the cure
-        project = self._open.get(project_id)
+        project = await self._settled(project_id)
         if project is not None:
             await project.close()
         st = path.stat()
@@ -347,22 +341,9 @@ class Store:
             ProjectNotFound: no such project.
         """
         self._check_open()
-        path = self.database_path(project_id)
-        if not path.parent.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=path.parent,
-                hint="list projects with Store.list_projects()",
-            )
-        pending = self._opening.get(project_id)
-        if pending is not None:
-            try:
-                await asyncio.shield(pending)
-            except StoreError:
-                pass  # it failed to open (corrupt?): restore it anyway
-        project = self._open.get(project_id)
-        if project is not None and not project.closed:
+        path = self._existing(project_id)
+        project = await self._settled(project_id)
+        if project is not None:
             await project.restore(backup)
             return project
         project = AsyncProjectStore(path, config=self.config, project_id=project_id, create=False)
@@ -384,15 +365,8 @@ class Store:
             ProjectNotFound: no such project.
         """
         self._check_open()
-        path = self.database_path(project_id)
-        if not path.parent.is_dir():
-            raise ProjectNotFound(
-                "no such project",
-                project=project_id,
-                path=path.parent,
-                hint="list projects with Store.list_projects()",
-            )
-        project = self._open.get(project_id)
+        path = self._existing(project_id)
+        project = await self._settled(project_id)
         if project is not None:
             try:
                 await project.close()
@@ -438,11 +412,7 @@ class Store:
         pool = project.pool
         target = await asyncio.to_thread(export_target, Path(dest), project_id)
         try:
-            staging = Path(
-                await asyncio.to_thread(
-                    tempfile.mkdtemp, prefix=".demiarch-export-", dir=target.parent
-                )
-            )
+            staging = await asyncio.to_thread(Staging, target.parent, ".demiarch-export-")
         except OSError as exc:
             raise StorageError(
                 f"cannot write the bundle: {exc.strerror}",
@@ -451,28 +421,20 @@ class Store:
                 hint="check that the directory exists and is writable",
             ) from exc
         try:
-            snapshot = staging / DATABASE_NAME
-            pool.enter()  # work in flight: the LRU will not close the project meanwhile
-            try:
-                worker = await pool.acquire_reader()
-                try:
-                    await worker.submit(write_snapshot, snapshot)
-                except BaseException as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    raise pool.translate(exc, "exporting the project") from None
-                finally:
-                    pool.release_reader(worker, started=False)
-            finally:
-                pool.leave()
+            snapshot = staging.path / DATABASE_NAME
+            await project._on_reader(
+                write_snapshot,
+                snapshot,
+                error=lambda exc: pool.translate(exc, "exporting the project"),
+            )
             try:
                 return await asyncio.to_thread(
                     write_bundle, snapshot, target, project_id=project_id, version=__version__
                 )
-            except OSError as exc:
-                raise pool.translate(exc, "writing the bundle") from None
+            except (OSError, sqlite3.Error) as exc:
+                raise pool.translate(exc, "writing the bundle") from exc
         finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+            await asyncio.to_thread(staging.close)
 
     async def import_project(
         self, bundle: Path | str, *, project_id: str | None = None
@@ -531,7 +493,15 @@ class Store:
         from .legacy import import_legacy
 
         self._check_open()
-        return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
+        try:
+            return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
+        except (OSError, sqlite3.Error) as exc:
+            err = translate(
+                exc, project=None, path=self.projects_dir, action="importing the legacy database"
+            )
+            if err is exc:
+                raise
+            raise err from exc
 
     # -- discovery ----------------------------------------------------------------------------
 

@@ -22,9 +22,14 @@ from demiarch_store import (
     BackupError,
     CorruptDatabase,
     DatabaseBusy,
+    StorageError,
     Store,
     StoreConfig,
 )
+from demiarch_store.backup import write_snapshot
+from demiarch_store.migrate import HEAD_REVISION, read_revision
+from demiarch_store.project import open_files
+from demiarch_store.store import readonly_uri
 
 pytestmark = pytest.mark.anyio
 
@@ -515,6 +520,133 @@ async def test_restore_over_a_database_too_damaged_to_open(store: Store) -> None
     assert (await restored.check(full=True)).ok
     async with restored.read() as r:
         assert await r.messages.count() == 6
+
+
+async def test_a_restored_project_forgets_its_old_file(store: Store) -> None:
+    """The replaced file's inode may be reused by another project's file: it must not map to
+    this project, or discovery would describe that file through this project's pool."""
+    project = await store.create_project(name="renewed")
+    await fill(project, 3)
+    backup = await project.backup()
+    st = os.stat(project.path)
+    old_key = (st.st_dev, st.st_ino)
+    assert open_files()[old_key] is project
+
+    await store.restore_project(project.id, backup)
+    st = os.stat(project.path)
+    new_key = (st.st_dev, st.st_ino)
+    held = open_files()
+    assert new_key != old_key and old_key not in held and held[new_key] is project
+    await project.close()
+    assert new_key not in open_files()
+
+
+async def test_restore_that_cannot_put_the_file_in_place_raises_storage_error(
+    store: Store,
+) -> None:
+    project = await store.create_project(name="blocked")
+    conv = await fill(project, 4)
+    backup = await project.backup()
+    async with project.transaction() as tx:
+        await tx.messages.append(conv, role="user", content="only in the live file")
+    obstacle = Path(f"{project.path}-journal")
+    obstacle.mkdir()  # a directory where the old journal must be removed: unlink fails
+
+    with pytest.raises(StorageError) as info:
+        await store.restore_project(project.id, backup)
+    assert info.value.project == project.id and info.value.path == project.path
+    assert info.value.hint and isinstance(info.value.__cause__, IsADirectoryError)
+    assert not [p for p in project.path.parent.iterdir() if ".restore-" in p.name]
+
+    obstacle.rmdir()
+    reopened = await store.open_project(project.id)  # the live database, whole
+    async with reopened.read() as r:
+        assert await r.messages.count() == 5
+    assert (await reopened.check(full=True)).ok
+
+
+async def test_a_restore_killed_half_way_leaves_a_copy_the_next_restore_removes(
+    store: Store,
+) -> None:
+    project = await store.create_project(name="restored twice")
+    await fill(project, 3)
+    backup = await project.backup()
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await asyncio.wait_for(dead.wait(), 60)  # exited and reaped: its PID is gone
+    dead_pid = dead.pid
+    live = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(120)"
+    )
+    try:
+        left = project.path.with_name(f".database.sqlite.restore-{dead_pid}-01abc")
+        in_use = project.path.with_name(f".database.sqlite.restore-{live.pid}-01abc")
+        for path in (left, Path(f"{left}-journal"), in_use):
+            path.write_bytes(b"a copy of a backup")
+
+        await store.restore_project(project.id, backup)
+
+        assert not left.exists() and not Path(f"{left}-journal").exists()
+        assert in_use.exists()  # its process may still be restoring
+    finally:
+        live.kill()
+        await asyncio.wait_for(live.wait(), 30)
+    async with project.read() as r:
+        assert await r.messages.count() == 3
+
+
+def revision_of(path: Path) -> str | None:
+    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    try:
+        return read_revision(conn)
+    finally:
+        conn.close()
+
+
+async def test_restore_a_backup_at_revision_0001_migrates_it_and_keeps_its_data(
+    store: Store, tmp_path: Path
+) -> None:
+    project = await store.create_project(name="old times")
+    conv = await fill(project, 7)
+    async with project.read() as r:
+        messages = await r.messages.list(conv)
+    assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
+    # The project is closed now: back up the 0001 file with the backup primitive.
+    old = tmp_path / "at-0001.sqlite"
+    source = sqlite3.connect(readonly_uri(project.path), uri=True, isolation_level=None)
+    try:
+        write_snapshot(source, old)
+    finally:
+        source.close()
+    assert revision_of(old) == "0001"
+
+    current = await store.open_project(project.id)  # back at head, with newer data
+    async with current.transaction() as tx:
+        late = await tx.messages.append(conv, role="user", content="after the backup")
+        await tx.llm_calls.record(model="m", cost_usd=1)
+
+    restored = await store.restore_project(project.id, old)
+    assert restored is current and not restored.closed
+    assert restored.migrated == ("0001", HEAD_REVISION)
+    assert restored.revision == HEAD_REVISION == revision_of(restored.path)
+    async with restored.read() as r:
+        assert await r.messages.list(conv) == messages  # every field, as it was
+        assert late.id not in {m.id for m in await r.messages.list(conv)}
+        assert (await r.projects.get(project.id)).name == "old times"
+        assert await r.llm_calls.count() == 0  # the table 0002 added, empty
+    assert (await restored.check(full=True)).ok
+    async with restored.transaction() as tx:  # the newer tables work at once
+        await tx.llm_calls.record(model="m", cost_usd=2)
+    assert revision_of(old) == "0001"  # the backup itself is left as it was
+
+    # Restoring into a closed project opens and migrates it the same way.
+    await restored.close()
+    again = await store.restore_project(project.id, old)
+    assert again.migrated == ("0001", HEAD_REVISION)
+    async with again.read() as r:
+        assert await r.messages.list(conv) == messages
+    # A backup already at head: nothing to migrate, and the project says so.
+    await store.restore_project(project.id, await again.backup())
+    assert again.migrated is None
 
 
 async def test_concurrent_backups_get_distinct_names(project: AsyncProjectStore) -> None:

@@ -37,6 +37,29 @@ def _rewrite(bundle: Path, dest: Path, members: dict[str, bytes]) -> Path:
     return dest
 
 
+DATABASE = "database.sqlite"
+
+
+def _break_stream(bundle: Path, member: str, tmp: Path) -> Path:
+    """Copy ``bundle`` with the first byte of ``member``'s deflate stream set to 0xFF.
+
+    0xFF starts a block of the reserved type 3: zlib refuses it ("invalid block type"),
+    whatever the data, while the archive's directory stays intact.
+    """
+    data = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as zf:
+        info = zf.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    data[info.header_offset + 30 + name_len + extra_len] = 0xFF
+    out = tmp / f"broken-{member}.zip"
+    out.write_bytes(bytes(data))
+    return out
+
+
 def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
@@ -156,6 +179,11 @@ def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         name: (_rewrite(bundle, tmp / f"{name}.zip", m), words)
         for name, (m, words) in cases.items()
     }
+    for member, words in (
+        ("manifest.json", "manifest is unreadable"),
+        (DATABASE, "cannot be read"),
+    ):
+        out[f"broken-{member.split('.')[0]}"] = (_break_stream(bundle, member, tmp), words)
     out["truncated"] = (tmp / "truncated.zip", "not a readable bundle")
     out["text"] = (tmp / "text.zip", "not a readable bundle")
     out["missing"] = (tmp / "missing.zip", "no such bundle")
@@ -234,3 +262,93 @@ async def test_a_cancelled_import_leaves_nothing_behind(
             assert _listing(config.projects_dir) == before
         else:  # it finished first: then it is whole and open
             assert (await store.open_project("cancelled")).id == "cancelled"
+
+
+HOLD_STAGING = """
+import sys, time
+from pathlib import Path
+from demiarch_store.backup import Staging
+staging = Staging(Path(sys.argv[1]), sys.argv[2])
+(staging.path / "database.sqlite").write_bytes(b"half an import")
+print(staging.path.name, flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_staging(parent: Path, prefix: str) -> tuple[subprocess.Popen[str], str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STAGING, str(parent), prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    return child, child.stdout.readline().strip()
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    child.kill()  # SIGKILL: no cleanup runs
+    child.wait(timeout=30)
+    assert child.stdout is not None
+    child.stdout.close()
+
+
+def _make_dir(path: Path, *, age_days: float = 0) -> Path:
+    path.mkdir()
+    (path / "junk").write_bytes(b"x")
+    when = os.stat(path).st_mtime - age_days * 86400
+    os.utime(path, (when, when))
+    return path
+
+
+async def test_staging_left_by_a_killed_process_is_removed_and_live_ones_kept(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    from demiarch_store.backup import Staging
+
+    root = config.projects_dir
+    async with Store(config) as store:
+        project = await _project_with_data(store)
+        bundle = await store.export_project(project.id, tmp_path)
+
+        killed, killed_name = _hold_staging(root, ".import-")
+        _end(killed)
+        assert killed_name.startswith(f".import-{killed.pid}-")
+        assert (root / killed_name / "database.sqlite").exists()  # left behind
+        live, live_name = _hold_staging(root, ".import-")
+        exports = tmp_path / "exports"
+        exports.mkdir()
+        killed_export = _make_dir(exports / f".demiarch-export-{killed.pid}-abc")
+        held = Staging(root, ".legacy-")  # in use in this process
+        try:
+            assert not (root / killed_name).exists()  # the live child's Staging removed it
+            young = _make_dir(root / f".import-{os.getpid()}-young")  # just made, not locked yet
+            reused = _make_dir(root / f".legacy-{live.pid}-reused", age_days=2)  # PID reused
+            old_style = _make_dir(root / ".import-nopid1", age_days=2)
+            new_old_style = _make_dir(root / ".import-nopid2")
+            foreign = _make_dir(root / ".hidden-thing", age_days=2)
+            outside = _make_dir(tmp_path / "outside", age_days=2)
+            (root / f".import-{killed.pid}-link").symlink_to(outside)
+
+            copy = await store.import_project(bundle, project_id="copy")
+            await store.export_project(copy.id, exports)
+
+            hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+            assert hidden == sorted(
+                [
+                    live_name,
+                    held.path.name,
+                    young.name,
+                    new_old_style.name,
+                    foreign.name,
+                    f".import-{killed.pid}-link",
+                ]
+            )
+            assert not reused.exists() and not old_style.exists()
+            assert (root / live_name / "database.sqlite").exists()  # untouched while in use
+            assert (outside / "junk").exists()  # a link is never followed
+            assert not killed_export.exists()
+            assert sorted(p.name for p in exports.iterdir()) == ["copy.demiarch.zip"]
+        finally:
+            held.close()
+            _end(live)
+        assert not held.path.exists()

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from demiarch_store import Store, StoreConfig, StoreError, load_config
+from demiarch_store import (
+    InvalidValue,
+    StorageError,
+    Store,
+    StoreConfig,
+    StoreError,
+    load_config,
+)
 
 
 def test_defaults_follow_demiarch_home(tmp_path: Path) -> None:
@@ -53,6 +60,21 @@ def test_a_bad_config_file_is_named_in_the_error(tmp_path: Path, text: str, word
     assert words in str(caught.value)
     if "must be at least" not in words:
         assert str(tmp_path / "config.toml") in str(caught.value)
+    assert caught.value.path == tmp_path / "config.toml" and caught.value.hint
+
+
+def test_bad_values_are_invalid_value_and_an_unreadable_file_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(InvalidValue, match="got 0 and 64"):
+        StoreConfig(projects_dir=tmp_path, keep_backups=0)
+    with pytest.raises(InvalidValue) as caught:  # the bad value is not from the file
+        load_config(environ={"DEMIARCH_HOME": str(tmp_path)}, max_readers=0)
+    assert caught.value.path is None
+    (tmp_path / "config.toml").mkdir()  # a directory where the file should be
+    with pytest.raises(StorageError) as unreadable:
+        load_config(environ={"DEMIARCH_HOME": str(tmp_path)})
+    assert unreadable.value.path == tmp_path / "config.toml" and unreadable.value.hint
 
 
 def test_store_without_config_uses_the_environment_in_a_real_process(tmp_path: Path) -> None:

@@ -207,3 +207,25 @@ def test_two_processes_importing_at_once_import_each_project_once(tmp_path: Path
                 return await r.messages.count()
 
     assert asyncio.run(count()) == 6
+
+
+async def test_a_projects_directory_that_cannot_be_made_raises_storage_error(
+    tmp_path: Path,
+) -> None:
+    from demiarch_store import StorageError
+
+    source = tmp_path / "ralph.db"
+    build_legacy(source)
+    before = _digest(source)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    async with Store(StoreConfig(projects_dir=blocker / "projects")) as store:
+        with pytest.raises(StorageError) as info:
+            await store.import_legacy(source)
+        assert info.value.path == blocker / "projects" and info.value.hint
+        assert isinstance(info.value.__cause__, NotADirectoryError)
+        with pytest.raises(StorageError) as created:
+            await store.create_project(name="nowhere")
+        assert created.value.path == blocker / "projects" and created.value.hint
+        assert created.value.project is not None
+    assert _digest(source) == before
