@@ -53,8 +53,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "soak",
-    max_examples=150,
-    stateful_step_count=12,
+    max_examples=400,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

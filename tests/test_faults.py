@@ -40,8 +40,8 @@ pytestmark = pytest.mark.anyio
 HERE = Path(__file__).parent
 CHILD = str(HERE / "fault_child.py")
 SEED = int(os.environ.get("DEMIARCH_SEED", random.randrange(2**32)))
-KILL_ROUNDS = 25 if SOAK else 5
-DAMAGE_SEEDS = range(40 if SOAK else 8)
+KILL_ROUNDS = 40 if SOAK else 5
+DAMAGE_SEEDS = range(60 if SOAK else 8)
 
 
 def _integrity(path: Path) -> list[Any]:
