@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint pytest demo bench soak clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: install test lint pytest demo bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,19 @@ soak: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/agent_runtime.py
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Throughput and latency against raw sqlite3, aiosqlite and SQLAlchemy; a few minutes.
+# Writes benchmarks/results/{results.json,results.md,throughput.png}.
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run
+
+# A smoke run in seconds (results in benchmarks/results/quick/, not committed).
+bench-quick: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -142,6 +142,14 @@ class StoreConfig:
     slow_transaction: float = 1.0
     """Seconds after which a finished unit of work is logged at warning level."""
 
+    read_share_window: float = 0.01
+    """Seconds during which a new ``project.read()`` may join a snapshot another one began.
+
+    Sharing serves many concurrent reads per thread wake-up. A shared snapshot always includes
+    every unit this process acknowledged before the read began; a commit by *another process*
+    may take up to this long to show. ``0`` gives every ``read()`` its own fresh snapshot.
+    """
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "projects_dir", Path(self.projects_dir).expanduser())
         if self.max_readers < 1:
@@ -157,10 +165,11 @@ class StoreConfig:
             raise InvalidValue(
                 "synchronous must be 'NORMAL' or 'FULL'", hint=f"got {self.synchronous!r}"
             )
-        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0:
+        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0 or self.read_share_window < 0:
             raise InvalidValue(
-                "wal_checkpoint_bytes and slow_transaction must not be negative",
-                hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
+                "wal_checkpoint_bytes, slow_transaction and read_share_window must not be negative",
+                hint=f"got {self.wal_checkpoint_bytes}, {self.slow_transaction} and "
+                f"{self.read_share_window}",
             )
         if self.keep_backups < 1 or self.max_open_projects < 1:
             raise InvalidValue(

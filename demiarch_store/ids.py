@@ -21,6 +21,7 @@ __all__ = [
     "database_path",
     "new_project_id",
     "new_record_id",
+    "new_record_ids",
     "validate_project_id",
 ]
 
@@ -33,11 +34,22 @@ _VALID = re.compile(r"[0-9a-z][0-9a-z_-]{0,63}")
 
 
 def _encode(value: int, length: int) -> str:
+    """Return the last ``length`` Crockford base32 digits of ``value`` (the reference form)."""
     out = []
     for _ in range(length):
         out.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(out))
+
+
+# The last two digits (10 bits) of every pair of digits, for the fast path below.
+_PAIRS = [x + y for x in _ALPHABET for y in _ALPHABET]
+
+
+def _encode2(value: int, length: int) -> str:
+    """``_encode`` two digits per step (``length`` even): the prefix changes every millisecond."""
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(5 * length - 10, -1, -10)])
 
 
 class _Monotonic:
@@ -47,23 +59,54 @@ class _Monotonic:
         self._chars = random_chars
         self._bits = random_chars * 5
         self._lock = threading.Lock()
+        self._prefix = ""
         self._last_ms = -1
         self._last_rand = 0
 
     def __call__(self) -> str:
         with self._lock:
-            ms = time.time_ns() // 1_000_000
-            if ms <= self._last_ms:
-                ms = self._last_ms
-                rand = self._last_rand + 1
-                if rand >> self._bits:  # the random part overflowed: borrow the next millisecond
-                    ms += 1
-                    rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
-            else:
-                # Leave the top bit clear so increments within a millisecond cannot overflow.
+            return self._step()
+
+    def many(self, n: int) -> list[str]:
+        """Return ``n`` new IDs, in increasing order (one lock for the batch).
+
+        After the first, IDs continue the same millisecond with the random part counting up:
+        runs of up to 1,024 share a prefix and take their last two digits from a slice.
+        """
+        out: list[str] = []
+        with self._lock:
+            while len(out) < n:
+                if not out:
+                    out.append(self._step())
+                    continue
+                rand = self._last_rand
+                low = rand & 1023
+                k = min(1023 - low, n - len(out), (1 << self._bits) - 1 - rand)
+                if k <= 0:
+                    out.append(self._step())  # the last two digits wrap: a new prefix
+                    continue
+                prefix = self._prefix
+                out += [prefix + pair for pair in _PAIRS[low + 1 : low + 1 + k]]
+                self._last_rand = rand + k
+        return out
+
+    def _step(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            rand = self._last_rand + 1
+            if rand >> self._bits:  # the random part overflowed: borrow the next millisecond
+                ms += 1
                 rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
-            self._last_ms, self._last_rand = ms, rand
-        return _encode(ms, 10) + _encode(rand, self._chars)
+        else:
+            # Leave the top bit clear so increments within a millisecond cannot overflow.
+            rand = int.from_bytes(os.urandom(16), "big") >> (128 - self._bits + 1)
+        if ms != self._last_ms or rand >> 10 != self._last_rand >> 10:
+            # IDs are made on every insert: re-encode all but the last two digits only when
+            # they change (once per millisecond, or every 1,024 IDs).
+            self._prefix = _encode2(ms, 10) + _encode2(rand >> 10, self._chars - 2)
+        self._last_ms, self._last_rand = ms, rand
+        return self._prefix + _PAIRS[rand & 1023]
 
 
 new_project_id = _Monotonic(random_chars=6)
@@ -71,6 +114,9 @@ new_project_id = _Monotonic(random_chars=6)
 
 new_record_id = _Monotonic(random_chars=16)
 """Return a new record ID: 26 characters (ULID-like), sortable by creation time."""
+
+new_record_ids = new_record_id.many
+"""Return ``n`` new record IDs at once, in increasing order."""
 
 
 def validate_project_id(project_id: object) -> str:

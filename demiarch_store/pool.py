@@ -1,14 +1,18 @@
 """Connections, pragmas, the bounded pool, group commit and the busy retry.
 
 Each connection lives on its own thread and runs *jobs*: plain functions of the connection that
-do a whole piece of work (a unit of work, a read) in one hop. A thread drains every job queued
-for it before it reports back, so a burst of work costs one wake-up of the event loop.
+do a whole piece of work (a unit of work, a read) in one hop. Jobs queued during one turn of the
+event loop reach the thread as one batch, and a thread drains every job queued for it before it
+reports back, so a burst of work costs one wake-up each way.
 
 Writes go through one writer connection. Units of work that only write are *grouped*: every unit
-queued while the writer is busy goes into the next SQLite transaction, each inside its own
-savepoint, so one failing unit does not sink the others, and each caller is acknowledged only
-after the shared COMMIT (group commit: one fsync for many units). A unit that reads inside its
-transaction holds the writer for itself until it ends.
+queued while the writer is busy goes into the next SQLite transaction (undone and re-run with a
+savepoint per unit if one fails, so one failing unit does not sink the others), and each caller
+is acknowledged only after the shared COMMIT (group commit: one fsync for many units). A unit
+that reads holds the writer until it ends; units that read one after the other are *chained*
+into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
+snapshots that overlap share a read transaction (an *epoch*) on one reader when that cannot hide
+a unit acknowledged before they began. A checkpointer connection keeps the WAL short under load.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
-from .errors import DatabaseBusy, PoolTimeout, StoreClosed, StoreError, translate
+from .errors import DatabaseBusy, PoolTimeout, StorageError, StoreClosed, StoreError, translate
 from .health import (
     UPKEEP_COMMITS,
     UPKEEP_SECONDS,
@@ -47,9 +51,16 @@ T = TypeVar("T")
 Job = Callable[..., Any]
 
 _STOP: Final = object()
+_Item = tuple[Any, Any, tuple[Any, ...]]
+"""(future, callback or None; the job; its arguments)"""
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+_EPOCH_MAX_HOLDERS: Final = 32
+_CHAIN_MAX: Final = 64
+_CHAIN_MAX_AGE: Final = 0.005
+_CHECKPOINT_COMMITS: Final = 64
+_CHECKPOINT_INTERVAL: Final = 0.05
 _WRITER_BUSY_MS: Final = 50
 
 
@@ -104,11 +115,18 @@ class Worker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[asyncio.Future[Any] | None, Any, tuple[Any, ...]]]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item]] = queue.SimpleQueue()
+        self._pending: list[_Item] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name)
         self._conn: sqlite3.Connection | None = None
+        self.completed = 0
+        """Jobs finished so far; written by the thread before it reports them."""
+        # Read epoch of a reader (see Pool.acquire_reader); unused on the writer.
+        self.holders = 0
+        self.epoch_gen = -1
+        self.epoch_start = 0.0
+        self.begun = False
         self._thread.start()
 
     def submit(self, fn: Job, *args: Any) -> asyncio.Future[Any]:
@@ -116,20 +134,42 @@ class Worker:
         if self._stopping:
             raise StoreClosed("the connection is closed")
         fut = self._loop.create_future()
-        self._queue.put((fut, fn, args))
+        self._enqueue((fut, fn, args))
         return fut
+
+    def call(self, fn: Job, done: Callable[[Any, BaseException | None], None], *args: Any) -> None:
+        """Queue ``fn(conn, *args)``; call ``done(result, error)`` on the loop when it ends.
+
+        Saves a future and a turn of the event loop against ``submit`` + ``add_done_callback``.
+        """
+        if self._stopping:
+            raise StoreClosed("the connection is closed")
+        self._enqueue((done, fn, args))
 
     def post(self, fn: Job, *args: Any) -> None:
         """Queue ``fn(conn, *args)`` without waiting for it (its errors are logged)."""
         if not self._stopping:
-            self._queue.put((None, fn, args))
+            self._enqueue((None, fn, args))
+
+    def _enqueue(self, item: _Item) -> None:
+        # Jobs queued during one turn of the event loop reach the thread as one batch: one
+        # wake-up of the thread (and one hand-over of the GIL) for all of them.
+        pending = self._pending
+        pending.append(item)
+        if len(pending) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._queue.put(batch)
 
     async def stop(self) -> None:
         """Close the connection after every queued job, and join the thread."""
         if self._stopping:
             return
         fut = self._loop.create_future()
-        self._queue.put((fut, _STOP, ()))
+        self._enqueue((fut, _STOP, ()))
         self._stopping = True
         try:
             await asyncio.shield(fut)
@@ -145,10 +185,10 @@ class Worker:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         running = True
         while running:
-            batch = [get()]
+            batch = get()
             while True:
                 try:
-                    batch.append(get_nowait())
+                    batch += get_nowait()
                 except queue.Empty:
                     break
             done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
@@ -174,11 +214,13 @@ class Worker:
                     else:
                         result = fn(self._conn, *args)
                 except BaseException as exc:  # noqa: B036 - delivered to the awaiting task
+                    self.completed += 1
                     if fut is None:
                         log.warning("background job %s failed: %r", fn.__name__, exc)
                     else:
                         done.append((fut, None, exc))
                 else:
+                    self.completed += 1
                     if fut is not None:
                         done.append((fut, result, None))
             if done:
@@ -189,8 +231,16 @@ class Worker:
                     pass
 
 
-def _deliver(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(done: list[tuple[Any, Any, BaseException | None]]) -> None:
     for fut, result, exc in done:
+        if not isinstance(fut, asyncio.Future):
+            try:
+                fut(result, exc)  # a callback (Worker.call)
+            except Exception as err:  # the other deliveries must go on
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a job's callback failed", "exception": err}
+                )
+            continue
         if fut.done():
             continue
         if exc is None:
@@ -296,16 +346,33 @@ class Pool:
         self._writer: Worker | None = None
         self._readers_idle: list[Worker] = []
         self._readers_all: list[Worker] = []
-        self._reader_waiters: deque[asyncio.Future[Worker]] = deque()
+        self._reader_waiters: deque[tuple[asyncio.Future[Worker], bool]] = deque()
+        self._shared: list[Worker] = []
         self._opening_readers = 0
         self._queue: deque[_Unit | asyncio.Future[None]] = deque()
         self._writer_busy = False
         self._watchdog: asyncio.TimerHandle | None = None
+        # A chain: units that read (they hold the writer in turn) sharing one transaction.
+        self._handing_on = False
+        self._tx_open = False
+        self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
+        self._chain_start = 0.0
+        self._chainable: set[asyncio.Future[None]] = set()
+        self._waiting: dict[asyncio.Future[None], float] = {}
+        """Since when each unit of work waiting for the writer has waited (see the watchdog)."""
+        # The checkpointer: a connection of its own that keeps the WAL short, opened once the
+        # project commits often, so no commit waits for a checkpoint.
+        self._checkpointer: Worker | None = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = 0.0
+        self._checkpointing = False
+        self._upkeeping = False
         self._in_flight = 0
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
+        self._share_window = config.read_share_window
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
@@ -334,7 +401,9 @@ class Pool:
             self._watchdog = None
         if self._writer is not None:
             self._writer.post(optimize_on_close)  # runs before the writer's stop
-        workers = [w for w in (self._writer, *self._readers_all) if w is not None]
+        workers = [
+            w for w in (self._writer, *self._readers_all, self._checkpointer) if w is not None
+        ]
         self._readers_idle.clear()
         errors = []
         for worker in workers:
@@ -416,16 +485,99 @@ class Pool:
                 _resolve(late, unit.outcome)
             await self._settle(late, cancels=1)
 
+    # A unit that reads holds the writer; when it ends and the next unit waiting for the writer
+    # also reads, the transaction stays open and the writer passes straight on (the next unit's
+    # first job reaches the thread with this unit's last one). Each unit runs inside its own
+    # SAVEPOINT, so a failing unit is undone alone; every unit of the chain is acknowledged only
+    # after the one COMMIT. A chain ends when no such unit waits, or at _CHAIN_MAX units or
+    # _CHAIN_MAX_AGE seconds.
+
+    def start_held(self) -> int:
+        """Return how the holding unit's first job starts: 2 = begin the transaction, 1 = join."""
+        if self._tx_open:
+            return 1
+        self._tx_open = True
+        self._chain_start = self._loop.time()
+        return 2
+
     async def commit_held(self, ops: list[Op]) -> None:
-        """Commit the unit that holds the writer, then give the writer back."""
+        """Commit the unit that holds the writer (with its chain), and pass the writer on."""
+        ack = self._end_held(ops, failed=False, started=True)
         try:
-            await self._settle(self.writer.submit(commit_job, ops), cancels=0)
+            await self._settle(ack, cancels=0)
             self.counters.commits += 1
         except BaseException:
             self.counters.rollbacks += 1
             raise
-        finally:
+
+    def abort_held(self, *, started: bool = True) -> None:
+        """Undo the unit that holds the writer (without waiting), and pass the writer on."""
+        ack = self._end_held(None, failed=True, started=started)
+        ack.add_done_callback(_retrieve)
+
+    def _next_chained(self) -> asyncio.Future[None] | None:
+        queue_ = self._queue
+        while queue_ and isinstance(queue_[0], asyncio.Future) and queue_[0].done():
+            self._chainable.discard(queue_.popleft())
+        if (
+            queue_
+            and queue_[0] in self._chainable
+            and len(self._chain) < _CHAIN_MAX
+            and self._loop.time() - self._chain_start < _CHAIN_MAX_AGE
+        ):
+            head = queue_.popleft()
+            assert isinstance(head, asyncio.Future)
+            self._chainable.discard(head)
+            return head
+        return None
+
+    def _end_held(
+        self, ops: list[Op] | None, *, failed: bool, started: bool
+    ) -> asyncio.Future[Any]:
+        ack: asyncio.Future[Any] = self._loop.create_future()
+        writer = self.writer
+        if not self._chain and (failed or not started):
+            # Alone in its transaction: roll it all back (the thread runs jobs in order, so
+            # this happens before the next holder's BEGIN).
+            if started:
+                writer.post(_rollback_if_active)
+            self._tx_open = False
+            ack.set_result(None)
             self.release_writer()
+            return ack
+        nxt = self._next_chained()
+        if nxt is not None:
+            nxt.set_result(None)  # first, so its first job joins this batch
+            end = writer.submit(end_held_job, ops, failed, started, False, self)
+            self._chain.append((end, ack))
+            return ack
+        members, self._chain = self._chain, []
+        self._tx_open = False
+        end = writer.submit(end_held_job, ops, failed, started, True, self)
+        members.append((end, ack))
+        end.add_done_callback(functools.partial(self._chain_done, members))
+        return ack
+
+    def _chain_done(
+        self, members: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]], _last: Any
+    ) -> None:
+        # An end job *returns* its unit's own error (that unit undone alone); one that *raises*
+        # means the shared transaction failed, and with it every unit of the chain.
+        errors = [end.exception() for end, _ in members]
+        broken = next((e for e in errors if e is not None), None)
+        for (end, ack), error in zip(members, errors, strict=True):
+            own = error if error is not None else broken
+            if own is None:
+                own = end.result()
+            if not ack.done():
+                if own is None:
+                    ack.set_result(None)
+                else:
+                    ack.set_exception(own)
+        self._writer_busy = False
+        self._pump()
+        self._upkeep()
+        self._committed(self._writer_busy)
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
         """Wait for a commit that can no longer be stopped.
@@ -461,30 +613,39 @@ class Pool:
         if outcome is not None:
             raise self.translate(outcome, "committing a transaction") from None
 
-    async def acquire_writer(self) -> None:
-        """Hold the writer for an interactive unit of work (FIFO with grouped units)."""
+    async def acquire_writer(self, *, chain: bool = False) -> None:
+        """Hold the writer for an interactive unit of work (FIFO with grouped units).
+
+        ``chain``: the caller is a unit of work (``start_held``/``commit_held``/``abort_held``)
+        that may join the transaction of the unit before it.
+        """
         fut: asyncio.Future[None] = self._loop.create_future()
         self._queue.append(fut)
+        if chain:
+            self._chainable.add(fut)
         self._pump()
         if fut.done():
             return
+        # The pool's watchdog fails a waiter after acquire_timeout (PoolTimeout): one timer
+        # for all waiters instead of one per wait.
+        self._waiting[fut] = self._loop.time()
+        if self._watchdog is None:
+            self._arm_watchdog(self.config.acquire_timeout)
         try:
-            async with asyncio.timeout(self.config.acquire_timeout):
-                await fut
-        except TimeoutError:
-            self.counters.pool_timeouts += 1
-            if fut.done() and not fut.cancelled():
-                self.release_writer()
-            raise PoolTimeout(
-                f"no writer connection within {self.config.acquire_timeout:g}s",
-                project=self.project,
-                path=self.path,
-                hint="a long transaction holds the writer; shorten it or raise acquire_timeout",
-            ) from None
+            await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release_writer()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release_unstarted()
             raise
+        finally:
+            self._chainable.discard(fut)
+            self._waiting.pop(fut, None)
+
+    def _release_unstarted(self) -> None:
+        if self._chain:
+            self.abort_held(started=False)  # handed the writer inside a chain, never used it
+        else:
+            self.release_writer()
 
     def release_writer(self, *, rollback: bool = False) -> None:
         """Give the writer back; ``rollback`` ends its transaction first (without waiting)."""
@@ -497,8 +658,8 @@ class Pool:
 
     def _upkeep(self) -> None:
         """Now and then, when the writer has gone idle, let it check the WAL's size."""
-        if self._writer_busy or self._writer is None:
-            return
+        if self._writer_busy or self._writer is None or self._checkpointing:
+            return  # (a background checkpoint in flight would make this one report "busy")
         commits = self.counters.commits
         if commits == self._upkeep_commits:
             return
@@ -506,24 +667,34 @@ class Pool:
         if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
             self._upkeep_due = now + UPKEEP_SECONDS
-            self._writer.post(idle_checkpoint, self)
+            self._upkeeping = True  # no background checkpoint meanwhile (see _committed)
+            self._writer.call(idle_checkpoint, self._upkeep_done, self)
+
+    def _upkeep_done(self, _result: Any, exc: BaseException | None) -> None:
+        self._upkeeping = False
+        if exc is not None and not isinstance(exc, StoreClosed):
+            log.warning("idle checkpoint of %s failed: %r", self.path, exc)
 
     def _arm_watchdog(self, delay: float) -> None:
         self._watchdog = self._loop.call_later(delay, self._expire_queued)
 
     def _expire_queued(self) -> None:
-        """Fail queued write-only units that waited ``acquire_timeout`` for the writer."""
+        """Fail queued units (write-only, or waiting to hold the writer) after acquire_timeout."""
         self._watchdog = None
         timeout = self.config.acquire_timeout
         now = self._loop.time()
         oldest: float | None = None
         for item in list(self._queue):
-            if not isinstance(item, _Unit) or item.fut.done():
+            if isinstance(item, _Unit):
+                fut, queued_at = item.fut, item.queued_at
+            else:
+                fut, queued_at = item, self._waiting.get(item, now)
+            if fut.done():
                 continue
-            if item.queued_at + timeout <= now:
+            if queued_at + timeout <= now:
                 self._queue.remove(item)
                 self.counters.pool_timeouts += 1
-                item.fut.set_exception(
+                fut.set_exception(
                     PoolTimeout(
                         f"no writer connection within {timeout:g}s",
                         project=self.project,
@@ -532,17 +703,18 @@ class Pool:
                         "acquire_timeout",
                     )
                 )
-            elif oldest is None:
-                oldest = item.queued_at
+            elif oldest is None or queued_at < oldest:
+                oldest = queued_at
         if oldest is not None:
             self._arm_watchdog(max(0.0, oldest + timeout - now))
 
     def _pump(self) -> None:
         queue_ = self._queue
-        while not self._writer_busy and queue_:
+        while not self._writer_busy and not self._handing_on and queue_:
             head = queue_[0]
             if isinstance(head, asyncio.Future):
                 queue_.popleft()
+                self._chainable.discard(head)
                 if head.done():
                     continue
                 self._writer_busy = True
@@ -560,23 +732,28 @@ class Pool:
                 continue
             self._writer_busy = True
             self.counters.groups += 1
-            job = self.writer.submit(_commit_group, [u.ops for u in group], self._deadline, self)
-            job.add_done_callback(functools.partial(self._group_done, group))
+            self.writer.call(
+                _commit_group,
+                functools.partial(self._group_done, group),
+                [u.ops for u in group],
+                self._deadline,
+                self,
+            )
             return
 
     def _group_done(
-        self, group: list[_Unit], job: asyncio.Future[list[BaseException | None]]
+        self,
+        group: list[_Unit],
+        result: list[BaseException | None] | None,
+        exc: BaseException | None,
     ) -> None:
-        self._writer_busy = False
-        exc = job.exception()
         outcomes: list[BaseException | None]
-        if exc is not None:
-            err = self.translate(exc, "committing a transaction")
+        if exc is not None or result is None:
+            err = self.translate(exc or StoreClosed("closed"), "committing a transaction")
             outcomes = [err] * len(group)
         else:
             outcomes = [
-                None if e is None else self.translate(e, "committing a transaction")
-                for e in job.result()
+                None if e is None else self.translate(e, "committing a transaction") for e in result
             ]
         for unit, outcome in zip(group, outcomes, strict=True):
             unit.outcome = outcome
@@ -587,38 +764,96 @@ class Pool:
             _resolve(unit.fut, outcome)
             if unit.late is not None:
                 _resolve(unit.late, outcome)
-        self._pump()
-        self._upkeep()
+        # The writer is free, but is handed on one step later, after the tasks just
+        # acknowledged have run: the units they queue straight away join the next group
+        # instead of starting groups of their own (fewer, larger groups under load).
+        self._writer_busy = False
+        self._handing_on = True
+        alone = len(group) == 1 and not self._queue
+        if alone:
+            self._upkeep()  # one task writing on its own: the writer is idle between units
+        self._loop.call_soon(self._hand_on, alone)
+
+    def _hand_on(self, alone: bool) -> None:
+        self._handing_on = False
+        if self._queue:  # the tasks just acknowledged wrote again at once
+            self._pump()
+            self._committed(loaded=not alone)
+        else:
+            self._upkeep()  # the writer has gone idle: its own upkeep may checkpoint
+
+    def _committed(self, loaded: bool) -> None:
+        """Count a commit; under load, every so often checkpoint from the checkpointer.
+
+        ``loaded``: work was waiting for the writer when this commit ended. Otherwise the writer
+        goes idle and its own upkeep checkpoints instead (``_upkeep``).
+        """
+        self._since_checkpoint += 1
+        if (
+            not loaded
+            or self._since_checkpoint < _CHECKPOINT_COMMITS
+            or self._checkpointing
+            or self._upkeeping
+            or self._closed
+        ):
+            return
+        now = self._loop.time()
+        if now - self._checkpoint_at < _CHECKPOINT_INTERVAL:
+            return
+        self._since_checkpoint, self._checkpoint_at = 0, now
+        worker = self._checkpointer
+        if worker is None:
+            name = f"demiarch-checkpoint-{self.project or self.path.name}"
+            worker = self._checkpointer = Worker(self._loop, name)
+            worker.post(connect, self.path, self.config, True)
+        self._checkpointing = True
+        worker.submit(_checkpoint_passive).add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future[Any]) -> None:
+        self._checkpointing = False
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            # The writer's own automatic checkpoint still keeps the WAL bounded.
+            log.debug("background checkpoint of %s failed: %r", self.path, exc)
 
     # -- readers ------------------------------------------------------------------------------
+    #
+    # A reader is idle, held by one caller (``acquire_reader``: whole-connection jobs such as a
+    # backup), or *shared*: ``project.read()`` snapshots that overlap in time join one read
+    # transaction (an *epoch*) on one reader, so their queries reach the thread in one batch.
+    # Every snapshot still sees one consistent state for its whole block. A snapshot joins an
+    # epoch only if nothing has finished on the writer since the epoch began and the epoch is
+    # younger than config.read_share_window; so it sees every unit acknowledged before it started.
 
-    async def acquire_reader(self) -> Worker:
-        """Take an idle reader, opening one if fewer than ``max_readers`` exist."""
-        if self._readers_idle:
-            return self._readers_idle.pop()
-        if len(self._readers_all) + self._opening_readers < self.config.max_readers:
-            self._opening_readers += 1
-            worker = Worker(self._loop, f"demiarch-reader-{self.project or self.path.name}")
-            try:
-                await asyncio.shield(worker.submit(connect, self.path, self.config, True))
-            except BaseException as exc:
-                await worker.stop()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise self.translate(exc, "opening a reader connection") from None
-            finally:
-                self._opening_readers -= 1
-            self._readers_all.append(worker)
-            return worker
+    def _new_reader(self) -> Worker | None:
+        """Return a new reader worker if the pool may open one (not yet connected)."""
+        if len(self._readers_all) + self._opening_readers >= self.config.max_readers:
+            return None
+        self._opening_readers += 1
+        return Worker(self._loop, f"demiarch-reader-{self.project or self.path.name}")
+
+    async def _connect_reader(self, worker: Worker) -> None:
+        try:
+            await asyncio.shield(worker.submit(connect, self.path, self.config, True))
+        except BaseException as exc:
+            await worker.stop()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self.translate(exc, "opening a reader connection") from None
+        finally:
+            self._opening_readers -= 1
+        self._readers_all.append(worker)
+
+    async def _wait_reader(self, shared: bool) -> Worker:
         fut: asyncio.Future[Worker] = self._loop.create_future()
-        self._reader_waiters.append(fut)
+        self._reader_waiters.append((fut, shared))
         try:
             async with asyncio.timeout(self.config.acquire_timeout):
                 return await fut
         except TimeoutError:
             self.counters.pool_timeouts += 1
             if fut.done() and not fut.cancelled():
-                self.release_reader(fut.result(), started=False)
+                self._give_back(fut.result(), shared)
             raise PoolTimeout(
                 f"no reader connection within {self.config.acquire_timeout:g}s "
                 f"(max_readers={self.config.max_readers})",
@@ -628,27 +863,106 @@ class Pool:
             ) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release_reader(fut.result(), started=False)
+                self._give_back(fut.result(), shared)
             raise
+
+    def _give_back(self, worker: Worker, shared: bool) -> None:
+        if shared:
+            self.release_shared(worker)
+        else:
+            self.release_reader(worker, started=False)
+
+    async def acquire_reader(self) -> Worker:
+        """Take an idle reader for the caller alone, opening one if fewer than ``max_readers``."""
+        if self._readers_idle:
+            return self._readers_idle.pop()
+        worker = self._new_reader()
+        if worker is None:
+            return await self._wait_reader(shared=False)
+        await self._connect_reader(worker)
+        return worker
 
     def release_reader(self, worker: Worker, *, started: bool) -> None:
         """Return a reader; end its snapshot in the background if it began one."""
         if started:
             worker.post(_rollback_if_active)
-        while self._reader_waiters:
-            fut = self._reader_waiters.popleft()
-            if not fut.done():
-                fut.set_result(worker)
-                return
+        self._reader_free(worker)
+
+    def join_shared(self) -> Worker | None:
+        """Join a current read epoch if one may take this snapshot (no waiting, no coroutine)."""
+        if not self._shared:
+            return None
+        gen = self.writer.completed
+        now = self._loop.time()
+        for worker in self._shared:
+            if (
+                worker.epoch_gen == gen
+                and now - worker.epoch_start < self._share_window
+                and worker.holders < _EPOCH_MAX_HOLDERS
+            ):
+                worker.holders += 1
+                return worker
+        return None
+
+    async def acquire_shared(self) -> Worker:
+        """Join a current read epoch, or start one on a free reader (for ``project.read()``)."""
+        joined = self.join_shared()
+        if joined is not None:
+            return joined
+        if self._readers_idle:
+            worker = self._readers_idle.pop()
+        else:
+            new = self._new_reader()
+            if new is None:
+                return await self._wait_reader(shared=True)
+            await self._connect_reader(new)
+            worker = new
+        self._start_epoch(worker)
+        return worker
+
+    def _start_epoch(self, worker: Worker) -> None:
+        worker.holders = 1
+        worker.epoch_gen = self.writer.completed
+        worker.epoch_start = self._loop.time()
+        worker.begun = False
+        self._shared.append(worker)
+
+    def release_shared(self, worker: Worker) -> None:
+        """Leave a read epoch; the last one out ends its transaction (in the background)."""
+        worker.holders -= 1
+        if worker.holders:
+            return
+        self._shared.remove(worker)
+        if worker.begun:
+            worker.post(_rollback_if_active)
+            worker.begun = False
+        self._reader_free(worker)
+
+    def _reader_free(self, worker: Worker) -> None:
+        waiters = self._reader_waiters
+        while waiters:
+            fut, shared = waiters.popleft()
+            if fut.done():
+                continue
+            fut.set_result(worker)
+            if shared:
+                # Every snapshot waiting at the head of the queue joins the new epoch.
+                self._start_epoch(worker)
+                while waiters and waiters[0][1] and worker.holders < _EPOCH_MAX_HOLDERS:
+                    fut, _ = waiters.popleft()
+                    if not fut.done():
+                        fut.set_result(worker)
+                        worker.holders += 1
+            return
         self._readers_idle.append(worker)
 
     # -- figures ------------------------------------------------------------------------------
 
     @property
     def connections(self) -> int:
-        """Open connections (each with its thread)."""
-        alive = [w for w in (self._writer, *self._readers_all) if w is not None and w.alive]
-        return len(alive)
+        """Open connections (each with its thread): writer, readers and the checkpointer."""
+        workers = (self._writer, *self._readers_all, self._checkpointer)
+        return len([w for w in workers if w is not None and w.alive])
 
 
 def begin_immediate(conn: sqlite3.Connection, deadline_s: float, pool: Pool) -> None:
@@ -680,27 +994,32 @@ def begin_immediate(conn: sqlite3.Connection, deadline_s: float, pool: Pool) -> 
 def _commit_group(
     conn: sqlite3.Connection, units: list[list[Op]], deadline_s: float, pool: Pool
 ) -> list[BaseException | None]:
-    """Run several units in one transaction, a savepoint each; commit once."""
+    """Run several units in one transaction, a savepoint each; commit once.
+
+    The group first runs without savepoints (they cost two statements a unit); only if a unit
+    fails is the transaction rolled back and run again with one savepoint per unit, so each
+    failing unit is undone alone. Nothing is committed twice: the first attempt is discarded.
+    """
     begin_immediate(conn, deadline_s, pool)
     try:
         if len(units) == 1:
             run_ops(conn, units[0])
             outcomes: list[BaseException | None] = [None]
         else:
-            outcomes = []
-            for ops in units:
-                conn.execute("SAVEPOINT unit")
-                try:
+            try:
+                for ops in units:
                     run_ops(conn, ops)
-                except Exception as exc:  # a value SQLite cannot bind fails this unit only
-                    conn.execute("ROLLBACK TO unit")
-                    outcomes.append(exc)
-                else:
-                    outcomes.append(None)
-                conn.execute("RELEASE unit")
-            if all(o is not None for o in outcomes):
+                outcomes = [None] * len(units)
+            except Exception as exc:  # a value SQLite cannot bind fails this unit only
+                if not conn.in_transaction:
+                    raise  # SQLite ended the transaction itself (I/O error, full disk)
+                del exc
                 conn.execute("ROLLBACK")
-                return outcomes
+                begin_immediate(conn, deadline_s, pool)
+                outcomes = _run_units(conn, units)
+                if all(o is not None for o in outcomes):
+                    conn.execute("ROLLBACK")
+                    return outcomes
         conn.execute("COMMIT")
         return outcomes
     except BaseException:
@@ -708,22 +1027,102 @@ def _commit_group(
         raise
 
 
+def _run_units(conn: sqlite3.Connection, units: list[list[Op]]) -> list[BaseException | None]:
+    outcomes: list[BaseException | None] = []
+    for ops in units:
+        conn.execute("SAVEPOINT unit")
+        try:
+            run_ops(conn, ops)
+        except Exception as exc:  # a value SQLite cannot bind fails this unit only
+            conn.execute("ROLLBACK TO unit")
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+        conn.execute("RELEASE unit")
+    return outcomes
+
+
 def interactive_job(
     conn: sqlite3.Connection,
-    begin: bool,
+    start: int,
     ops: list[Op],
     sql: str | None,
     params: Any,
     deadline_s: float,
     pool: Pool,
 ) -> Any:
-    """Begin if needed, flush pending statements, then run one query and return its rows."""
-    if begin:
-        begin_immediate(conn, deadline_s, pool)
+    """Start the unit if needed, flush pending statements, then run one query (its rows).
+
+    ``start``: 0 the unit is running; 1 it joins the open transaction; 2 it begins one.
+    """
+    if start:
+        if start == 2:
+            begin_immediate(conn, deadline_s, pool)
+        elif not conn.in_transaction:
+            # The chain's transaction was rolled back by SQLite (I/O error, full disk): never
+            # let SAVEPOINT quietly start a new one.
+            raise _chain_lost(pool)
+        conn.execute("SAVEPOINT held")
     run_ops(conn, ops)
     if sql is None:
         return None
     return conn.execute(sql, params).fetchall()
+
+
+def _chain_lost(pool: Pool) -> StorageError:
+    return StorageError(
+        "the transaction this unit shared with the units before it was rolled back by SQLite",
+        project=pool.project,
+        path=pool.path,
+        hint="an earlier error (I/O, full disk) ended it; nothing of these units was committed, "
+        "retry them",
+    )
+
+
+def end_held_job(
+    conn: sqlite3.Connection,
+    ops: list[Op] | None,
+    failed: bool,
+    started: bool,
+    commit: bool,
+    pool: Pool,
+) -> BaseException | None:
+    """End a unit of a chain: flush its last statements (or undo it), and commit if asked.
+
+    Returns the unit's own error (its savepoint undone, the transaction going on); raises if
+    the transaction itself failed.
+    """
+    own: BaseException | None = None
+    try:
+        if started:
+            if not conn.in_transaction:
+                raise _chain_lost(pool)
+            if not failed and ops:
+                try:
+                    run_ops(conn, ops)
+                except Exception as exc:  # a value SQLite cannot bind fails this unit only
+                    if not conn.in_transaction:
+                        raise
+                    own, failed = exc, True
+            if failed:
+                conn.execute("ROLLBACK TO held")
+            conn.execute("RELEASE held")
+        if commit:
+            conn.execute("COMMIT")
+    except BaseException:
+        _rollback_if_active(conn)
+        raise
+    return own
+
+
+def _checkpoint_passive(conn: sqlite3.Connection) -> Any:
+    """Copy committed WAL frames into the database without blocking the writer or readers."""
+    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def commit_job(conn: sqlite3.Connection, ops: list[Op]) -> None:

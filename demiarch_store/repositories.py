@@ -8,11 +8,14 @@ reach the database at commit, or before the unit's first read. Reads run at once
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from sqlalchemy import (
@@ -29,10 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.types import TypeDecorator
 
 from . import schema
 from .errors import InvalidValue
-from .ids import new_record_id
+from .ids import new_record_id, new_record_ids
 from .pool import Op
 from .records import (
     Agent,
@@ -70,15 +74,18 @@ __all__ = [
 R = TypeVar("R")
 
 _DIALECT = sqlite.dialect(paramstyle="named")
+_POSITIONAL = sqlite.dialect(paramstyle="qmark")
 
 
-def compile_sql(stmt: ClauseElement) -> str:
-    """Compile a Core statement once into SQL with named parameters.
+def compile_sql(stmt: ClauseElement, *, positional: bool = False) -> str:
+    """Compile a Core statement once into SQL with named parameters (or ``?`` placeholders).
 
     Parameters the statement fixes itself (such as SQLite's ``OFFSET 0`` after a ``LIMIT``) are
     rendered inline, so a caller supplies exactly the ``bindparam`` names it declared.
     """
-    compiled = stmt.compile(dialect=_DIALECT)
+    compiled = stmt.compile(dialect=_POSITIONAL if positional else _DIALECT)
+    if positional:
+        return str(compiled)
     text = str(compiled)
     for name, value in compiled.params.items():
         if value is not None and isinstance(value, int) and not isinstance(value, bool):
@@ -103,6 +110,14 @@ class Codec:
                 self.binders.append((c.name, bind))
             self.loaders.append(load)
         self.any_loader = any(self.loaders)
+        self.row_loaders = [
+            (i, _direct(c.type, p))
+            for i, (c, p) in enumerate(zip(columns, self.loaders, strict=True))
+            if p is not None
+        ]
+        self.getter = attrgetter(*self.names)
+        names = self.names
+        self.row_binders = [(names.index(name), proc) for name, proc in self.binders]
 
     def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(values)
@@ -111,21 +126,97 @@ class Codec:
                 try:
                     out[name] = proc(out[name])
                 except (TypeError, ValueError) as exc:
-                    if isinstance(exc, InvalidValue):
-                        raise
-                    # The driver's text names the type, never the value (it may be a secret).
-                    raise InvalidValue(
-                        f"{name} cannot be stored: {type(exc).__name__}",
-                        hint="pass JSON-compatible values: dict, list, str, int, bool, None",
-                    ) from exc
+                    raise _unstorable(name, exc) from exc
         return out
 
-    def load(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        if not self.any_loader:
+    def bind_record(self, record: Any) -> tuple[Any, ...]:
+        """Return a whole record's stored values, in column order (for positional SQL)."""
+        row = self.getter(record)
+        if not self.row_binders:
+            return tuple(row)
+        out = list(row)
+        for i, proc in self.row_binders:
+            try:
+                out[i] = proc(out[i])
+            except (TypeError, ValueError) as exc:
+                raise _unstorable(self.names[i], exc) from exc
+        return tuple(out)
+
+    def bind_records(self, records: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Return many records' stored values, in column order, converting column by column.
+
+        A column holding the same object in every record (the batch's timestamp, no metadata)
+        is converted once.
+        """
+        rows = list(map(self.getter, records))
+        if not self.row_binders or not rows:
+            return rows
+        columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
+        n = len(rows)
+        for i, proc in self.row_binders:
+            column = columns[i]
+            first = next(iter(column))
+            try:
+                if all(map(is_, column, repeat(first))):
+                    columns[i] = repeat(proc(first), n)
+                else:
+                    columns[i] = list(map(proc, column))
+            except (TypeError, ValueError) as exc:
+                raise _unstorable(self.names[i], exc) from exc
+        return list(zip(*columns, strict=True))
+
+    def load(self, row: tuple[Any, ...]) -> tuple[Any, ...] | list[Any]:
+        """Return a stored row's Python values (a record's positional arguments)."""
+        if not self.row_loaders:
             return row
-        return tuple(
-            v if p is None or v is None else p(v) for p, v in zip(self.loaders, row, strict=True)
-        )
+        out = list(row)
+        for i, proc in self.row_loaders:
+            value = out[i]
+            if value is not None:
+                out[i] = proc(value)
+        return out
+
+
+def _unstorable(name: str, exc: Exception) -> InvalidValue:
+    if isinstance(exc, InvalidValue):
+        return exc
+    # The driver's text names the type, never the value (it may be a secret).
+    return InvalidValue(
+        f"{name} cannot be stored: {type(exc).__name__}",
+        hint="pass JSON-compatible values: dict, list, str, int, bool, None",
+    )
+
+
+def _constructor(cls: type[Any]) -> Callable[..., Any]:
+    """Return a positional constructor for a frozen, slotted record dataclass.
+
+    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` for every field; this
+    one sets the slots directly (like the ``__init__`` dataclasses generate, it is generated
+    code), about twice as fast. Records are built for every row read or written. A record class
+    with a ``__post_init__`` or without slots keeps its own constructor.
+    """
+    fields = list(getattr(cls, "__dataclass_fields__", {}))
+    slots = set(getattr(cls, "__slots__", ()))
+    if not fields or hasattr(cls, "__post_init__") or not set(fields) <= slots:
+        return cls
+    args = ", ".join(f"v{i}" for i in range(len(fields)))
+    body = "".join(f"    s{i}(o, v{i})\n" for i in range(len(fields)))
+    source = f"def make({args}):\n    o = new(cls)\n{body}    return o\n"
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, name in enumerate(fields):
+        namespace[f"s{i}"] = cls.__dict__[name].__set__
+    exec(source, namespace)  # noqa: S102 - generated from the field names only
+    return namespace["make"]  # type: ignore[no-any-return]
+
+
+def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Skip SQLAlchemy's TypeDecorator wrapper when the underlying type converts nothing."""
+    if (
+        isinstance(type_, TypeDecorator)
+        and type_.impl_instance.result_processor(_DIALECT, None) is None
+    ):
+        return functools.partial(type_.process_result_value, dialect=_DIALECT)
+    return proc
 
 
 def _json_bind(bind: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -161,6 +252,8 @@ class Repository(Generic[R]):
     record_type: ClassVar[type[Any]]
     noun: ClassVar[str]
     _codec: ClassVar[Codec]
+    _make: ClassVar[Callable[..., Any]]
+    """Build a record from its values in field order (see ``_constructor``)."""
     _sql: ClassVar[dict[str, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -169,6 +262,7 @@ class Repository(Generic[R]):
             cls._codec = Codec(cls.table)
             cls._sql = {}
             fields = getattr(cls.record_type, "__dataclass_fields__", {})
+            cls._make = staticmethod(_constructor(cls.record_type))
             if list(fields) != cls._codec.names:
                 raise TypeError(
                     f"{cls.record_type.__name__} fields must match {cls.table.name} columns"
@@ -178,25 +272,34 @@ class Repository(Generic[R]):
         self._s = session
 
     @classmethod
-    def sql(cls, name: str, build: Callable[[], ClauseElement]) -> str:
+    def sql(cls, name: str, build: Callable[[], ClauseElement], *, positional: bool = False) -> str:
         """Return the cached SQL for ``name``, compiling ``build()`` the first time."""
         try:
             return cls._sql[name]
         except KeyError:
-            text = cls._sql[name] = compile_sql(build())
+            text = cls._sql[name] = compile_sql(build(), positional=positional)
             return text
 
+    def _insert_sql(self) -> str:
+        """Return the INSERT of a whole row with ``?`` placeholders (see ``Codec.bind_record``)."""
+        try:
+            return self._sql["insert_row"]
+        except KeyError:
+            return self.sql("insert_row", lambda: insert(self.table), positional=True)
+
     def _row(self, row: tuple[Any, ...]) -> R:
-        return self.record_type(*self._codec.load(row))  # type: ignore[no-any-return]
+        return self._make(*self._codec.load(row))  # type: ignore[no-any-return]
 
     async def _rows(self, sql: str, params: Mapping[str, Any]) -> list[R]:
-        load, record = self._codec.load, self.record_type
-        return [record(*load(row)) for row in await self._s.fetch(sql, params)]
+        load, make = self._codec.load, self._make
+        return [make(*load(row)) for row in await self._s.fetch(sql, params)]
 
     async def get(self, id: str) -> R:
         """Return the record with this ID, or raise ``NotFound``."""
-        t = self.table
-        sql = self.sql("get", lambda: select(t).where(t.c.id == bindparam("id")))
+        sql = self._sql.get("get")
+        if sql is None:
+            t = self.table
+            sql = self.sql("get", lambda: select(t).where(t.c.id == bindparam("id")))
         rows = await self._s.fetch(sql, {"id": id})
         if not rows:
             raise self._s.not_found(f"no {self.noun} with id {id!r}")
@@ -230,9 +333,9 @@ class Repository(Generic[R]):
 
     def _insert(self, values: dict[str, Any]) -> R:
         """Queue an INSERT of a full row and return its record."""
-        sql = self.sql("insert", lambda: insert(self.table))
-        self._s.defer(Op(sql, self._codec.bind(values)))
-        return self.record_type(**values)  # type: ignore[no-any-return]
+        record = self.record_type(**values)
+        self._s.defer(Op(self._insert_sql(), self._codec.bind_record(record)))
+        return record  # type: ignore[no-any-return]
 
     def _update(self, id: str, values: dict[str, Any]) -> None:
         """Queue an UPDATE of some columns of one record (``NotFound`` at commit if missing)."""
@@ -352,27 +455,59 @@ class MessageRepository(Repository[Message]):
     table = schema.messages
     record_type = Message
     noun = "message"
+    _meta_binder = staticmethod(dict(Codec(schema.messages).binders)["meta"])
+    if [c.name for c in schema.messages.columns] != [
+        "id", "conversation_id", "role", "content", "meta", "created_at"
+    ]:  # fmt: skip
+        raise TypeError("append_many builds its rows in the old column order of messages")
 
     async def append(
         self, conversation_id: str, *, role: str, content: str, meta: Any = None
     ) -> Message:
         """Append a message to a conversation."""
-        return self._insert(_message(conversation_id, role, content, meta))
+        conv = _text(conversation_id, "conversation_id", empty=False)
+        record = _message(conv, role, content, meta, utcnow())
+        self._s.defer(Op(self._insert_sql(), self._codec.bind_record(record)))
+        return record
 
     async def append_many(
         self, conversation_id: str, items: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        """Append many messages (mappings with ``role``, ``content`` and optional ``meta``)."""
-        rows = []
-        for item in items:
-            if not isinstance(item, Mapping) or not {"role", "content"} <= item.keys():
+        """Append many messages (mappings with ``role``, ``content`` and optional ``meta``).
+
+        They share one ``created_at``; their IDs keep the order of ``items``.
+        """
+        conv = _text(conversation_id, "conversation_id", empty=False)
+        items = items if isinstance(items, list | tuple) else list(items)
+        now = utcnow()
+        # The hot path of bulk inserts: records and their stored rows are built in one pass
+        # (columns in table order; Codec.bind_record does the same for one record).
+        stamp = to_micros(now)
+        bind_meta, make = self._meta_binder, self._make
+        records: list[Message] = []
+        rows: list[tuple[Any, ...]] = []
+        for record_id, item in zip(new_record_ids(len(items)), items, strict=True):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise InvalidValue("each message needs a 'role' and a 'content'")
-            rows.append(_message(conversation_id, item["role"], item["content"], item.get("meta")))
+            try:
+                role, content = item["role"], item["content"]
+            except KeyError:
+                raise InvalidValue("each message needs a 'role' and a 'content'") from None
+            if type(role) is not str or not 0 < len(role) <= 32:
+                role = _text(role, "role", max_len=32, empty=False)
+            if type(content) is not str:
+                content = _text(content, "content")
+            meta = item.get("meta")
+            records.append(make(record_id, conv, role, content, meta, now))
+            if meta is not None:
+                try:
+                    meta = bind_meta(meta)
+                except (TypeError, ValueError) as exc:
+                    raise _unstorable("meta", exc) from exc
+            rows.append((record_id, conv, role, content, meta, stamp))
         if rows:
-            sql = self.sql("insert", lambda: insert(self.table))
-            bind = self._codec.bind
-            self._s.defer(Op(sql, [bind(r) for r in rows], many=True))
-        return [Message(**r) for r in rows]
+            self._s.defer(Op(self._insert_sql(), rows, many=True))
+        return records
 
     async def list(
         self,
@@ -462,15 +597,15 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _message(conversation_id: str, role: object, content: object, meta: Any) -> dict[str, Any]:
-    return {
-        "id": new_record_id(),
-        "conversation_id": _text(conversation_id, "conversation_id", empty=False),
-        "role": _text(role, "role", max_len=32, empty=False),
-        "content": _text(content, "content"),
-        "meta": meta,
-        "created_at": utcnow(),
-    }
+def _message(conv: str, role: object, content: object, meta: Any, now: datetime) -> Message:
+    if type(role) is not str or not 0 < len(role) <= 32:
+        role = _text(role, "role", max_len=32, empty=False)
+    if type(content) is not str:
+        content = _text(content, "content")
+    return _make_message(new_record_id(), conv, role, content, meta, now)  # type: ignore[no-any-return]
+
+
+_make_message = _constructor(Message)
 
 
 # -- the agent schema -------------------------------------------------------------------------
@@ -1196,3 +1331,26 @@ class Repositories:
     @cached_property
     def sessions(self) -> SessionRepository:
         return SessionRepository(self)  # type: ignore[arg-type]
+
+
+class _Cached:
+    """``functools.cached_property`` without the lock Python 3.11 takes on each first access.
+
+    A unit of work or snapshot is made per block, so ``tx.messages`` is a first access almost
+    every time; the instance's ``__dict__`` answers later ones directly.
+    """
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
+for _name, _attr in list(vars(Repositories).items()):
+    if isinstance(_attr, cached_property):
+        setattr(Repositories, _name, _Cached(_attr.func))

@@ -91,7 +91,8 @@ class Timestamp(TypeDecorator[datetime]):
         return None if value is None else to_micros(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        return None if value is None else _EPOCH + timedelta(microseconds=value)
+        # timedelta(days, seconds, microseconds) positionally: this runs for every row read.
+        return None if value is None else _EPOCH + timedelta(0, 0, value)
 
 
 def to_nanos(value: object) -> int:

@@ -50,7 +50,8 @@ class Transaction(Session):
     """One unit of work: commits when its block ends, rolls back on any exception.
 
     Writes are collected and sent to the writer in one hop at commit. A read inside the unit
-    first takes the writer for the unit alone (``BEGIN IMMEDIATE``) and flushes the writes so
+    first takes the writer for the unit (``BEGIN IMMEDIATE``, or a savepoint in the transaction
+    of the units that read just before it: see ``Pool.start_held``) and flushes the writes so
     far, so the unit reads its own writes.
     """
 
@@ -82,7 +83,7 @@ class Transaction(Session):
                 if exc is None and self._failed is None:
                     await pool.commit_held(self._ops[self._flushed :])
                 else:
-                    pool.release_writer(rollback=True)
+                    pool.abort_held()
                     pool.counters.rollbacks += 1
             elif exc is None and self._ops:
                 await pool.commit_group(self._ops)
@@ -131,17 +132,18 @@ class Transaction(Session):
     async def _interact(self, sql: str | None, params: Mapping[str, Any] | None) -> Any:
         self._check()
         pool = self._pool
-        begin = not self._held
-        if begin:
+        start = 0
+        if not self._held:
             t0 = perf_counter()
-            await pool.acquire_writer()
+            await pool.acquire_writer(chain=True)
             pool.counters.pool_wait.add(perf_counter() - t0)
             self._held = True
+            start = pool.start_held()
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
         try:
             return await pool.writer.submit(
-                interactive_job, begin, ops, sql, params, pool.config.busy_deadline, pool
+                interactive_job, start, ops, sql, params, pool.config.busy_deadline, pool
             )
         except asyncio.CancelledError:
             self._failed = asyncio.CancelledError()
@@ -181,19 +183,23 @@ class Transaction(Session):
 
 
 class Snapshot(Session):
-    """A read-only, consistent view on a reader connection, taken at its first query."""
+    """A read-only, consistent view on a reader connection, taken at its first query.
+
+    Overlapping snapshots may share one read transaction (see ``Pool.acquire_shared``); each
+    still sees one state, which includes every unit acknowledged before it began.
+    """
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._worker: Worker | None = None
-        self._started = False
 
     async def __aenter__(self) -> Snapshot:
         self._pool.enter()
         try:
             t0 = perf_counter()
-            self._worker = await self._pool.acquire_reader()
-            self._pool.counters.pool_wait.add(perf_counter() - t0)
+            pool = self._pool
+            self._worker = pool.join_shared() or await pool.acquire_shared()
+            pool.counters.pool_wait.add(perf_counter() - t0)
         except BaseException:
             self._pool.leave()
             raise
@@ -207,7 +213,7 @@ class Snapshot(Session):
     ) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            self._pool.release_reader(worker, started=self._started)
+            self._pool.release_shared(worker)
         self._pool.leave()
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
@@ -219,8 +225,10 @@ class Snapshot(Session):
                 path=self._pool.path,
                 hint="use the repositories only inside the `async with` block",
             )
-        begin = not self._started
-        self._started = True
+        # The first query of a read epoch begins its transaction; the others run inside it
+        # (the worker runs jobs in order).
+        begin = not worker.begun
+        worker.begun = True
         try:
             return await worker.submit(read_job, begin, sql, params)  # type: ignore[no-any-return]
         except asyncio.CancelledError:

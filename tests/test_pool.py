@@ -240,11 +240,12 @@ async def test_cancelled_while_commit_in_flight_is_not_reported_as_cancelled(
 async def test_pool_timeout_for_readers_and_writer(tmp_path: Path) -> None:
     config = StoreConfig(projects_dir=tmp_path, max_readers=1, acquire_timeout=0.2)
     async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
-        async with project.read() as r:
-            await r.conversations.count()
-            with pytest.raises(PoolTimeout, match="max_readers=1"):
-                async with project.read():
-                    pass
+        # Overlapping read() snapshots share a read epoch, so hold the only reader alone.
+        worker = await project.pool.acquire_reader()
+        with pytest.raises(PoolTimeout, match="max_readers=1"):
+            async with project.read():
+                pass
+        project.pool.release_reader(worker, started=False)
         async with project.transaction() as tx:
             await tx.conversations.count()  # holds the writer
             with pytest.raises(PoolTimeout, match="writer"):

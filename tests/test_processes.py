@@ -124,3 +124,25 @@ async def test_lock_held_past_the_deadline_raises_database_busy(tmp_path: Path) 
 async def _create(project: AsyncProjectStore, title: str) -> None:
     async with project.transaction() as tx:
         await tx.conversations.create(title=title)
+
+
+async def test_read_share_window_zero_sees_other_processes_at_once(tmp_path: Path) -> None:
+    config = StoreConfig(projects_dir=tmp_path, read_share_window=0)
+    async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
+        writer = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("INSERT INTO conversations (id, title, meta, created_at, updated_at) "
+             "VALUES ('other', 'from another process', NULL, 0, 0)")
+conn.close()
+"""
+        async with project.read() as first:
+            assert await first.conversations.count() == 0
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", writer, str(project.path)
+            )
+            async with asyncio.timeout(60):
+                assert await child.wait() == 0
+            async with project.read() as second:  # begun after the other commit
+                assert await second.conversations.count() == 1
+            assert await first.conversations.count() == 0  # still its own snapshot

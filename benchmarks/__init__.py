@@ -1,0 +1,1 @@
+"""Benchmarks of demiarch-store against raw sqlite3, aiosqlite and SQLAlchemy: `make bench`."""
