@@ -640,3 +640,44 @@ def _after(loop: asyncio.AbstractEventLoop, n: int, fn: Any) -> None:
         fn()
     else:
         loop.call_soon(_after, loop, n - 1, fn)
+
+
+# -- processes racing to create one database ----------------------------------------------------
+
+OPENER = """
+import asyncio, sys, time
+from pathlib import Path
+from demiarch_store import AsyncProjectStore, StoreConfig
+path, go = Path(sys.argv[1]), Path(sys.argv[2])
+async def main():
+    while not go.exists():
+        time.sleep(0.001)
+    config = StoreConfig(projects_dir=path.parent, busy_deadline=30.0)
+    async with AsyncProjectStore(path, config=config) as project:
+        async with project.transaction() as tx:
+            await tx.conversations.create(title=sys.argv[3])
+asyncio.run(main())
+"""
+
+
+async def test_processes_racing_to_create_one_database_all_open_it(tmp_path: Path) -> None:
+    """Two processes switching a new file to WAL at once: one may get SQLITE_BUSY without
+    SQLite's busy handler (both hold a shared lock); the open must wait, not fail."""
+    for rnd in range(12 if SOAK else 3):
+        go = tmp_path / f"go{rnd}"
+        path = tmp_path / f"race{rnd}" / "database.sqlite"
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", OPENER, str(path), str(go), f"p{n}",
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for n in range(3)
+        ]
+        await asyncio.sleep(1.0)  # let them start; they wait for the go file
+        go.touch()
+        async with asyncio.timeout(120):
+            errors = [(await c.communicate())[1].decode() for c in children]
+        assert [c.returncode for c in children] == [0, 0, 0], errors
+        async with AsyncProjectStore(path, create=False) as project:
+            async with project.read() as r:
+                assert sorted(c.title for c in await r.conversations.list()) == ["p0", "p1", "p2"]
