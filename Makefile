@@ -25,6 +25,11 @@ pytest: $(STAMP)
 
 test: lint pytest
 
+# The same model, property and fault tests, longer and harder: many more Hypothesis examples
+# and steps, and many more kill/damage rounds (see tests/conftest.py and tests/test_faults.py).
+soak: $(STAMP)
+	DEMIARCH_SOAK=1 $(PY) -m pytest -q -o timeout=3600 tests/test_model.py tests/test_properties.py tests/test_faults.py
+
 demo: $(STAMP)
 	$(PY) examples/agent_runtime.py
 

@@ -280,7 +280,7 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             source.execute("PRAGMA trusted_schema = OFF")
             revision = read_revision(source)
             rows = source.execute("PRAGMA integrity_check(10)").fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a flipped bit in a TEXT value
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
         if rows != [("ok",)]:
             raise refuse(f"the backup failed its integrity check ({rows[0][0]})")

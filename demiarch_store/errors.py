@@ -174,6 +174,26 @@ def translate(
 
     This is the only place where ``sqlite3`` errors become the library's errors.
     """
+    if isinstance(exc, UnicodeDecodeError):
+        # sqlite3 decodes TEXT as UTF-8 itself: bytes that are not are a damaged file.
+        err: StoreError = CorruptDatabase(
+            f"{action} failed: the file holds text that is not valid UTF-8",
+            project=project,
+            path=path,
+            hint="restore it from a backup, or move it aside and recreate the project",
+        )
+        err.__cause__ = exc
+        return err
+    if isinstance(exc, UnicodeEncodeError | OverflowError):
+        what = "text that is not valid Unicode" if isinstance(exc, UnicodeError) else "a huge int"
+        err = InvalidValue(
+            f"{action} failed: a value cannot be stored ({what})",
+            project=project,
+            path=path,
+            hint="remove lone surrogates from text; keep integers within 64 bits",
+        )
+        err.__cause__ = exc
+        return err
     if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
             oserr = StorageError(
@@ -188,7 +208,6 @@ def translate(
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     detail = str(exc)
-    err: StoreError
     if primary in _BUSY:
         err = DatabaseBusy(
             f"{action} failed: the database is locked by another connection",

@@ -51,7 +51,14 @@ def read_revision(conn: sqlite3.Connection) -> str | None:
         if "no such table" in str(exc):
             return None
         raise
-    return None if row is None else str(row[0])
+    if row is None:
+        return None
+    if not isinstance(row[0], str):
+        # version_num is NOT NULL text: anything else is a damaged page, not a newer schema.
+        err = sqlite3.DatabaseError("the schema revision row is damaged")
+        err.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+        raise err
+    return row[0]
 
 
 def alembic_config(script_location: str | None = None) -> Any:

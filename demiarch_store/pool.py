@@ -269,7 +269,7 @@ def connect(
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         checked = check(conn) if check is not None else None
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(conn, config.busy_deadline)
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"could not switch the database to WAL mode (it stayed {mode!r})",
@@ -287,6 +287,27 @@ def connect(
         conn.close()
         raise
     return conn, checked
+
+
+def _switch_to_wal(conn: sqlite3.Connection, deadline_s: float) -> Any:
+    """Set WAL mode, retrying SQLITE_BUSY with backoff and full jitter until the deadline.
+
+    Two processes switching a new file to WAL at once both hold a shared lock while asking for
+    the exclusive one; SQLite then answers one of them SQLITE_BUSY at once, without its busy
+    handler (waiting would deadlock). Retrying after the statement released its lock works.
+    """
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            now = time.monotonic()
+            if not _is_busy(exc) or now >= deadline:
+                raise
+            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            attempt += 1
 
 
 def _verify(conn: sqlite3.Connection, config: StoreConfig, *, reader: bool, path: Path) -> None:
@@ -591,10 +612,12 @@ class Pool:
                 await asyncio.shield(fut)
                 break
             except asyncio.CancelledError:
+                # Count it even when the commit is already done: a cancel that arrives after the
+                # commit finished but before this task resumed must not be swallowed.
+                cancels += 1
                 if fut.done():
                     outcome = None if fut.cancelled() else fut.exception()
                     break
-                cancels += 1
             except BaseException as exc:
                 outcome = exc
                 break

@@ -19,6 +19,7 @@ from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Table,
     bindparam,
@@ -101,10 +102,13 @@ class Codec:
         self.binders: list[tuple[str, Callable[[Any], Any]]] = []
         self.loaders: list[Callable[[Any], Any] | None] = []
         for c in columns:
-            bind = c.type.bind_processor(_DIALECT)
+            bind: Callable[[Any], Any] | None = c.type.bind_processor(_DIALECT)
+            load: Callable[[Any], Any] | None = c.type.result_processor(_DIALECT, None)
+            if isinstance(c.type, JSON) and bind is not None and load is not None:
+                bind, load = _json_bind(bind), _json_load(load)
             if bind is not None:
                 self.binders.append((c.name, bind))
-            self.loaders.append(c.type.result_processor(_DIALECT, None))
+            self.loaders.append(load)
         self.any_loader = any(self.loaders)
         self.row_loaders = [
             (i, _direct(c.type, p))
@@ -213,6 +217,32 @@ def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     ):
         return functools.partial(type_.process_result_value, dialect=_DIALECT)
     return proc
+
+
+def _json_bind(bind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def process(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT64 <= value < -_INT64:
+            raise InvalidValue(
+                "a JSON number at the top level must fit in 64 bits",
+                hint="wrap it in a list or an object, or store it as a string",
+            )
+        return bind(value)
+
+    return process
+
+
+def _json_load(load: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def process(value: Any) -> Any:
+        # SQLite gives a column declared JSON NUMERIC affinity: the JSON text of a top-level
+        # number is stored as that number, and comes back already decoded.
+        if isinstance(value, int | float):
+            return value
+        return load(value)
+
+    return process
+
+
+_INT64 = -(2**63)
 
 
 class Repository(Generic[R]):
@@ -339,6 +369,13 @@ def _text(value: object, name: str, *, max_len: int | None = None, empty: bool =
         raise InvalidValue(f"{name} must not be empty")
     if max_len is not None and len(value) > max_len:
         raise InvalidValue(f"{name} is longer than {max_len} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidValue(
+                f"{name} is not valid Unicode text", hint="remove lone surrogates"
+            ) from None
     return value
 
 

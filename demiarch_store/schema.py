@@ -114,7 +114,13 @@ def to_nanos(value: object) -> int:
             "money has more precision than 1e-9",
             hint="round the amount to at most 9 decimal places",
         )
-    return int(scaled)
+    nanos = int(scaled)
+    if not -(2**63) <= nanos < 2**63:
+        raise InvalidValue(
+            "money is out of range",
+            hint="amounts must stay within about 9.2 billion (64-bit nano-units)",
+        )
+    return nanos
 
 
 def from_nanos(value: int) -> Decimal:

@@ -764,5 +764,9 @@ def _describe_file(project_id: str, path: Path) -> ProjectInfo:
             why = "the database is locked by another process; list again later"
             return _info(project_id, path, "unreadable", why, size=size)
         return _info(project_id, path, "unreadable", str(exc), size=size)
+    except UnicodeDecodeError:  # sqlite3 decodes TEXT itself: a damaged page
+        return _info(
+            project_id, path, "corrupt", "the file holds text that is not valid UTF-8", size=size
+        )
     finally:
         conn.close()

@@ -167,6 +167,9 @@ class Transaction(Session):
             if mark >= self._flushed:
                 del self._ops[mark:]  # never reached the database
             else:
+                # Writes queued since the last flush never reached the database: drop them
+                # rather than replay them at commit, where one could fail the whole unit.
+                del self._ops[self._flushed :]
                 self._ops.append(Op(f"ROLLBACK TO {name}", ()))
                 self._ops.append(Op(f"RELEASE {name}", ()))
             raise
