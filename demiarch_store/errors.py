@@ -163,6 +163,9 @@ _CONSTRAINT_HINTS = {
 }
 
 
+_UNDECODABLE = "Could not decode to UTF-8"
+
+
 def translate(
     exc: BaseException,
     *,
@@ -174,8 +177,11 @@ def translate(
 
     This is the only place where ``sqlite3`` errors become the library's errors.
     """
-    if isinstance(exc, UnicodeDecodeError):
-        # sqlite3 decodes TEXT as UTF-8 itself: bytes that are not are a damaged file.
+    if isinstance(exc, UnicodeDecodeError) or (
+        isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_UNDECODABLE)
+    ):
+        # sqlite3 decodes TEXT as UTF-8 itself: bytes that are not are a damaged file. Its
+        # message quotes the stored text, so it must not reach ours.
         err: StoreError = CorruptDatabase(
             f"{action} failed: the file holds text that is not valid UTF-8",
             project=project,

@@ -162,3 +162,21 @@ async def test_paths_with_uri_characters_open(tmp_path: Path) -> None:
             assert await r.conversations.count() == 1
     assert path.is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+async def test_text_that_is_not_utf8_is_corruption_and_never_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "p" / "database.sqlite"
+    async with AsyncProjectStore(path, project_id="p") as project:
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="t")
+            await tx.messages.append(conv.id, role="user", content="placeholder")
+    conn = sqlite3.connect(path)
+    # Bytes that are not UTF-8, stored as TEXT: what a scribbled page can leave behind.
+    conn.execute("UPDATE messages SET content = CAST(X'736563726574fffe' AS TEXT)")
+    conn.commit()
+    conn.close()
+    async with AsyncProjectStore(path, project_id="p") as project:
+        async with project.read() as r:
+            with pytest.raises(CorruptDatabase, match="not valid UTF-8") as info:
+                await r.messages.list(conv.id)
+    assert "secret" not in str(info.value)
