@@ -6,10 +6,10 @@ import asyncio
 import logging
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
+from lock_holder import hold_write_lock, release_write_lock
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -24,38 +24,6 @@ from demiarch_store import (
 from demiarch_store.health import Reservoir
 
 pytestmark = pytest.mark.anyio
-
-LOCKER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-conn.close()
-"""
-
-
-async def locker(path: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOCKER,
-        str(path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        assert (await proc.stdout.readline()).startswith(b"locked")
-    return proc
-
-
-async def release(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(b"\n")
-    async with asyncio.timeout(30):
-        await proc.wait()
 
 
 def small(config: StoreConfig, **changes: object) -> StoreConfig:
@@ -215,13 +183,13 @@ async def test_stats_count_commits_rollbacks_timeouts_and_busy(config: StoreConf
                     pass
         assert held.connections_in_use == 1 and held.in_flight == 1
 
-        proc = await locker(project.path)
+        proc = await hold_write_lock(project.path)
         try:
             with pytest.raises(DatabaseBusy):
                 async with project.transaction() as tx:
                     await tx.messages.append(conv.id, role="user", content="blocked")
         finally:
-            await release(proc)
+            await release_write_lock(proc)
 
         s = project.stats()
         assert (s.commits, s.rollbacks) == (3, 3)
@@ -249,7 +217,7 @@ async def test_logs_retries_and_slow_transactions_but_never_a_parameter(
         project = await store.create_project(name="logged")
         async with project.transaction() as tx:
             conv = await tx.conversations.create(title=secret)
-        proc = await locker(project.path)
+        proc = await hold_write_lock(project.path)
         try:
 
             async def blocked_write() -> None:
@@ -262,7 +230,7 @@ async def test_logs_retries_and_slow_transactions_but_never_a_parameter(
                     break
                 await asyncio.sleep(0.01)
         finally:
-            await release(proc)
+            await release_write_lock(proc)
         await task
         with pytest.raises(ConstraintViolation) as caught:
             async with project.transaction() as tx:

@@ -7,23 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from lock_holder import hold_write_lock, release_write_lock
 
 from demiarch_store import AsyncProjectStore, DatabaseBusy, Store, StoreConfig
 
 pytestmark = pytest.mark.anyio
 
 HERE = Path(__file__).parent
-
-LOCKER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-conn.close()
-print("released", flush=True)
-"""
 
 
 async def test_processes_writing_one_project_lose_nothing(store: Store) -> None:
@@ -63,37 +53,14 @@ async def test_processes_writing_one_project_lose_nothing(store: Store) -> None:
     assert acked <= stored
 
 
-async def _locker(path: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOCKER,
-        str(path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        assert (await proc.stdout.readline()).strip() == b"locked"
-    return proc
-
-
-async def _release(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(b"go\n")
-    async with asyncio.timeout(30):
-        await proc.communicate()
-    assert proc.returncode == 0
-
-
 async def test_write_waits_for_another_process_lock_then_goes_through(tmp_path: Path) -> None:
     config = StoreConfig(projects_dir=tmp_path, busy_deadline=20.0)
     async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
-        locker = await _locker(project.path)
+        locker = await hold_write_lock(project.path)
         write = asyncio.create_task(_create(project, "waited"))
         await asyncio.sleep(0.5)
         assert not write.done()  # still waiting for the lock
-        await _release(locker)
+        await release_write_lock(locker)
         async with asyncio.timeout(20):
             await write
         assert project.pool.counters.busy_retries > 0
@@ -104,7 +71,7 @@ async def test_write_waits_for_another_process_lock_then_goes_through(tmp_path: 
 async def test_lock_held_past_the_deadline_raises_database_busy(tmp_path: Path) -> None:
     config = StoreConfig(projects_dir=tmp_path, busy_deadline=0.5)
     async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
-        locker = await _locker(project.path)
+        locker = await hold_write_lock(project.path)
         try:
             with pytest.raises(DatabaseBusy) as info:
                 await _create(project, "refused")
@@ -114,7 +81,7 @@ async def test_lock_held_past_the_deadline_raises_database_busy(tmp_path: Path) 
             async with project.read() as r:
                 assert await r.conversations.count() == 0
         finally:
-            await _release(locker)
+            await release_write_lock(locker)
         await _create(project, "recovered")  # the store recovers once the lock is gone
         async with project.read() as r:
             assert [c.title for c in await r.conversations.list()] == ["recovered"]
