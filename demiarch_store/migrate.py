@@ -159,9 +159,17 @@ def revision_check(project: str | None, path: Path) -> Callable[[sqlite3.Connect
     """Return the check run when a project opens, before anything may write to its file."""
 
     def check(conn: sqlite3.Connection) -> str | None:
-        revision = read_revision(conn)
+        # One snapshot for both reads: between two autocommit reads another process may
+        # commit a whole new schema, and tables seen without their revision look foreign.
+        conn.execute("BEGIN")
+        try:
+            revision = read_revision(conn)
+            foreign = revision is None and bool(_user_tables(conn))
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
         if revision is None:
-            if _user_tables(conn):
+            if foreign:
                 raise CorruptDatabase(
                     "the database holds tables but no demiarch-store schema revision",
                     project=project,

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -53,9 +54,9 @@ def _integrity(path: Path) -> list[Any]:
         conn.close()
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
+async def _spawn(*args: str, stderr: int | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, CHILD, *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, CHILD, *args, stdout=asyncio.subprocess.PIPE, stderr=stderr
     )
 
 
@@ -70,16 +71,24 @@ async def test_kill_9_writers_at_random_moments_lose_no_acknowledged_write(
     acked: dict[str, list[str]] = {}  # conversation -> acknowledged message IDs, in order
     for rnd in range(KILL_ROUNDS):
         where = f"seed {SEED}, round {rnd}"
-        children = [await _spawn("writer", str(path), f"r{rnd}p{n}", str(rng.randrange(10**6)))
-                    for n in range(2)]
+        children = [
+            await _spawn("writer", str(path), f"r{rnd}p{n}", str(rng.randrange(10**6)),
+                         stderr=asyncio.subprocess.PIPE)
+            for n in range(2)
+        ]
         talks = [asyncio.create_task(c.communicate()) for c in children]
         # Round 0 starts without a file: a kill may land while it is created and migrated.
         for child in children:
             await asyncio.sleep(rng.uniform(0.0, 1.2))
-            child.send_signal(signal.SIGKILL)
+            try:
+                child.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended on its own: a failure, reported with its stderr below
         async with asyncio.timeout(60):
-            outputs = [(await t)[0].decode() for t in talks]
-        assert [c.returncode for c in children] == [-signal.SIGKILL] * 2, where
+            talked = [await t for t in talks]
+        outputs = [out.decode() for out, _ in talked]
+        errors = "\n".join(err.decode()[-3000:] for _, err in talked)
+        assert [c.returncode for c in children] == [-signal.SIGKILL] * 2, f"{where}\n{errors}"
         for out in outputs:
             conv = None
             for line in out.splitlines(keepends=True):
@@ -681,3 +690,34 @@ async def test_processes_racing_to_create_one_database_all_open_it(tmp_path: Pat
         async with AsyncProjectStore(path, create=False) as project:
             async with project.read() as r:
                 assert sorted(c.title for c in await r.conversations.list()) == ["p0", "p1", "p2"]
+
+
+def test_open_check_reads_revision_and_tables_in_one_snapshot(tmp_path: Path) -> None:
+    """Another process may commit the whole new schema between the open check's reads of
+    ``alembic_version`` and of the table list; seen in two snapshots that looks like a foreign
+    database (CI caught it once). Here the other connection commits exactly there."""
+    from demiarch_store.migrate import HEAD_REVISION, create_schema_job, revision_check
+
+    path = tmp_path / "p" / "database.sqlite"
+    path.parent.mkdir()
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("PRAGMA journal_mode = WAL").fetchone()
+    other = sqlite3.connect(path, isolation_level=None)
+
+    # What create_schema_job reads from its pool: names for errors, the retry counter.
+    pool = SimpleNamespace(project="p", path=path, counters=SimpleNamespace(busy_retries=0))
+    created: list[object] = []
+
+    def commit_schema_before_table_list(statement: str) -> None:
+        if "FROM sqlite_master WHERE type = 'table'" in statement and not created:
+            created.append(create_schema_job(other, 5.0, pool))
+
+    try:
+        first.set_trace_callback(commit_schema_before_table_list)
+        assert revision_check("p", path)(first) is None  # the schema was not there yet
+        assert created == [(None, HEAD_REVISION)]  # and the other connection did create it
+        first.set_trace_callback(None)
+        assert revision_check("p", path)(first) == HEAD_REVISION
+    finally:
+        first.close()
+        other.close()
