@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
@@ -56,7 +57,9 @@ _Item = tuple[Any, Any, tuple[Any, ...]]
 _BUSY_CODES: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
-_EPOCH_MAX_HOLDERS: Final = 32
+_EPOCH_MAX_HOLDERS: Final = 256
+"""Snapshots one read epoch takes at most. High on purpose: one reader thread serving every
+overlapping snapshot beats two threads taking turns at the GIL (W2 at 64 tasks: +35%)."""
 _CHAIN_MAX: Final = 64
 _CHAIN_MAX_AGE: Final = 0.005
 _CHECKPOINT_COMMITS: Final = 64
@@ -461,9 +464,11 @@ class Pool:
 
     def enter(self) -> None:
         """Count a unit of work or read as in flight (``close`` waits for it)."""
-        self.check_open()
+        if self._closed:
+            self.check_open()
+        if not self._in_flight:
+            self._idle.clear()
         self._in_flight += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self._in_flight -= 1
@@ -914,7 +919,7 @@ class Pool:
         if not self._shared:
             return None
         gen = self.writer.completed
-        now = self._loop.time()
+        now = _monotonic()  # what loop.time() returns, without its frame
         for worker in self._shared:
             if (
                 worker.epoch_gen == gen
@@ -944,7 +949,7 @@ class Pool:
     def _start_epoch(self, worker: Worker) -> None:
         worker.holders = 1
         worker.epoch_gen = self.writer.completed
-        worker.epoch_start = self._loop.time()
+        worker.epoch_start = _monotonic()
         worker.begun = False
         self._shared.append(worker)
 

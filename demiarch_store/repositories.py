@@ -115,6 +115,7 @@ class Codec:
             for i, (c, p) in enumerate(zip(columns, self.loaders, strict=True))
             if p is not None
         ]
+        self.timestamps = [isinstance(c.type, schema.Timestamp) for c in columns]
         self.getter = attrgetter(*self.names)
         names = self.names
         self.row_binders = [(names.index(name), proc) for name, proc in self.binders]
@@ -209,6 +210,50 @@ def _constructor(cls: type[Any]) -> Callable[..., Any]:
     return namespace["make"]  # type: ignore[no-any-return]
 
 
+def _row_loader(cls: type[Any], codec: Codec, make: Callable[..., Any]) -> Callable[[Any], Any]:
+    """Return ``row -> record`` in one generated function: unpack, convert, construct.
+
+    The same work as ``make(*codec.load(row))`` without the intermediate list and calls (it
+    runs for every row read). A timestamp column converts inline; other columns call their
+    loader when the value is not NULL.
+    """
+    n = len(codec.names)
+    loaders = dict(codec.row_loaders)
+    fields = list(getattr(cls, "__dataclass_fields__", {}))
+    slots = set(getattr(cls, "__slots__", ()))
+    direct = bool(fields) and not hasattr(cls, "__post_init__") and set(fields) <= slots
+    namespace: dict[str, Any] = {
+        "make": make,
+        "new": object.__new__,
+        "cls": cls,
+        "EPOCH": schema.EPOCH,
+        "td": timedelta,
+    }
+    values = []
+    for i in range(n):
+        proc = loaders.get(i)
+        if proc is None:
+            values.append(f"v{i}")
+        elif codec.timestamps[i]:
+            values.append(f"(None if v{i} is None else EPOCH + td(0, 0, v{i}))")
+        else:
+            namespace[f"p{i}"] = proc
+            values.append(f"(None if v{i} is None else p{i}(v{i}))")
+    unpack = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
+    if direct:
+        for i, name in enumerate(fields):
+            namespace[f"s{i}"] = cls.__dict__[name].__set__
+        body = "    o = new(cls)\n" + "".join(
+            f"    s{i}(o, {value})\n" for i, value in enumerate(values)
+        )
+        body += "    return o\n"
+    else:
+        body = f"    return make({', '.join(values)})\n"
+    source = f"def row(r):\n    {unpack} = r\n{body}"
+    exec(source, namespace)  # noqa: S102 - generated from the column positions only
+    return namespace["row"]  # type: ignore[no-any-return]
+
+
 def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Skip SQLAlchemy's TypeDecorator wrapper when the underlying type converts nothing."""
     if (
@@ -254,6 +299,8 @@ class Repository(Generic[R]):
     _codec: ClassVar[Codec]
     _make: ClassVar[Callable[..., Any]]
     """Build a record from its values in field order (see ``_constructor``)."""
+    _load: ClassVar[Callable[..., Any]]
+    """Build a record from a stored row (see ``_row_loader``)."""
     _sql: ClassVar[dict[str, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -263,6 +310,7 @@ class Repository(Generic[R]):
             cls._sql = {}
             fields = getattr(cls.record_type, "__dataclass_fields__", {})
             cls._make = staticmethod(_constructor(cls.record_type))
+            cls._load = staticmethod(_row_loader(cls.record_type, cls._codec, cls._make))
             if list(fields) != cls._codec.names:
                 raise TypeError(
                     f"{cls.record_type.__name__} fields must match {cls.table.name} columns"
@@ -288,11 +336,10 @@ class Repository(Generic[R]):
             return self.sql("insert_row", lambda: insert(self.table), positional=True)
 
     def _row(self, row: tuple[Any, ...]) -> R:
-        return self._make(*self._codec.load(row))  # type: ignore[no-any-return]
+        return self._load(row)  # type: ignore[no-any-return]
 
     async def _rows(self, sql: str, params: Mapping[str, Any]) -> list[R]:
-        load, make = self._codec.load, self._make
-        return [make(*load(row)) for row in await self._s.fetch(sql, params)]
+        return list(map(self._load, await self._s.fetch(sql, params)))
 
     async def get(self, id: str) -> R:
         """Return the record with this ID, or raise ``NotFound``."""

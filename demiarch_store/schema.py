@@ -61,7 +61,8 @@ HEAD_REVISION = "0002"
 MICROS_PER_DAY = 86_400_000_000
 """Microseconds in a UTC day: ``created_at // MICROS_PER_DAY`` is the day number, portably."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""Timestamps are stored as microseconds since this instant."""
 _MICRO = timedelta(microseconds=1)
 _ONE = Decimal(1)
 
@@ -78,7 +79,7 @@ def to_micros(value: datetime) -> int:
             f"expected a timezone-aware datetime, got {type(value).__name__}",
             hint="use datetime.now(timezone.utc) or attach a tzinfo",
         )
-    return (value - _EPOCH) // _MICRO
+    return (value - EPOCH) // _MICRO
 
 
 class Timestamp(TypeDecorator[datetime]):
@@ -92,7 +93,7 @@ class Timestamp(TypeDecorator[datetime]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         # timedelta(days, seconds, microseconds) positionally: this runs for every row read.
-        return None if value is None else _EPOCH + timedelta(0, 0, value)
+        return None if value is None else EPOCH + timedelta(0, 0, value)
 
 
 def to_nanos(value: object) -> int:

@@ -194,14 +194,19 @@ class Snapshot(Session):
         self._worker: Worker | None = None
 
     async def __aenter__(self) -> Snapshot:
-        self._pool.enter()
+        pool = self._pool
+        pool.enter()
+        worker = pool.join_shared()
+        if worker is not None:  # joined a read epoch: no wait (the common case under load)
+            pool.counters.pool_wait.add(0.0)
+            self._worker = worker
+            return self
         try:
             t0 = perf_counter()
-            pool = self._pool
-            self._worker = pool.join_shared() or await pool.acquire_shared()
+            self._worker = await pool.acquire_shared()
             pool.counters.pool_wait.add(perf_counter() - t0)
         except BaseException:
-            self._pool.leave()
+            pool.leave()
             raise
         return self
 
