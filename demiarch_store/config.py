@@ -147,7 +147,9 @@ class StoreConfig:
 
     Sharing serves many concurrent reads per thread wake-up. A shared snapshot always includes
     every unit this process acknowledged before the read began; a commit by *another process*
-    may take up to this long to show. ``0`` gives every ``read()`` its own fresh snapshot.
+    may take up to this long to show. Past the window a read still joins a snapshot when no
+    process has committed since it began (the WAL-index header in ``-shm`` is unchanged), so
+    ``0`` gives every ``read()`` a snapshot that includes every commit made before it.
     """
 
     def __post_init__(self) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import mmap
+import os
 import queue
 import random
 import sqlite3
@@ -129,6 +131,7 @@ class Worker:
         self.holders = 0
         self.epoch_gen = -1
         self.epoch_start = 0.0
+        self.epoch_wal: bytes | None = None
         self.begun = False
         self._thread.start()
 
@@ -358,6 +361,52 @@ _PENDING: Final = object()
 _EXCLUSIVE: Final = object()
 
 
+class WalIndex:
+    """The WAL-index header at the start of the ``-shm`` file, read without SQLite.
+
+    SQLite rewrites this 48-byte header on every commit of any connection in any process (its
+    change counter, last frame, frame checksum and salts). While it is unchanged, a read
+    transaction begun after it was read still shows the database as it is now: that is what
+    lets a read epoch take new snapshots past ``read_share_window`` without ever being stale.
+    The file is mapped read-only while the pool's own connections keep it alive (SQLite only
+    truncates ``-shm`` when no connection holds it), and unmapped before they close.
+    """
+
+    __slots__ = ("_map", "_path")
+
+    HEADER: Final = 48
+
+    def __init__(self, database: Path) -> None:
+        self._path = Path(f"{database}-shm")
+        self._map: mmap.mmap | None = None
+
+    def header(self) -> bytes | None:
+        """Return the header, or None if the file is not mapped (yet)."""
+        m = self._map
+        return None if m is None else m[: self.HEADER]
+
+    def refresh(self) -> bytes | None:
+        """Map the file if it is not mapped yet (it appears with WAL mode); return the header."""
+        if self._map is None:
+            try:
+                fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                if os.fstat(fd).st_size >= self.HEADER:
+                    self._map = mmap.mmap(fd, self.HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError):
+                return None
+            finally:
+                os.close(fd)
+        return self.header()
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
 class Pool:
     """One writer and up to ``max_readers`` readers for one database file."""
 
@@ -397,6 +446,7 @@ class Pool:
         self._closed = False
         self._deadline = config.busy_deadline
         self._share_window = config.read_share_window
+        self._wal_index = WalIndex(path)
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
@@ -429,6 +479,7 @@ class Pool:
             w for w in (self._writer, *self._readers_all, self._checkpointer) if w is not None
         ]
         self._readers_idle.clear()
+        self._wal_index.close()  # before the last connection to the file closes
         errors = []
         for worker in workers:
             try:
@@ -921,13 +972,15 @@ class Pool:
         gen = self.writer.completed
         now = _monotonic()  # what loop.time() returns, without its frame
         for worker in self._shared:
-            if (
-                worker.epoch_gen == gen
-                and now - worker.epoch_start < self._share_window
-                and worker.holders < _EPOCH_MAX_HOLDERS
-            ):
-                worker.holders += 1
-                return worker
+            if worker.epoch_gen != gen or worker.holders >= _EPOCH_MAX_HOLDERS:
+                continue
+            if now - worker.epoch_start >= self._share_window:
+                # Past the window only if no process has committed since the epoch began.
+                wal = worker.epoch_wal
+                if wal is None or wal != self._wal_index.header():
+                    continue
+            worker.holders += 1
+            return worker
         return None
 
     async def acquire_shared(self) -> Worker:
@@ -950,6 +1003,9 @@ class Pool:
         worker.holders = 1
         worker.epoch_gen = self.writer.completed
         worker.epoch_start = _monotonic()
+        # Read before the epoch's transaction begins on the reader thread, so the snapshot it
+        # takes there includes at least every commit this header shows.
+        worker.epoch_wal = self._wal_index.refresh()
         worker.begun = False
         self._shared.append(worker)
 

@@ -105,11 +105,17 @@ conn.close()
 """
         async with project.read() as first:
             assert await first.conversations.count() == 0
+            # Nothing committed anywhere since: the WAL-index header is unchanged, so a new
+            # snapshot may join the first one's read transaction, past the (zero) window.
+            async with project.read() as joined:
+                assert joined._worker is first._worker
+                assert await joined.conversations.count() == 0
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", writer, str(project.path)
             )
             async with asyncio.timeout(60):
                 assert await child.wait() == 0
             async with project.read() as second:  # begun after the other commit
+                assert second._worker is not first._worker
                 assert await second.conversations.count() == 1
             assert await first.conversations.count() == 0  # still its own snapshot
