@@ -28,7 +28,7 @@ from demiarch_store import (
     validate_project_id,
 )
 from demiarch_store.ids import MAX_ID_LENGTH, new_record_id
-from demiarch_store.schema import from_nanos, to_nanos
+from demiarch_store.schema import HEAD_REVISION, from_nanos, to_nanos
 
 # -- IDs ------------------------------------------------------------------------------------
 
@@ -301,8 +301,8 @@ def test_migrations_down_and_up_keep_generated_data(
                         for c in contents
                     ]
                     written.append((conv, msgs))
-            assert await store.migrate_project(project.id, to="0001") == ("0002", "0001")
-            assert await store.migrate_project(project.id, to="head") == ("0001", "0002")
+            assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
+            assert await store.migrate_project(project.id, to="head") == ("0001", HEAD_REVISION)
             again = await store.open_project(project.id)
             async with again.read() as r:
                 for conv, msgs in written:
