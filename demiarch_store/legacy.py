@@ -13,11 +13,15 @@ run skips what the first imported.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON
 
 from .backup import Staging, create_database_file, make_private_dir
 from .bundles import publish
@@ -109,20 +113,38 @@ def _plan(src: sqlite3.Connection, source: Path) -> tuple[_Plan, list[str]]:
     return plan, notes
 
 
+_JSON_COLUMNS = frozenset(
+    (t.name, c.name) for t in metadata.sorted_tables for c in t.columns if isinstance(c.type, JSON)
+)
+
+
+def _json_number_text(value: Any) -> Any:
+    """A legacy JSON column declared ``JSON`` (NUMERIC affinity) may hold a top-level number as
+    an SQLite number: its exact JSON text (SQLite's own conversion keeps 15 digits of a float)."""
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return value
+
+
 def _copy(staged: Path, source_uri: str, plan: _Plan, project_id: str) -> dict[str, int]:
     """Copy one project's rows into ``staged`` (a fresh database at head) in one transaction."""
     conn = sqlite3.connect(staged, isolation_level=None)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA trusted_schema = OFF")
+        conn.create_function("demiarch_json_text", 1, _json_number_text, deterministic=True)
         conn.execute("ATTACH DATABASE ? AS legacy", (source_uri,))
         counts: dict[str, int] = {}
         conn.execute("BEGIN IMMEDIATE")
         for name, cols, where in plan:
             names = ", ".join(f'"{c}"' for c in cols)
+            values = ", ".join(
+                f'demiarch_json_text("{c}")' if (name, c) in _JSON_COLUMNS else f'"{c}"'
+                for c in cols
+            )
             cur = conn.execute(
                 f'INSERT INTO main."{name}" ({names}) '
-                f'SELECT {names} FROM legacy."{name}" WHERE {where}',
+                f'SELECT {values} FROM legacy."{name}" WHERE {where}',
                 {"pid": project_id},
             )
             counts[name] = cur.rowcount

@@ -262,6 +262,10 @@ def run_migrations(
     def creator() -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        # Off whatever SQLite's compiled default: a revision that rebuilds a table (0003) drops
+        # the old copy, which with foreign keys on would delete or null the rows pointing at it.
+        # PRAGMA foreign_key_check below verifies every reference before the commit.
+        conn.execute("PRAGMA foreign_keys = OFF")
         return conn
 
     script = _script(script_location)

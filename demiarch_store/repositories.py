@@ -19,7 +19,6 @@ from operator import attrgetter, is_
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Table,
     bindparam,
@@ -103,9 +102,9 @@ class Codec:
         self.loaders: list[Callable[[Any], Any] | None] = []
         for c in columns:
             bind: Callable[[Any], Any] | None = c.type.bind_processor(_DIALECT)
+            # JSON columns need nothing more: declared TEXT on SQLite (``schema.json_document``),
+            # they hold the JSON text as written and always read back as text.
             load: Callable[[Any], Any] | None = c.type.result_processor(_DIALECT, None)
-            if isinstance(c.type, JSON) and bind is not None and load is not None:
-                bind, load = _json_bind(bind), _json_load(load)
             if bind is not None:
                 self.binders.append((c.name, bind))
             self.loaders.append(load)
@@ -262,32 +261,6 @@ def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     ):
         return functools.partial(type_.process_result_value, dialect=_DIALECT)
     return proc
-
-
-def _json_bind(bind: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def process(value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and not _INT64 <= value < -_INT64:
-            raise InvalidValue(
-                "a JSON number at the top level must fit in 64 bits",
-                hint="wrap it in a list or an object, or store it as a string",
-            )
-        return bind(value)
-
-    return process
-
-
-def _json_load(load: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def process(value: Any) -> Any:
-        # SQLite gives a column declared JSON NUMERIC affinity: the JSON text of a top-level
-        # number is stored as that number, and comes back already decoded.
-        if isinstance(value, int | float):
-            return value
-        return load(value)
-
-    return process
-
-
-_INT64 = -(2**63)
 
 
 class Repository(Generic[R]):

@@ -2,7 +2,8 @@
 
 Nothing here is SQLite-only, so the same tables and Alembic revisions can run on PostgreSQL.
 Timestamps are stored as integer microseconds since the Unix epoch (UTC) and money as integer
-nano-units (1e-9) of the currency: both exact, sortable and summable in SQL.
+nano-units (1e-9) of the currency: both exact, sortable and summable in SQL. JSON values are
+``JSON`` everywhere, declared ``TEXT`` on SQLite so that SQLite keeps their JSON text as written.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import TypeCompiler
 from sqlalchemy.types import TypeDecorator
 
 from .errors import InvalidValue
@@ -42,6 +45,7 @@ __all__ = [
     "code_generation",
     "conversations",
     "from_nanos",
+    "json_document",
     "llm_calls",
     "messages",
     "metadata",
@@ -55,7 +59,7 @@ __all__ = [
     "utcnow",
 ]
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The Alembic revision the tables below describe (a test checks it is Alembic's head)."""
 
 MICROS_PER_DAY = 86_400_000_000
@@ -143,6 +147,27 @@ class Money(TypeDecorator[Decimal]):
         return None if value is None else from_nanos(value)
 
 
+class _JSONText(JSON):
+    """The JSON type as SQLite declares it for demiarch-store: ``TEXT`` (see ``json_document``)."""
+
+
+@compiles(_JSONText, "sqlite")
+def _render_json_text(type_: _JSONText, compiler: TypeCompiler, **kw: Any) -> str:
+    return "TEXT"
+
+
+def json_document() -> JSON:
+    """Return the type of a JSON column: ``JSON``, whose SQL ``NULL`` is Python ``None``.
+
+    On SQLite the column is declared ``TEXT``. Declared ``JSON`` it would have NUMERIC affinity,
+    and SQLite would convert the JSON text of a top-level number into a number: ``1.0`` would be
+    stored (and read back) as the integer 1, ``1e5`` as 100000, an integer beyond 64 bits as an
+    inexact float. With TEXT affinity the text is stored as written and every value reads back
+    exactly. Other databases get their own ``JSON`` type (``json`` on PostgreSQL).
+    """
+    return JSON(none_as_null=True).with_variant(_JSONText(none_as_null=True), "sqlite")
+
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -161,7 +186,7 @@ projects = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("description", Text, nullable=True),
-    Column("config", JSON(none_as_null=True), nullable=True),
+    Column("config", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
 )
@@ -172,7 +197,7 @@ conversations = Table(
     metadata,
     Column("id", _ID, primary_key=True),
     Column("title", Text, nullable=True),
-    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("meta", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
 )
@@ -189,7 +214,7 @@ messages = Table(
     ),
     Column("role", String(32), nullable=False),
     Column("content", Text, nullable=False),
-    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("meta", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Index(None, "conversation_id", "id"),
 )
@@ -201,8 +226,8 @@ agents = Table(
     Column("name", String(200), nullable=False),
     Column("role", String(100), nullable=True),
     Column("status", String(32), nullable=False),
-    Column("config", JSON(none_as_null=True), nullable=True),
-    Column("state", JSON(none_as_null=True), nullable=True),
+    Column("config", json_document(), nullable=True),
+    Column("state", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Index(None, "status", "id"),
@@ -215,7 +240,7 @@ skills = Table(
     Column("id", _ID, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("description", Text, nullable=True),
-    Column("definition", JSON(none_as_null=True), nullable=True),
+    Column("definition", json_document(), nullable=True),
     Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
     Column("uses", Integer, nullable=False),
     Column("successes", Integer, nullable=False),
@@ -253,7 +278,7 @@ code_generation = Table(
         ForeignKey("conversations.id", ondelete="SET NULL"),
         nullable=True,
     ),
-    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("meta", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("path", "version"),
     # Deleting an agent or a conversation sets these to NULL: indexed, that is no table scan.
@@ -297,7 +322,7 @@ checkpoints = Table(
     Column("parent_id", _ID, ForeignKey("checkpoints.id", ondelete="SET NULL"), nullable=True),
     Column("state", LargeBinary, nullable=False),
     Column("state_hash", String(64), nullable=False),
-    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("meta", json_document(), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Index(None, "run_id", "id"),
     Index(None, "parent_id"),
@@ -311,8 +336,8 @@ plugins = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("version", String(64), nullable=True),
     Column("enabled", Boolean(create_constraint=False), nullable=False),
-    Column("config", JSON(none_as_null=True), nullable=True),
-    Column("state", JSON(none_as_null=True), nullable=True),
+    Column("config", json_document(), nullable=True),
+    Column("state", json_document(), nullable=True),
     Column("installed_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
 )
@@ -324,7 +349,7 @@ sessions = Table(
     Column("id", _ID, primary_key=True),
     Column("user_id", String(200), nullable=True),
     Column("agent_id", _ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
-    Column("meta", JSON(none_as_null=True), nullable=True),
+    Column("meta", json_document(), nullable=True),
     Column("started_at", Timestamp, nullable=False),
     Column("last_active_at", Timestamp, nullable=False),
     Column("ended_at", Timestamp, nullable=True),

@@ -229,3 +229,42 @@ async def test_a_projects_directory_that_cannot_be_made_raises_storage_error(
         assert created.value.path == blocker / "projects" and created.value.hint
         assert created.value.project is not None
     assert _digest(source) == before
+
+
+async def test_top_level_json_numbers_are_imported_as_exact_json(
+    tmp_path: Path, config: StoreConfig
+) -> None:
+    """A legacy column declared JSON (NUMERIC affinity) holds a top-level JSON number as an
+    SQLite number; it is imported as its exact JSON text (SQLite's own conversion to TEXT
+    would keep 15 digits of a float)."""
+    source = tmp_path / "legacy.db"
+    conn = sqlite3.connect(source)
+    conn.executescript(
+        """
+        CREATE TABLE projects (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT,
+            config JSON, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        CREATE TABLE conversations (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, title TEXT,
+            meta JSON, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        """
+    )
+    conn.execute("INSERT INTO projects VALUES ('alpha', 'A', NULL, '2.5', ?, ?)", (NOW, NOW))
+    metas = ["0.30000000000000004", "-7", '{"a": 1.0}', '"x"']
+    for i, meta in enumerate(metas):
+        conn.execute(
+            "INSERT INTO conversations VALUES (?, 'alpha', NULL, ?, ?, ?)",
+            (f"c{i}", meta, NOW, NOW),
+        )
+    conn.commit()
+    kinds = [r[0] for r in conn.execute("SELECT typeof(meta) FROM conversations ORDER BY id")]
+    conn.close()
+    assert kinds == ["real", "integer", "text", "text"]
+
+    async with Store(config) as store:
+        report = await store.import_legacy(source)
+        assert report.imported == ["alpha"]
+        project = await store.open_project("alpha")
+        async with project.read() as r:
+            assert (await r.projects.get("alpha")).config == 2.5
+            got = [c.meta for c in await r.conversations.list()]
+    assert got == [json.loads(m) for m in metas]
+    assert json.dumps(got) == '[0.30000000000000004, -7, {"a": 1.0}, "x"]'

@@ -118,15 +118,77 @@ def _seed_0002(conn: sqlite3.Connection, n: int) -> None:
         f"INSERT INTO llm_calls VALUES ('l{n}', 'openai', 'gpt', 1, 2, 2100000, 30, 'ok', NULL, "
         f"'a{n}', 'c{n}', 7)"
     )
-    conn.execute(f"INSERT INTO checkpoints VALUES ('k{n}', 'run', NULL, X'00ff', 'h', NULL, 1)")
-    conn.execute(f"INSERT INTO plugins VALUES ('p{n}', 'plug{n}', '1', 1, NULL, NULL, 1, 1)")
-    conn.execute(f"INSERT INTO sessions VALUES ('e{n}', 'alice', 'a{n}', NULL, 1, 2, NULL)")
+    # Top-level JSON numbers: before 0003 the columns' NUMERIC affinity stores them as numbers.
+    conn.execute(
+        f"INSERT INTO checkpoints VALUES ('k{n}', 'run', NULL, X'00ff', 'h', '{TOP_LEVEL[0]}', 1)"
+    )
+    conn.execute(
+        f"INSERT INTO plugins VALUES ('p{n}', 'plug{n}', '1', 1, '{TOP_LEVEL[1]}', "
+        f"'{TOP_LEVEL[2]}', 1, 1)"
+    )
+    conn.execute(
+        f"INSERT INTO sessions VALUES ('e{n}', 'alice', 'a{n}', '{TOP_LEVEL[3]}', 1, 2, NULL)"
+    )
+
+
+TOP_LEVEL = ("1e300", "2.5", "0.30000000000000004", "-7")
+"""JSON texts of top-level numbers: checkpoints.meta, plugins.config and .state, sessions.meta."""
+
+
+def _seed_0003(conn: sqlite3.Connection, n: int) -> None:
+    # TEXT affinity: the text of a top-level number is kept as written.
+    conn.execute(f"INSERT INTO conversations VALUES ('j{n}', 'numbers', '1.0', {n}, {n})")
+    conn.execute(f"INSERT INTO messages VALUES ('j{n}', 'j{n}', 'user', 'x', '{2**70}', {n})")
+    conn.execute(f"INSERT INTO agents VALUES ('j{n}', 'zero', NULL, 'idle', '-0.0', '1e5', 1, 1)")
 
 
 SEEDS: dict[str, Callable[[sqlite3.Connection, int], None]] = {
     "0001": _seed_0001,
     "0002": _seed_0002,
+    "0003": _seed_0003,
 }
+
+
+def json_columns(path: Path) -> dict[str, list[int]]:
+    """The positions of the columns declared JSON (NUMERIC affinity), table by table."""
+    conn = _read_only(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            t: [r[0] for r in conn.execute(f'PRAGMA table_info("{t}")') if r[2] == "JSON"]
+            for t in tables
+        }
+    finally:
+        conn.close()
+
+
+def _numeric_affinity(value: Any) -> Any:
+    """What a column declared JSON stores for ``value`` (SQLite's NUMERIC affinity)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE TABLE t (v JSON)")
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+        return conn.execute("SELECT v FROM t").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _json_text(value: Any) -> Any:
+    """What 0003 stores for a value a column declared JSON held: numbers become JSON text."""
+    return json.dumps(value) if isinstance(value, int | float) else value
+
+
+def expected_after_step(before: Dump, up_to: str | None, columns: dict[str, list[int]]) -> Dump:
+    """The rows ``before`` after the step to ``up_to`` (or down from 0003 when ``up_to`` is
+    None): only 0003 changes stored values, those of the JSON columns, both ways."""
+    convert = _json_text if up_to == "0003" else _numeric_affinity
+    out: Dump = {}
+    for table, rows in before.items():
+        positions = columns.get(table, [])
+        out[table] = sorted(
+            tuple(convert(v) if i in positions else v for i, v in enumerate(row)) for row in rows
+        )
+    return out
 
 
 def seed(path: Path, revision: str, n: int) -> None:
@@ -153,22 +215,43 @@ def test_walk_every_revision_up_and_down_with_data(tmp_path: Path) -> None:
     at: dict[str, Dump] = {}
     previous: Dump = {}
     # Up, one revision at a time, adding data at each: nothing already there may change.
+    # (0003 alone changes stored values: the numbers NUMERIC affinity made of top-level JSON
+    # numbers become their JSON text again, and back on the way down.)
     for n, revision in enumerate(revisions):
+        declared_json = json_columns(path)
         assert run_migrations(path, project=None, target=revision)[1] == revision
         now = dump(path)
-        for table, rows in previous.items():
+        if revision == "0003":
+            expected = expected_after_step(previous, "0003", declared_json)
+        else:
+            expected = previous
+        for table, rows in expected.items():
             assert now[table] == rows, f"upgrading to {revision} changed {table}"
         seed(path, revision, n)
         at[revision] = previous = dump(path)
         assert all(previous.values()), "every table holds data"
     head_schema = schema_of(path)
+    # The top-level numbers written at 0002 came through 0003 as their exact JSON text.
+    conn = _read_only(path)
+    stored = conn.execute(
+        "SELECT k.meta, p.config, p.state, e.meta FROM checkpoints k, plugins p, sessions e "
+        "WHERE k.id = 'k1' AND p.id = 'p1' AND e.id = 'e1'"
+    ).fetchone()
+    conn.close()
+    assert stored == ("1e+300", "2.5", "0.30000000000000004", "-7")
+    assert [json.loads(v) for v in stored] == [json.loads(v) for v in TOP_LEVEL]
     # Down, one at a time: the tables that remain keep their rows.
     for revision in reversed(revisions[:-1]):
         assert run_migrations(path, project=None, target=revision)[1] == revision
+        expected = previous
+        if revision == "0002":
+            expected = expected_after_step(previous, None, json_columns(path))
         now = dump(path)
         assert set(now) == set(at[revision])
         for table, rows in now.items():
-            assert rows == previous[table], f"downgrading to {revision} changed {table}"
+            assert rows == expected[table], f"downgrading to {revision} changed {table}"
+            # What was written at this revision is back exactly as this revision stored it.
+            assert set(at[revision][table]) <= set(rows)
         previous = now
     # And all the way down, then up again: the schema comes back identical.
     assert run_migrations(path, project=None, target="base") == (revisions[0], None)
@@ -201,6 +284,72 @@ async def test_upgrade_keeps_data_readable_through_the_repositories(tmp_path: Pa
     after = dump(path)
     for table, rows in before.items():
         assert after[table] == rows
+
+
+async def test_top_level_json_numbers_stored_before_0003_read_back_exactly(
+    tmp_path: Path,
+) -> None:
+    """Numbers NUMERIC affinity stored for top-level JSON numbers become their JSON text: a
+    float reads back as that very float (not rounded to 15 digits), an integer as that int."""
+    path = new_file(tmp_path / "old.sqlite")
+    run_migrations(path, project=None, target="0002")
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO conversations VALUES (?, NULL, ?, 1, 1)",
+        [("c1", "0.30000000000000004"), ("c2", "1e300"), ("c3", "-9223372036854775808"),
+         ("c4", "1.0"), ("c5", '"1.5"'), ("c6", "[1.0]")],
+    )
+    conn.commit()
+    stored = dict(conn.execute("SELECT id, typeof(meta) FROM conversations").fetchall())
+    conn.close()
+    assert stored == {"c1": "real", "c2": "real", "c3": "integer", "c4": "integer",
+                      "c5": "text", "c6": "text"}
+    async with AsyncProjectStore(path, create=False) as project:
+        assert project.migrated == ("0002", HEAD_REVISION)
+        async with project.read() as r:
+            metas = {c.id: c.meta for c in await r.conversations.list()}
+    assert metas == {"c1": 0.30000000000000004, "c2": 1e300, "c3": -(2**63), "c4": 1,
+                     "c5": "1.5", "c6": [1.0]}
+    assert [type(metas[k]) for k in ("c1", "c3", "c4")] == [float, int, int]  # 1.0 was lost
+    assert isinstance(metas["c6"][0], float)
+    conn = _read_only(path)
+    try:
+        assert conn.execute("SELECT DISTINCT typeof(meta) FROM conversations").fetchall() == [
+            ("text",)
+        ]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+
+
+def test_0003_keeps_foreign_keys_and_their_actions(tmp_path: Path) -> None:
+    """The rebuilt tables still enforce their foreign keys and actions, and the tables pointing
+    at them still point at them (not at the renamed copy 0003 drops)."""
+    path = new_file(tmp_path / "fk.sqlite")
+    run_migrations(path, project=None, target="0002")
+    seed(path, "0002", 0)
+    run_migrations(path, project=None, target="0003")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        targets = {
+            row[2]
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for row in conn.execute(f'PRAGMA foreign_key_list("{table}")')
+        }
+        assert targets == {"conversations", "agents", "checkpoints", "skills"}
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO messages VALUES ('x', 'nope', 'user', 'x', NULL, 1)")
+        conn.execute("DELETE FROM agents WHERE id = 'a0'")  # SET NULL in skills, llm_calls...
+        assert conn.execute("SELECT agent_id FROM skills").fetchall() == [(None,)]
+        conn.execute("DELETE FROM skills")  # CASCADE to skill_tags
+        assert conn.execute("SELECT count(*) FROM skill_tags").fetchone() == (0,)
+        conn.execute("DELETE FROM conversations WHERE id = 'c0'")  # CASCADE to messages
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        conn.close()
 
 
 def _compare(path: Path) -> list[Any]:
@@ -340,8 +489,8 @@ FAILING_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -362,14 +511,14 @@ def _scripts_with_failing_revision(tmp_path: Path) -> str:
     shipped = Path(str(files("demiarch_store.migrations")))
     scripts = tmp_path / "scripts"
     shutil.copytree(shipped, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_fails.py").write_text(textwrap.dedent(FAILING_REVISION))
+    (scripts / "versions" / "0004_fails.py").write_text(textwrap.dedent(FAILING_REVISION))
     return str(scripts)
 
 
 def test_a_failing_chain_rolls_back_every_step(tmp_path: Path) -> None:
-    """0001 -> 0002 succeeds, 0003 fails: the database is back at 0001, not at 0002."""
+    """0001 -> 0002 -> 0003 succeed, 0004 fails: the database is back at 0001, not at 0003."""
     scripts = _scripts_with_failing_revision(tmp_path)
-    assert known_revisions(scripts)[-1] == "0003"
+    assert known_revisions(scripts)[-1] == "0004"
     path = new_file(tmp_path / "db.sqlite")
     run_migrations(path, project=None, target="0001")
     seed(path, "0001", 0)
@@ -379,18 +528,18 @@ def test_a_failing_chain_rolls_back_every_step(tmp_path: Path) -> None:
     with pytest.raises(MigrationError) as info:
         run_migrations(path, project="p1", target="head", script_location=scripts)
     message = str(info.value)
-    assert "failed at revision '0003'" in message and "'p1'" in message
+    assert "failed at revision '0004'" in message and "'p1'" in message
     assert revision_of(path) == "0001"
-    assert schema_of(path) == schema  # no agents table from 0002, no notes from 0003
-    assert dump(path) == before  # the titles 0003 changed are back
+    assert schema_of(path) == schema  # no agents table from 0002, no notes from 0004
+    assert dump(path) == before  # the titles 0004 changed are back
     (backup,) = (tmp_path / "db.sqlite.backups").iterdir()
     assert dump(backup) == before
     assert str(backup) in message  # the error says where the copy is
 
     # The good part of the chain still works on its own.
-    assert run_migrations(path, project=None, target="0002", script_location=scripts) == (
+    assert run_migrations(path, project=None, target="0003", script_location=scripts) == (
         "0001",
-        "0002",
+        "0003",
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import unicodedata
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from demiarch_store import (
     validate_project_id,
 )
 from demiarch_store.ids import MAX_ID_LENGTH, new_record_id
-from demiarch_store.schema import from_nanos, to_nanos
+from demiarch_store.schema import HEAD_REVISION, from_nanos, to_nanos
 
 # -- IDs ------------------------------------------------------------------------------------
 
@@ -137,7 +138,9 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-(10**40), 10**40)  # beyond 64 bits, at the top level too
     | st.floats(allow_nan=False)
+    | st.sampled_from([1.0, -0.0, 0.0, 1e5, 2.0**70, 1e300])  # floats that look like integers
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                  max_size=4),
@@ -151,13 +154,22 @@ texts = st.one_of(
 
 
 def _exact(value: Any) -> str:
-    """JSON text that tells 1 from 1.0 and True from 1, for an exact comparison."""
-    if isinstance(value, float) and value.is_integer():
-        # Known limitation: the JSON columns of schema 0001 have SQLite NUMERIC affinity, so a
-        # top-level float with an integral value is stored, and read back, as an int (nested
-        # values are text and exact). Fixing it needs a migration to TEXT affinity.
-        return json.dumps(int(value))
+    """JSON text that tells 1 from 1.0, -0.0 from 0.0 and True from 1, for an exact comparison."""
     return json.dumps(value, sort_keys=True)
+
+
+def _through_numeric_affinity(value: Any) -> str:
+    """``_exact`` of ``value`` after a stay in a schema before 0003, whose JSON columns had
+    NUMERIC affinity: a top-level number was stored as an SQLite number (1.0 as 1, an integer
+    beyond 64 bits as an inexact float), and 0003 turns that number back into JSON text."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE TABLE t (v JSON)")
+        conn.execute("INSERT INTO t VALUES (?)", (json.dumps(value),))
+        (stored,) = conn.execute("SELECT v FROM t").fetchone()
+    finally:
+        conn.close()
+    return _exact(stored if isinstance(stored, int | float) else json.loads(stored))
 
 
 @dataclass
@@ -301,13 +313,19 @@ def test_migrations_down_and_up_keep_generated_data(
                         for c in contents
                     ]
                     written.append((conv, msgs))
-            assert await store.migrate_project(project.id, to="0001") == ("0002", "0001")
-            assert await store.migrate_project(project.id, to="head") == ("0001", "0002")
+            assert await store.migrate_project(project.id, to="0001") == (HEAD_REVISION, "0001")
+            assert await store.migrate_project(project.id, to="head") == ("0001", HEAD_REVISION)
             again = await store.open_project(project.id)
             async with again.read() as r:
                 for conv, msgs in written:
+                    # Everything comes back, but a top-level JSON number as schema 0001 kept it.
+                    expected = _through_numeric_affinity(conv.meta)
                     got = await r.conversations.get(conv.id)
-                    assert (got.title, _exact(got.meta)) == (conv.title, _exact(conv.meta))
-                    assert await r.messages.list(conv.id) == msgs
+                    assert (got.title, _exact(got.meta)) == (conv.title, expected)
+                    back = await r.messages.list(conv.id)
+                    assert [replace(m, meta=None) for m in back] == [
+                        replace(m, meta=None) for m in msgs
+                    ]
+                    assert all(_exact(m.meta) == expected for m in back)
 
     asyncio.run(go())

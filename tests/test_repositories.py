@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -654,3 +656,99 @@ def test_totals_are_the_exact_sums(
                 assert sum(t.calls for t in totals) == len(costs)
 
     asyncio.run(run())
+
+
+# -- JSON values: exact, top level included -----------------------------------------------------
+
+EXACT_JSON = [
+    1.0,
+    1e5,
+    -0.0,
+    0.30000000000000004,
+    1e300,
+    2**70,
+    -(2**70) - 1,
+    0,
+    "1",
+    "1.0",
+    True,
+    False,
+    {"n": [1.0, 2**70, -0.0, {"s": "1"}], "t": True},
+    [1e5, None, "x"],
+]
+
+
+def _same_json(got: object, want: object) -> bool:
+    """Equal as JSON text: tells 1.0 from 1, -0.0 from 0.0 and True from 1, at every depth."""
+    return type(got) is type(want) and json.dumps(got) == json.dumps(want)
+
+
+async def test_json_values_round_trip_exactly_through_the_file(tmp_path: Path) -> None:
+    """Every JSON column keeps a value as written, a top-level number too: declared TEXT on
+    SQLite, the column stores the JSON text (declared JSON, NUMERIC affinity read 1.0 back as 1,
+    1e5 as 100000 and could not hold 2**70)."""
+    path = tmp_path / "json.sqlite"
+    written: dict[str, list[tuple[str, str, object]]] = {}
+    async with AsyncProjectStore(path) as project:
+        project_id = "json-project"
+        async with project.transaction() as tx:
+            await tx.projects.create(id=project_id, name="json")
+            conv = await tx.conversations.create(title="json")
+            for i, value in enumerate(EXACT_JSON):
+                c = await tx.conversations.create(title=f"{i}", meta=value)
+                m = await tx.messages.append(conv.id, role="user", content=f"{i}", meta=value)
+                (many,) = await tx.messages.append_many(
+                    conv.id, [{"role": "user", "content": f"many {i}", "meta": value}]
+                )
+                a = await tx.agents.register(f"agent {i}", config=value, state=value)
+                p = await tx.plugins.install(f"plugin {i}", config=value, state=value)
+                written[f"{i}"] = [
+                    ("conversations", c.id, value),
+                    ("messages", m.id, value),
+                    ("messages", many.id, value),
+                    ("agents", a.id, value),
+                    ("plugins", p.id, value),
+                ]
+        # The update paths too: the value replaces another one.
+        async with project.transaction() as tx:
+            for i, value in enumerate(EXACT_JSON):
+                a = await tx.agents.register(f"updated {i}", state={"old": 1})
+                await tx.agents.update_state(a.id, value)
+                await tx.agents.update_config(a.id, value)
+                p = await tx.plugins.install(f"updated {i}")
+                await tx.plugins.set_state(p.id, value)
+                await tx.plugins.set_config(p.id, value)
+                await tx.conversations.update(conv.id, meta=value)
+                written[f"{i}"] += [("agents", a.id, value), ("plugins", p.id, value)]
+            await tx.projects.update(project_id, config=EXACT_JSON[0])
+
+    # Read back from the file, in a new store.
+    async with AsyncProjectStore(path, create=False) as project:
+        async with project.read() as r:
+            for rows in written.values():
+                for table, id_, want in rows:
+                    record = await getattr(r, table).get(id_)
+                    fields = ("config", "state") if table in ("agents", "plugins") else ("meta",)
+                    for f in fields:
+                        got = getattr(record, f)
+                        assert _same_json(got, want), (table, f, got, want)
+            assert _same_json((await r.conversations.get(conv.id)).meta, EXACT_JSON[-1])
+            assert _same_json((await r.projects.get(project_id)).config, 1.0)
+
+    conn = sqlite3.connect(path)
+    try:
+        kinds = {
+            row[0]
+            for table, column in (("conversations", "meta"), ("messages", "meta"),
+                                  ("agents", "state"), ("plugins", "config"))
+            for row in conn.execute(
+                f"SELECT DISTINCT typeof({column}) FROM {table} WHERE {column} IS NOT NULL"
+            )
+        }
+        # Stored as the JSON text, never as an SQLite number.
+        assert kinds == {"text"}
+        assert conn.execute(
+            "SELECT meta FROM messages WHERE content = '0'"
+        ).fetchone() == ("1.0",)
+    finally:
+        conn.close()
