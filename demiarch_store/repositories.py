@@ -486,8 +486,17 @@ class MessageRepository(Repository[Message]):
     ) -> Message:
         """Append a message to a conversation."""
         conv = _text(conversation_id, "conversation_id", empty=False)
-        record = _message(conv, role, content, meta, utcnow())
-        self._s.defer(Op(self._insert_sql(), self._codec.bind_record(record)))
+        now = utcnow()
+        record = _message(conv, role, content, meta, now)
+        # The stored row built directly, as append_many does (Codec.bind_record is the slow,
+        # general way): every column but meta and created_at is stored as it is.
+        if meta is not None:
+            try:
+                meta = self._meta_binder(meta)
+            except (TypeError, ValueError) as exc:
+                raise _unstorable("meta", exc) from exc
+        row = (record.id, conv, record.role, record.content, meta, to_micros(now))
+        self._s.defer(Op(self._insert_sql(), row))
         return record
 
     async def append_many(

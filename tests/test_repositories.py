@@ -90,6 +90,26 @@ async def test_messages_last_count_and_search(project: AsyncProjectStore) -> Non
             await r.messages.search("x", limit=-2)
 
 
+@pytest.mark.parametrize("bad", [{1, 2}, object(), {"k": b"bytes"}])
+async def test_message_meta_that_is_not_json_is_refused_and_nothing_is_written(
+    project: AsyncProjectStore, bad: object
+) -> None:
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="meta")
+    for many in (False, True):
+        with pytest.raises(InvalidValue) as caught:
+            async with project.transaction() as tx:
+                await tx.messages.append(conv.id, role="user", content="kept out")
+                if many:
+                    items = [{"role": "user", "content": "x", "meta": bad}]
+                    await tx.messages.append_many(conv.id, items)
+                else:
+                    await tx.messages.append(conv.id, role="user", content="x", meta=bad)
+        assert "meta" in str(caught.value)
+    async with project.read() as r:
+        assert await r.messages.count() == 0
+
+
 async def test_message_to_unknown_conversation_is_a_constraint_violation(
     project: AsyncProjectStore,
 ) -> None:
