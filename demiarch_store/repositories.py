@@ -263,6 +263,11 @@ def _direct(type_: Any, proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return proc
 
 
+_UNLOADABLE = (ValueError, TypeError, ArithmeticError)
+"""What a column's converter raises on a stored value it cannot read (JSON that does not
+parse, a timestamp or amount that is not a number): only a damaged file holds one."""
+
+
 class Repository(Generic[R]):
     """Shared CRUD for a table whose primary key is ``id`` and whose IDs sort by creation."""
 
@@ -309,10 +314,17 @@ class Repository(Generic[R]):
             return self.sql("insert_row", lambda: insert(self.table), positional=True)
 
     def _row(self, row: tuple[Any, ...]) -> R:
-        return self._load(row)  # type: ignore[no-any-return]
+        try:
+            return self._load(row)  # type: ignore[no-any-return]
+        except _UNLOADABLE as exc:
+            raise self._s.damaged(self.noun, exc) from None
 
     async def _rows(self, sql: str, params: Mapping[str, Any]) -> list[R]:
-        return list(map(self._load, await self._s.fetch(sql, params)))
+        rows = await self._s.fetch(sql, params)
+        try:
+            return list(map(self._load, rows))
+        except _UNLOADABLE as exc:
+            raise self._s.damaged(self.noun, exc) from None
 
     async def get(self, id: str) -> R:
         """Return the record with this ID, or raise ``NotFound``."""

@@ -10,7 +10,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
-from .errors import NotFound, StoreError
+from .errors import CorruptDatabase, NotFound, StoreError
 from .pool import Op, Pool, Worker, interactive_job, read_job
 from .repositories import Repositories
 
@@ -36,6 +36,15 @@ class Session(Repositories):
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
         """Run one query and return its rows."""
         raise NotImplementedError  # pragma: no cover - both subclasses define it
+
+    def damaged(self, noun: str, exc: Exception) -> CorruptDatabase:
+        """The error for a stored row a column's converter cannot read (never its value)."""
+        return CorruptDatabase(
+            f"a stored {noun} could not be read: a value is damaged ({type(exc).__name__})",
+            project=self._pool.project,
+            path=self._pool.path,
+            hint="run `demiarch-store check` on the project; restore it from a backup",
+        )
 
     def not_found(self, message: str) -> NotFound:
         return NotFound(

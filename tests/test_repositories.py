@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from demiarch_store import (
     AsyncProjectStore,
     ConstraintViolation,
+    CorruptDatabase,
     CostTotal,
     InvalidValue,
     NotFound,
@@ -108,6 +109,32 @@ async def test_message_meta_that_is_not_json_is_refused_and_nothing_is_written(
         assert "meta" in str(caught.value)
     async with project.read() as r:
         assert await r.messages.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "stored"),
+    [("meta", "secret-token{not json"), ("created_at", "secret-token"), ("meta", "\x00" * 8)],
+)
+async def test_a_damaged_stored_value_is_corrupt_database_without_the_value(
+    project: AsyncProjectStore, column: str, stored: str
+) -> None:
+    """A value a column's converter cannot read (what a scribbled page leaves) is a damaged
+    file: CorruptDatabase naming the project and path, never the value, on every read path."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="damaged")
+        msg = await tx.messages.append(conv.id, role="user", content="hi", meta={"k": 1})
+    raw = sqlite3.connect(project.path)
+    with raw:
+        raw.execute(f"UPDATE messages SET {column} = ? WHERE id = ?", (stored, msg.id))
+    raw.close()
+    async with project.read() as r:
+        for read in (r.messages.get(msg.id), r.messages.list(conv.id), r.messages.last(conv.id, 5)):
+            with pytest.raises(CorruptDatabase) as caught:
+                await read
+            err = caught.value
+            assert err.project == project.id and str(project.path) in str(err)
+            assert "secret-token" not in str(err) and "message" in str(err) and err.hint
+        assert await r.conversations.get(conv.id) == conv  # other rows still read
 
 
 async def test_message_to_unknown_conversation_is_a_constraint_violation(
