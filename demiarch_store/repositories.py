@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -72,7 +73,12 @@ __all__ = [
 
 R = TypeVar("R")
 
-_DIALECT = sqlite.dialect(paramstyle="named")
+_DIALECT = sqlite.dialect(
+    paramstyle="named",
+    # Standard JSON only: NaN and Infinity are not JSON (PostgreSQL's json and SQLite's own
+    # json() refuse them), so a value holding one is an InvalidValue, not a file others reject.
+    json_serializer=functools.partial(json.dumps, allow_nan=False),
+)
 _POSITIONAL = sqlite.dialect(paramstyle="qmark")
 
 

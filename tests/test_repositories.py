@@ -91,7 +91,9 @@ async def test_messages_last_count_and_search(project: AsyncProjectStore) -> Non
             await r.messages.search("x", limit=-2)
 
 
-@pytest.mark.parametrize("bad", [{1, 2}, object(), {"k": b"bytes"}])
+@pytest.mark.parametrize(
+    "bad", [{1, 2}, object(), {"k": b"bytes"}, float("nan"), {"k": [float("inf")]}, -float("inf")]
+)
 async def test_message_meta_that_is_not_json_is_refused_and_nothing_is_written(
     project: AsyncProjectStore, bad: object
 ) -> None:
