@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic as _monotonic
@@ -174,6 +174,9 @@ class Worker:
         """Close the connection after every queued job, and join the thread."""
         if self._stopping:
             return
+        if not self._thread.is_alive():  # it died (a bug): nothing would answer the stop
+            self._stopping = True
+            return
         fut = self._loop.create_future()
         self._enqueue((fut, _STOP, ()))
         self._stopping = True
@@ -198,7 +201,16 @@ class Worker:
                 except queue.Empty:
                     break
             done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            for fut, fn, args in batch:
+            i, n = 0, len(batch)
+            while i < n:
+                fut, fn, args = batch[i]
+                if fn is point_read_job and running and self._conn is not None:
+                    end = _point_run(batch, i)
+                    if end - i > 1:
+                        self._point_reads(batch[i:end], done)
+                        i = end
+                        continue
+                i += 1
                 if fn is _STOP or not running:
                     running = False
                     err: BaseException | None = None
@@ -235,6 +247,69 @@ class Worker:
                 except RuntimeError:
                     # The event loop is closed: nobody is waiting any more.
                     pass
+
+
+    def _point_reads(self, items: list[_Item], done: list[Any]) -> None:
+        """Run consecutive point reads of one table as one ``WHERE id IN (...)`` query.
+
+        They are in one read transaction (the epoch's; none of them begins it), so one query
+        returns exactly what each would. If it fails, each read runs on its own and meets the
+        error (or not) alone.
+        """
+        conn = self._conn
+        assert conn is not None
+        ids = list(dict.fromkeys(args[2]["id"] for _, _, args in items))
+        try:
+            rows = conn.execute(items[0][2][3] + _in_list(len(ids)), ids).fetchall()
+        except Exception:
+            for fut, fn, args in items:
+                try:
+                    result = fn(conn, *args)
+                except BaseException as exc:  # noqa: B036 - delivered to the awaiting task
+                    done.append((fut, None, exc))
+                else:
+                    done.append((fut, result, None))
+                self.completed += 1
+            return
+        by_id = {row[0]: row for row in rows}
+        for fut, _, args in items:
+            row = by_id.get(args[2]["id"])
+            done.append((fut, [] if row is None else [row], None))
+        self.completed += len(items)
+
+
+def point_read_job(
+    conn: sqlite3.Connection, begin: bool, sql: str, params: Mapping[str, Any], select_in: str
+) -> list[Any]:
+    """Read one row by primary key (``params["id"]``, a ``str``): ``read_job``.
+
+    When several of these for one table reach a reader together, the worker runs them as one
+    query, ``select_in`` followed by ``(?, ?, ...)`` (see ``Worker._point_reads``); the rows
+    it returns start with their ``id``.
+    """
+    return read_job(conn, begin, sql, params)
+
+
+def _point_run(batch: list[_Item], start: int) -> int:
+    """Return the end of the run of point reads at ``start`` that may share one query."""
+    select_in = batch[start][2][3]
+    end = start
+    for fut, fn, args in batch[start:]:
+        if (
+            fn is not point_read_job
+            or fut is None
+            or args[0]  # begins the epoch's transaction: runs alone, first
+            or args[3] != select_in
+            or type(args[2]["id"]) is not str
+        ):
+            break
+        end += 1
+    return end
+
+
+@functools.cache
+def _in_list(n: int) -> str:
+    return "(" + ", ".join("?" * n) + ")"
 
 
 def _deliver(done: list[tuple[Any, Any, BaseException | None]]) -> None:

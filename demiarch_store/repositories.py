@@ -338,7 +338,11 @@ class Repository(Generic[R]):
         if sql is None:
             t = self.table
             sql = self.sql("get", lambda: select(t).where(t.c.id == bindparam("id")))
-        rows = await self._s.fetch(sql, {"id": id})
+            # The same columns for several IDs at once (a reader may merge queued gets): the
+            # table's first column is its id, so each row says which get it answers.
+            assert t.columns[0] is t.c.id
+            self._sql["get_in"] = f"{compile_sql(select(t))} WHERE {t.name}.id IN "
+        rows = await self._s.fetch_by_id(sql, id, self._sql["get_in"])
         if not rows:
             raise self._s.not_found(f"no {self.noun} with id {id!r}")
         return self._row(rows[0])

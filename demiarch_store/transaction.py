@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import CorruptDatabase, NotFound, StoreError
-from .pool import Op, Pool, Worker, interactive_job, read_job
+from .pool import Op, Pool, Worker, interactive_job, point_read_job, read_job
 from .repositories import Repositories
 
 __all__ = ["Session", "Snapshot", "Transaction"]
@@ -45,6 +45,10 @@ class Session(Repositories):
             path=self._pool.path,
             hint="run `demiarch-store check` on the project; restore it from a backup",
         )
+
+    async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
+        """Run ``sql`` (a read of one row by ``:id``); ``select_in`` reads several at once."""
+        return await self.fetch(sql, {"id": id})
 
     def not_found(self, message: str) -> NotFound:
         return NotFound(
@@ -230,7 +234,14 @@ class Snapshot(Session):
             self._pool.release_shared(worker)
         self._pool.leave()
 
+    async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
+        # Point reads queued together on the reader run as one query (Worker._point_reads).
+        return await self._read(point_read_job, sql, {"id": id}, select_in)
+
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return await self._read(read_job, sql, params)
+
+    async def _read(self, job: Any, *args: Any) -> list[Any]:
         worker = self._worker
         if worker is None:
             raise StoreError(
@@ -244,7 +255,7 @@ class Snapshot(Session):
         begin = not worker.begun
         worker.begun = True
         try:
-            return await worker.submit(read_job, begin, sql, params)  # type: ignore[no-any-return]
+            return await worker.submit(job, begin, *args)  # type: ignore[no-any-return]
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

@@ -356,3 +356,71 @@ def test_generated_row_loaders_build_what_the_codec_and_constructor_build() -> N
     record = load(("m1", "c1", "user", "hi", '{"k": 1}', to_micros(when)))
     assert record == Checked("m1", "c1", "user", "hi", {"k": 1}, when)
     assert seen == ["m1", "m1"]  # the loader went through __init__ and __post_init__
+
+
+async def test_concurrent_gets_run_as_one_query_and_each_gets_its_own_answer(
+    project: AsyncProjectStore,
+) -> None:
+    """Point reads queued together on a reader run as one ``WHERE id IN (...)`` query (seen in
+    SQLite's own statement trace), and every get still returns its record, a missing ID still
+    raises NotFound, and a repeated ID is answered twice."""
+    from demiarch_store import NotFound
+
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="many gets")
+        sent = await tx.messages.append_many(
+            conv.id, [{"role": "user", "content": f"m{i}"} for i in range(40)]
+        )
+    statements: list[str] = []
+    async with project.read() as first:
+        await first.messages.count()  # the epoch's transaction has begun on its reader
+        worker = first._worker
+        assert worker is not None
+        await worker.submit(lambda conn: conn.set_trace_callback(statements.append))
+        wanted = [m.id for m in sent] + [sent[3].id, "0" * 26]
+
+        async def get(message_id: str) -> str:
+            async with project.read() as r:
+                assert r._worker is worker
+                try:
+                    return (await r.messages.get(message_id)).content
+                except NotFound:
+                    return "missing"
+
+        got = await asyncio.gather(*(get(i) for i in wanted))
+        await worker.submit(lambda conn: conn.set_trace_callback(None))
+    assert got == [f"m{i}" for i in range(40)] + ["m3", "missing"]
+    # The trace shows each statement with its parameters: one holds many of the IDs.
+    merged = [s for s in statements if " IN (" in s]
+    assert merged and max(sum(i in s for i in set(wanted)) for s in merged) > 10, statements
+    assert len(statements) < len(wanted)  # fewer queries than gets
+
+
+async def test_a_merged_get_that_fails_leaves_the_other_gets_their_rows(
+    project: AsyncProjectStore,
+) -> None:
+    """One row whose text is not UTF-8 (a scribbled page) makes the merged query fail; each get
+    then runs alone: the damaged one raises CorruptDatabase, the others return their records."""
+    from demiarch_store import CorruptDatabase
+
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="one bad row")
+        sent = await tx.messages.append_many(
+            conv.id, [{"role": "user", "content": f"m{i}"} for i in range(10)]
+        )
+    raw = sqlite3.connect(project.path)
+    with raw:
+        raw.execute("UPDATE messages SET content = CAST(X'FF' AS TEXT) WHERE id = ?", (sent[4].id,))
+    raw.close()
+    async with project.read() as first:
+        await first.messages.count()
+
+        async def get(message_id: str) -> str:
+            async with project.read() as r:
+                try:
+                    return (await r.messages.get(message_id)).content
+                except CorruptDatabase:
+                    return "corrupt"
+
+        got = await asyncio.gather(*(get(m.id) for m in sent))
+    assert got == [f"m{i}" if i != 4 else "corrupt" for i in range(10)]
