@@ -63,6 +63,8 @@ _EPOCH_MAX_HOLDERS: Final = 256
 """Snapshots one read epoch takes at most. High on purpose: one reader thread serving every
 overlapping snapshot beats two threads taking turns at the GIL (W2 at 64 tasks: +35%)."""
 _CHAIN_MAX: Final = 64
+_POINT_RUN_MAX: Final = 256
+"""Point reads merged into one query at most (SQLite allows 32,766 parameters a statement)."""
 _CHAIN_MAX_AGE: Final = 0.005
 _CHECKPOINT_COMMITS: Final = 64
 _CHECKPOINT_INTERVAL: Final = 0.05
@@ -294,7 +296,7 @@ def _point_run(batch: list[_Item], start: int) -> int:
     """Return the end of the run of point reads at ``start`` that may share one query."""
     select_in = batch[start][2][3]
     end = start
-    for fut, fn, args in batch[start:]:
+    for fut, fn, args in batch[start : start + _POINT_RUN_MAX]:
         if (
             fn is not point_read_job
             or fut is None

@@ -424,3 +424,15 @@ async def test_a_merged_get_that_fails_leaves_the_other_gets_their_rows(
 
         got = await asyncio.gather(*(get(m.id) for m in sent))
     assert got == [f"m{i}" if i != 4 else "corrupt" for i in range(10)]
+
+
+async def test_more_gets_at_once_than_one_merged_query_takes(project: AsyncProjectStore) -> None:
+    """600 gets gathered in one snapshot (runs of at most 256 per query), each ID twice."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="wide")
+        sent = await tx.messages.append_many(
+            conv.id, [{"role": "user", "content": f"w{i}"} for i in range(300)]
+        )
+    async with project.read() as r:
+        got = await asyncio.gather(*(r.messages.get(m.id) for m in sent + sent))
+    assert got == sent + sent
