@@ -399,30 +399,12 @@ def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
         conn.execute("ROLLBACK")
 
 
-async def _run_on_reader(project: AsyncProjectStore, job: Any, *args: Any, action: str) -> Any:
-    """Run ``job(conn, *args)`` in one hop on one of the project's reader connections."""
-    pool = project.pool
-    pool.enter()
-    try:
-        worker = await pool.acquire_reader()
-        try:
-            return await worker.submit(job, *args)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            raise pool.translate(exc, action) from None
-        finally:
-            pool.release_reader(worker, started=False)
-    finally:
-        pool.leave()
-
-
 async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
     async with project.read() as r:
         records = await r.projects.list(limit=1)
         calls = await r.llm_calls.count()
         cost = await r.llm_calls.total_cost()
-    counts = await _run_on_reader(project, _count_rows, action="counting rows")
+    counts = await project._on_reader(_count_rows, action="counting rows")
     record = records[0] if records else None
     return {
         "id": project.id,
@@ -800,7 +782,7 @@ async def _stats(state: State, project_id: str) -> dict[str, Any]:
         _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         facts = await _project_facts(project)
-        pages = await _run_on_reader(project, _pages, action="reading the page counts")
+        pages = await project._on_reader(_pages, action="reading the page counts")
         return {
             "id": project_id,
             "name": facts["name"],

@@ -438,9 +438,14 @@ class AsyncProjectStore:
         await self._on_writer(_optimize_job, "optimizing the database")
 
     async def _on_reader(
-        self, job: Callable[..., Any], *args: Any, error: Callable[[BaseException], BaseException]
+        self,
+        job: Callable[..., Any],
+        *args: Any,
+        error: Callable[[BaseException], BaseException] | None = None,
+        action: str = "reading",
     ) -> Any:
-        """Run ``job(conn, *args)`` on a reader, as work in flight; ``error`` maps a failure.
+        """Run ``job(conn, *args)`` on a reader, as work in flight; ``error`` maps a failure
+        (by default the driver's error for ``action``, translated).
 
         Work in flight keeps ``Store``'s LRU from closing the project meanwhile.
         """
@@ -453,7 +458,7 @@ class AsyncProjectStore:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                mapped = error(exc)
+                mapped = pool.translate(exc, action) if error is None else error(exc)
                 if mapped is exc:
                     raise
                 raise mapped from exc
