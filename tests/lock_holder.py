@@ -1,4 +1,4 @@
-"""Another OS process that holds a database's write lock (BEGIN EXCLUSIVE) until released."""
+"""Another OS process that holds a database open, or its write lock, until released."""
 
 from __future__ import annotations
 
@@ -17,24 +17,43 @@ conn.close()
 """
 
 
-async def hold_write_lock(path: Path) -> asyncio.subprocess.Process:
-    """Start a process holding ``BEGIN EXCLUSIVE`` on ``path``; return once it holds it."""
+OPENER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("SELECT count(*) FROM messages").fetchone()
+print("open", flush=True)
+sys.stdin.readline()
+conn.close()
+"""
+
+
+async def _start(script: str, path: Path, ready: bytes) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        LOCKER,
+        script,
         str(path),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     async with asyncio.timeout(30):
-        assert (await proc.stdout.readline()).strip() == b"locked"
+        assert (await proc.stdout.readline()).strip() == ready
     return proc
 
 
+async def hold_write_lock(path: Path) -> asyncio.subprocess.Process:
+    """Start a process holding ``BEGIN EXCLUSIVE`` on ``path``; return once it holds it."""
+    return await _start(LOCKER, path, b"locked")
+
+
+async def hold_open(path: Path) -> asyncio.subprocess.Process:
+    """Start a process with ``path`` open (it has read it, holds no lock); return then."""
+    return await _start(OPENER, path, b"open")
+
+
 async def release_write_lock(proc: asyncio.subprocess.Process) -> None:
-    """Let the holder commit and exit; check it exited cleanly."""
+    """Let the holder (of the lock, or of the open file) finish and exit; check it did cleanly."""
     assert proc.stdin is not None
     proc.stdin.write(b"go\n")
     async with asyncio.timeout(30):

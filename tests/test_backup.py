@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lock_holder import hold_open, release_write_lock
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -370,25 +371,12 @@ async def test_restore_refuses_while_another_process_has_the_project_open(
     await fill(project, 4)
     backup = await project.backup()
     await fill(project, 1)
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1])\n"
-        "c.execute('SELECT count(*) FROM messages').fetchone()\n"
-        "print('open', flush=True)\n"
-        "sys.stdin.readline()\n",
-        str(project.path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert holder.stdout is not None and holder.stdin is not None
-    async with asyncio.timeout(30):
-        assert (await holder.stdout.readline()).startswith(b"open")
+    holder = await hold_open(project.path)
+    try:
         with pytest.raises(DatabaseBusy, match="another process"):
             await store.restore_project(project.id, backup)
-        holder.stdin.write(b"\n")
-        await holder.wait()
+    finally:
+        await release_write_lock(holder)
     async with project.read() as r:  # reopened on the old file, nothing lost
         assert await r.messages.count() == 5
     await store.restore_project(project.id, backup)
@@ -484,25 +472,12 @@ async def test_quarantine_refuses_while_another_process_has_the_project_open(
 ) -> None:
     project = await store.create_project(name="in use")
     await project.close()
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1])\n"
-        "c.execute('SELECT count(*) FROM messages').fetchone()\n"
-        "print('open', flush=True)\n"
-        "sys.stdin.readline()\n",
-        str(project.path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert holder.stdout is not None and holder.stdin is not None
-    async with asyncio.timeout(30):
-        assert (await holder.stdout.readline()).startswith(b"open")
+    holder = await hold_open(project.path)
+    try:
         with pytest.raises(DatabaseBusy, match="another process"):
             await store.quarantine_project(project.id)
-        holder.stdin.write(b"\n")
-        await holder.wait()
+    finally:
+        await release_write_lock(holder)
     assert project.path.exists()
     assert (await (await store.open_project(project.id)).check()).ok
 
