@@ -114,7 +114,6 @@ class Codec:
             if bind is not None:
                 self.binders.append((c.name, bind))
             self.loaders.append(load)
-        self.any_loader = any(self.loaders)
         self.row_loaders = [
             (i, _direct(c.type, p))
             for i, (c, p) in enumerate(zip(columns, self.loaders, strict=True))
@@ -171,17 +170,6 @@ class Codec:
                 raise _unstorable(self.names[i], exc) from exc
         return list(zip(*columns, strict=True))
 
-    def load(self, row: tuple[Any, ...]) -> tuple[Any, ...] | list[Any]:
-        """Return a stored row's Python values (a record's positional arguments)."""
-        if not self.row_loaders:
-            return row
-        out = list(row)
-        for i, proc in self.row_loaders:
-            value = out[i]
-            if value is not None:
-                out[i] = proc(value)
-        return out
-
 
 def _unstorable(name: str, exc: Exception) -> InvalidValue:
     if isinstance(exc, InvalidValue):
@@ -218,9 +206,9 @@ def _constructor(cls: type[Any]) -> Callable[..., Any]:
 def _row_loader(cls: type[Any], codec: Codec, make: Callable[..., Any]) -> Callable[[Any], Any]:
     """Return ``row -> record`` in one generated function: unpack, convert, construct.
 
-    The same work as ``make(*codec.load(row))`` without the intermediate list and calls (it
-    runs for every row read). A timestamp column converts inline; other columns call their
-    loader when the value is not NULL.
+    The columns' converters (``Codec.row_loaders``) and the record's constructor, with no
+    intermediate list or calls (it runs for every row read). A timestamp column converts
+    inline; other columns call their loader when the value is not NULL.
     """
     n = len(codec.names)
     loaders = dict(codec.row_loaders)
