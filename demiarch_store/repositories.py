@@ -491,6 +491,14 @@ class MessageRepository(Repository[Message]):
     ]:  # fmt: skip
         raise TypeError("append_many builds its rows in the old column order of messages")
 
+    @classmethod
+    def _stored_meta(cls, meta: Any) -> Any:
+        """Return the stored JSON text of a message's (non-None) meta, or raise InvalidValue."""
+        try:
+            return cls._meta_binder(meta)
+        except (TypeError, ValueError) as exc:
+            raise _unstorable("meta", exc) from exc
+
     async def append(
         self, conversation_id: str, *, role: str, content: str, meta: Any = None
     ) -> Message:
@@ -500,12 +508,8 @@ class MessageRepository(Repository[Message]):
         record = _message(conv, role, content, meta, now)
         # The stored row built directly, as append_many does (Codec.bind_record is the slow,
         # general way): every column but meta and created_at is stored as it is.
-        if meta is not None:
-            try:
-                meta = self._meta_binder(meta)
-            except (TypeError, ValueError) as exc:
-                raise _unstorable("meta", exc) from exc
-        row = (record.id, conv, record.role, record.content, meta, to_micros(now))
+        stored = None if meta is None else self._stored_meta(meta)
+        row = (record.id, conv, record.role, record.content, stored, to_micros(now))
         self._s.defer(Op(self._insert_sql(), row))
         return record
 
@@ -522,7 +526,7 @@ class MessageRepository(Repository[Message]):
         # The hot path of bulk inserts: records and their stored rows are built in one pass
         # (columns in table order; Codec.bind_record does the same for one record).
         stamp = to_micros(now)
-        bind_meta, make = self._meta_binder, self._make
+        stored_meta, make = self._stored_meta, self._make
         records: list[Message] = []
         rows: list[tuple[Any, ...]] = []
         for record_id, item in zip(new_record_ids(len(items)), items, strict=True):
@@ -539,10 +543,7 @@ class MessageRepository(Repository[Message]):
             meta = item.get("meta")
             records.append(make(record_id, conv, role, content, meta, now))
             if meta is not None:
-                try:
-                    meta = bind_meta(meta)
-                except (TypeError, ValueError) as exc:
-                    raise _unstorable("meta", exc) from exc
+                meta = stored_meta(meta)
             rows.append((record_id, conv, role, content, meta, stamp))
         if rows:
             self._s.defer(Op(self._insert_sql(), rows, many=True))
