@@ -94,6 +94,8 @@ def _read_file(path: Path) -> dict[str, Any]:
             value = path.parent / Path(value).expanduser() if ok else value
         elif kind == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
         elif kind == "float":
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         else:
@@ -150,6 +152,17 @@ class StoreConfig:
     may take up to this long to show. Past the window a read still joins a snapshot when no
     process has committed since it began (the WAL-index header in ``-shm`` is unchanged), so
     ``0`` gives every ``read()`` a snapshot that includes every commit made before it.
+    """
+
+    inline_reads: bool = True
+    """Run a ``read()`` block's ``get(id)`` on the event loop's thread when its reader is free.
+
+    A read by primary key costs SQLite a few microseconds, less than handing it to the reader's
+    thread and back, so it runs in place (on the same connection, in the same snapshot) when
+    that connection's thread has nothing queued. It never waits there for a lock: one that is
+    busy sends the read to the thread. A task yields to the event loop at least once every
+    four such reads. Other queries always run on the reader's thread. ``False`` sends every
+    query to a thread.
     """
 
     def __post_init__(self) -> None:

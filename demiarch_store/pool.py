@@ -12,7 +12,9 @@ is acknowledged only after the shared COMMIT (group commit: one fsync for many u
 that reads holds the writer until it ends; units that read one after the other are *chained*
 into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
 snapshots that overlap share a read transaction (an *epoch*) on one reader when that cannot hide
-a unit acknowledged before they began. A checkpointer connection keeps the WAL short under load.
+a unit acknowledged before they began. A read by primary key in a snapshot runs on the event
+loop's own thread when its reader's thread is idle (``Pool.read_here``). A checkpointer
+connection keeps the WAL short under load.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from .health import (
     optimize_on_close,
 )
 
-__all__ = ["Op", "Pool", "RowMissing", "Worker"]
+__all__ = ["ELSEWHERE", "Op", "Pool", "RowMissing", "Worker"]
 
 log = logging.getLogger("demiarch_store")
 
@@ -69,6 +71,8 @@ _CHAIN_MAX_AGE: Final = 0.005
 _CHECKPOINT_COMMITS: Final = 64
 _CHECKPOINT_INTERVAL: Final = 0.05
 _WRITER_BUSY_MS: Final = 50
+_HERE_STREAK: Final = 4
+"""Reads run in place by one task in a row before it yields to the event loop once."""
 
 
 class RowMissing(Exception):
@@ -129,12 +133,17 @@ class Worker:
         self._conn: sqlite3.Connection | None = None
         self.completed = 0
         """Jobs finished so far; written by the thread before it reports them."""
+        self.submitted = 0
+        """Jobs queued so far; written by the event loop."""
         # Read epoch of a reader (see Pool.acquire_reader); unused on the writer.
         self.holders = 0
         self.epoch_gen = -1
         self.epoch_start = 0.0
         self.epoch_wal: bytes | None = None
         self.begun = False
+        self.epoch_serial = 0
+        self.established = -1
+        """``epoch_serial`` once a read of that epoch succeeded: its snapshot is taken."""
         self._thread.start()
 
     def submit(self, fn: Job, *args: Any) -> asyncio.Future[Any]:
@@ -162,6 +171,7 @@ class Worker:
     def _enqueue(self, item: _Item) -> None:
         # Jobs queued during one turn of the event loop reach the thread as one batch: one
         # wake-up of the thread (and one hand-over of the GIL) for all of them.
+        self.submitted += 1
         pending = self._pending
         pending.append(item)
         if len(pending) == 1:
@@ -187,6 +197,16 @@ class Worker:
         finally:
             # The thread returns right after resolving the future, so this join is short.
             self._thread.join(timeout=5.0)
+
+    def idle_connection(self) -> sqlite3.Connection | None:
+        """The connection, for the event loop to use now, if the thread has no job left.
+
+        Every job queued has finished (the thread counts one only once it is done with the
+        connection), and nothing new can reach the thread while the caller runs on the loop.
+        """
+        if self._pending or self.submitted != self.completed or self._stopping:
+            return None
+        return self._conn
 
     @property
     def alive(self) -> bool:
@@ -249,7 +269,6 @@ class Worker:
                 except RuntimeError:
                     # The event loop is closed: nobody is waiting any more.
                     pass
-
 
     def _point_reads(self, items: list[_Item], done: list[Any]) -> None:
         """Run consecutive point reads of one table as one ``WHERE id IN (...)`` query.
@@ -341,14 +360,19 @@ def connect(
     """
     uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"  # a path may hold ? # or %
     conn = sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=True, cached_statements=256
+        # A reader's connection is also used from the event loop's thread (``Pool.read_here``),
+        # only ever while its own thread is idle.
+        uri,
+        uri=True,
+        isolation_level=None,
+        check_same_thread=not reader,
+        cached_statements=256,
     )
     try:
         # Opening waits for other processes (one may be switching the file to WAL or
         # migrating it) up to busy_deadline. Afterwards the writer keeps only a short wait:
         # its BEGIN IMMEDIATE retries with backoff and jitter in begin_immediate().
-        open_ms = max(100, int(config.busy_deadline * 1000))
-        conn.execute(f"PRAGMA busy_timeout = {open_ms}")
+        conn.execute(f"PRAGMA busy_timeout = {_open_busy_ms(config)}")
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         checked = check(conn) if check is not None else None
@@ -370,6 +394,11 @@ def connect(
         conn.close()
         raise
     return conn, checked
+
+
+def _open_busy_ms(config: StoreConfig) -> int:
+    """A connection's ``busy_timeout`` while it opens; a reader keeps it (see Pool.read_here)."""
+    return max(100, int(config.busy_deadline * 1000))
 
 
 def _switch_to_wal(conn: sqlite3.Connection, deadline_s: float) -> Any:
@@ -435,7 +464,8 @@ def _resolve(fut: asyncio.Future[None], outcome: object) -> None:
 
 
 _PENDING: Final = object()
-_EXCLUSIVE: Final = object()
+ELSEWHERE: Final = object()
+"""What ``Pool.read_here`` returns when the read must go to the reader's thread."""
 
 
 class WalIndex:
@@ -523,6 +553,10 @@ class Pool:
         self._closed = False
         self._deadline = config.busy_deadline
         self._share_window = config.read_share_window
+        self._here = config.inline_reads
+        self._here_task = 0
+        self._here_streak = 0
+        self._reader_busy_ms = _open_busy_ms(config)
         self._wal_index = WalIndex(path)
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
@@ -1084,6 +1118,7 @@ class Pool:
         # takes there includes at least every commit this header shows.
         worker.epoch_wal = self._wal_index.refresh()
         worker.begun = False
+        worker.epoch_serial += 1
         self._shared.append(worker)
 
     def release_shared(self, worker: Worker) -> None:
@@ -1093,9 +1128,63 @@ class Pool:
             return
         self._shared.remove(worker)
         if worker.begun:
-            worker.post(_rollback_if_active)
             worker.begun = False
+            conn = worker.idle_connection() if self._here else None
+            if conn is not None:
+                try:
+                    _rollback_if_active(conn)  # ending a read transaction never waits
+                except sqlite3.Error:
+                    conn = None
+            if conn is None:
+                worker.post(_rollback_if_active)  # after the jobs still queued
         self._reader_free(worker)
+
+    def read_here(self, worker: Worker, job: Job, *args: Any) -> Any:
+        """Run a read of a shared snapshot on this thread, or return ``ELSEWHERE``.
+
+        For reads by primary key, which cost SQLite less than a hop to the reader's thread and
+        back. It runs ``job(conn, begin, *args)`` exactly as the thread would, on the same
+        connection and in the same read transaction, and only while that thread is idle (see
+        ``Worker.idle_connection``). It never waits on the loop: the first read of an epoch,
+        which takes the snapshot and is the only one that could meet a lock (another process
+        recovering the WAL), runs with ``busy_timeout`` 0 and goes to the thread if busy.
+        Errors propagate untranslated, as from the thread.
+        """
+        conn = worker.idle_connection() if self._here else None
+        if conn is None:
+            return ELSEWHERE
+        if worker.begun:
+            if worker.established != worker.epoch_serial or not conn.in_transaction:
+                return ELSEWHERE  # the snapshot was never taken, or SQLite ended it
+            return job(conn, False, *args)
+        if conn.in_transaction:
+            return ELSEWHERE  # an earlier snapshot of this reader is still being ended
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            rows = job(conn, True, *args)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                worker.begun = True  # as on the thread: the snapshot ends with the epoch
+                raise
+            _rollback_if_active(conn)
+            return ELSEWHERE
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._reader_busy_ms}")
+        worker.begun = True
+        worker.established = worker.epoch_serial
+        return rows
+
+    def yield_due(self) -> bool:
+        """After a read run in place: whether the task should now yield to the event loop."""
+        task = id(asyncio.current_task())
+        if task != self._here_task:
+            self._here_task, self._here_streak = task, 1
+            return False
+        self._here_streak += 1
+        if self._here_streak < _HERE_STREAK:
+            return False
+        self._here_streak = 0
+        return True
 
     def _reader_free(self, worker: Worker) -> None:
         waiters = self._reader_waiters

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import CorruptDatabase, NotFound, StoreError
-from .pool import Op, Pool, Worker, interactive_job, point_read_job, read_job
+from .pool import ELSEWHERE, Op, Pool, Worker, interactive_job, point_read_job, read_job
 from .repositories import Repositories
 
 __all__ = ["Session", "Snapshot", "Transaction"]
@@ -235,7 +235,19 @@ class Snapshot(Session):
         self._pool.leave()
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
-        # Point reads queued together on the reader run as one query (Worker._point_reads).
+        # In place when the reader's thread is idle (Pool.read_here); otherwise point reads
+        # queued together on the reader run as one query (Worker._point_reads).
+        worker = self._worker
+        if worker is not None:
+            pool = self._pool
+            try:
+                rows = pool.read_here(worker, point_read_job, sql, {"id": id}, select_in)
+            except Exception as exc:
+                raise pool.translate(exc, "reading") from None
+            if rows is not ELSEWHERE:
+                if pool.yield_due():
+                    await asyncio.sleep(0)
+                return rows  # type: ignore[no-any-return]
         return await self._read(point_read_job, sql, {"id": id}, select_in)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
@@ -254,9 +266,13 @@ class Snapshot(Session):
         # (the worker runs jobs in order).
         begin = not worker.begun
         worker.begun = True
+        serial = worker.epoch_serial
         try:
-            return await worker.submit(job, begin, *args)  # type: ignore[no-any-return]
+            rows = await worker.submit(job, begin, *args)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             raise self._pool.translate(exc, "reading") from None
+        if worker.epoch_serial == serial:
+            worker.established = serial  # the snapshot is taken: reads may now run in place
+        return rows  # type: ignore[no-any-return]

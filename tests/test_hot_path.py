@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
-from demiarch_store import AsyncProjectStore, PoolTimeout, StoreConfig
+from demiarch_store import AsyncProjectStore, PoolTimeout, Store, StoreConfig
 from demiarch_store.ids import _encode, new_record_id
 
 pytestmark = pytest.mark.anyio
@@ -363,21 +365,30 @@ def test_generated_row_loaders_build_what_the_codec_and_constructor_build() -> N
     assert seen == ["m1", "m1"]  # the loader went through __init__ and __post_init__
 
 
+@pytest.fixture
+async def threaded(store: Store) -> AsyncIterator[AsyncProjectStore]:
+    """A project whose every read goes to a reader's thread (``inline_reads=False``)."""
+    created = await store.create_project(name="threaded")
+    path = created.path
+    async with AsyncProjectStore(path, config=replace(store.config, inline_reads=False)) as p:
+        yield p
+
+
 async def test_concurrent_gets_run_as_one_query_and_each_gets_its_own_answer(
-    project: AsyncProjectStore,
+    threaded: AsyncProjectStore,
 ) -> None:
     """Point reads queued together on a reader run as one ``WHERE id IN (...)`` query (seen in
     SQLite's own statement trace), and every get still returns its record, a missing ID still
     raises NotFound, and a repeated ID is answered twice."""
     from demiarch_store import NotFound
 
-    async with project.transaction() as tx:
+    async with threaded.transaction() as tx:
         conv = await tx.conversations.create(title="many gets")
         sent = await tx.messages.append_many(
             conv.id, [{"role": "user", "content": f"m{i}"} for i in range(40)]
         )
     statements: list[str] = []
-    async with project.read() as first:
+    async with threaded.read() as first:
         await first.messages.count()  # the epoch's transaction has begun on its reader
         worker = first._worker
         assert worker is not None
@@ -385,7 +396,7 @@ async def test_concurrent_gets_run_as_one_query_and_each_gets_its_own_answer(
         wanted = [m.id for m in sent] + [sent[3].id, "0" * 26]
 
         async def get(message_id: str) -> str:
-            async with project.read() as r:
+            async with threaded.read() as r:
                 assert r._worker is worker
                 try:
                     return (await r.messages.get(message_id)).content
@@ -402,26 +413,26 @@ async def test_concurrent_gets_run_as_one_query_and_each_gets_its_own_answer(
 
 
 async def test_a_merged_get_that_fails_leaves_the_other_gets_their_rows(
-    project: AsyncProjectStore,
+    threaded: AsyncProjectStore,
 ) -> None:
     """One row whose text is not UTF-8 (a scribbled page) makes the merged query fail; each get
     then runs alone: the damaged one raises CorruptDatabase, the others return their records."""
     from demiarch_store import CorruptDatabase
 
-    async with project.transaction() as tx:
+    async with threaded.transaction() as tx:
         conv = await tx.conversations.create(title="one bad row")
         sent = await tx.messages.append_many(
             conv.id, [{"role": "user", "content": f"m{i}"} for i in range(10)]
         )
-    raw = sqlite3.connect(project.path)
+    raw = sqlite3.connect(threaded.path)
     with raw:
         raw.execute("UPDATE messages SET content = CAST(X'FF' AS TEXT) WHERE id = ?", (sent[4].id,))
     raw.close()
-    async with project.read() as first:
+    async with threaded.read() as first:
         await first.messages.count()
 
         async def get(message_id: str) -> str:
-            async with project.read() as r:
+            async with threaded.read() as r:
                 try:
                     return (await r.messages.get(message_id)).content
                 except CorruptDatabase:
@@ -431,13 +442,15 @@ async def test_a_merged_get_that_fails_leaves_the_other_gets_their_rows(
     assert got == [f"m{i}" if i != 4 else "corrupt" for i in range(10)]
 
 
-async def test_more_gets_at_once_than_one_merged_query_takes(project: AsyncProjectStore) -> None:
+async def test_more_gets_at_once_than_one_merged_query_takes(
+    threaded: AsyncProjectStore,
+) -> None:
     """600 gets gathered in one snapshot (runs of at most 256 per query), each ID twice."""
-    async with project.transaction() as tx:
+    async with threaded.transaction() as tx:
         conv = await tx.conversations.create(title="wide")
         sent = await tx.messages.append_many(
             conv.id, [{"role": "user", "content": f"w{i}"} for i in range(300)]
         )
-    async with project.read() as r:
+    async with threaded.read() as r:
         got = await asyncio.gather(*(r.messages.get(m.id) for m in sent + sent))
     assert got == sent + sent
