@@ -372,8 +372,15 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         async def read(n: int) -> None:
             for _ in range(3):
                 async with project.read() as r:
-                    convs = {c.id for c in await r.conversations.list()}
+                    listed = await r.conversations.list()
                     msgs = await r.messages.list()
+                    # Gets run in place when the reader's thread is idle, on the thread when
+                    # not: either way in the same snapshot as the lists, though other tasks
+                    # retitle conversations and delete messages meanwhile.
+                    for record in [*listed[-3:], *msgs[-3:]]:
+                        repo = r.messages if record in msgs else r.conversations
+                        assert await repo.get(record.id) == record, "a get left the snapshot"
+                convs = {c.id for c in listed}
                 snapshots.append(({m.id for m in msgs}, {m.conversation_id for m in msgs}, convs))
                 await asyncio.sleep(0)
 
