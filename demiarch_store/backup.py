@@ -248,9 +248,9 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
     """Check ``backup`` and copy it to ``staging``; return its schema revision.
 
     The backup is opened read-only with ``trusted_schema=OFF``; it must pass
-    ``integrity_check`` and carry a schema revision this code knows. The copy is made with
-    ``write_snapshot`` (verified again, 0600, fsynced). Raises ``BackupError``; the live
-    database is not touched.
+    ``integrity_check`` and ``foreign_key_check`` and carry a schema revision this code
+    knows. The copy is made with ``write_snapshot`` (verified again, 0600, fsynced). Raises
+    ``BackupError``; the live database is not touched.
     """
 
     def refuse(why: str, hint: str = "choose another backup") -> BackupError:
@@ -280,10 +280,19 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             source.execute("PRAGMA trusted_schema = OFF")
             revision = read_revision(source)
             rows = source.execute("PRAGMA integrity_check(10)").fetchall()
+            # What check(full=True) verifies too: a flipped bit in the schema's text (a
+            # REFERENCES clause) passes integrity_check but breaks every foreign key.
+            violations = source.execute("PRAGMA foreign_key_check").fetchmany(10)
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a flipped bit in a TEXT value
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
         if rows != [("ok",)]:
             raise refuse(f"the backup failed its integrity check ({rows[0][0]})")
+        if violations:
+            table, rowid, parent, _ = violations[0]
+            raise refuse(
+                f"the backup breaks its foreign keys (a row of {table!r}, rowid {rowid}, "
+                f"names a missing row of {parent!r})"
+            )
         if revision is None:
             raise refuse("the file holds no demiarch-store schema")
         if revision not in known_revisions():

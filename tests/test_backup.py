@@ -330,6 +330,23 @@ def _empty(good: Path, bad: Path) -> None:
     bad.write_bytes(b"")
 
 
+def _flip_in_references(mask: int) -> object:
+    """A flipped bit in the schema's text: messages' REFERENCES clause names another table.
+
+    integrity_check passes such a file; every foreign key of the table is broken (what
+    ``make soak`` found with one random bit flip).
+    """
+
+    def spoil(good: Path, bad: Path) -> None:
+        data = bytearray(good.read_bytes())
+        where = data.find(b"REFERENCES conversations", data.find(b"CREATE TABLE messages"))
+        assert where > data.find(b"CREATE TABLE messages") > 0
+        data[where + len(b"REFERENCES conversation")] ^= mask  # the final "s"
+        bad.write_bytes(bytes(data))
+
+    return spoil
+
+
 @pytest.mark.parametrize(
     ("spoil", "reason"),
     [
@@ -339,6 +356,8 @@ def _empty(good: Path, bad: Path) -> None:
         (_not_a_db, "healthy"),
         (_foreign_db, "no demiarch-store schema"),
         (_empty, "empty"),
+        (_flip_in_references(0x01), "foreign keys"),  # "conversationr": a missing table
+        (_flip_in_references(0x80), "healthy"),  # a byte that is not UTF-8
         (None, "does not exist"),
     ],
 )
