@@ -250,6 +250,8 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
         result = conn.execute("PRAGMA integrity_check").fetchall()
         if result != [("ok",)]:
             raise _bad(f"the bundle's database fails its integrity check: {result[0][0]}", bundle)
+        if conn.execute("PRAGMA foreign_key_check").fetchmany(1):
+            raise _bad("the bundle's database breaks its foreign keys", bundle)
         revision = read_revision(conn)
         if revision != manifest.revision:
             raise _bad("the bundle's database is not at the revision its manifest says", bundle)

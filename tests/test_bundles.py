@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import stat
@@ -145,6 +146,12 @@ def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     db = bytearray(members["database.sqlite"])
     db[len(db) // 2] ^= 0xFF
     manifest = json.loads(members["manifest.json"])
+    # A database that matches its manifest but breaks its foreign keys: one flipped bit in the
+    # schema text makes messages reference a table that does not exist.
+    broken = bytearray(members["database.sqlite"])
+    at = broken.find(b"REFERENCES conversations", broken.find(b"CREATE TABLE messages"))
+    broken[at + len(b"REFERENCES conversation")] ^= 0x01
+    broken_manifest = {**manifest, "sha256": hashlib.sha256(broken).hexdigest()}
     raw = bundle.read_bytes()
     (tmp / "truncated.zip").write_bytes(raw[: len(raw) // 2])
     (tmp / "text.zip").write_text("not a zip at all\n")
@@ -174,6 +181,10 @@ def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
             "size",
         ),
         "not-json": ({**members, "manifest.json": b"{nope"}, "manifest is unreadable"),
+        "broken-foreign-keys": (
+            {"manifest.json": json.dumps(broken_manifest).encode(), DATABASE: bytes(broken)},
+            "foreign keys",
+        ),
     }
     out = {
         name: (_rewrite(bundle, tmp / f"{name}.zip", m), words)
