@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -84,6 +85,16 @@ print("alembic" in sys.modules)
 
 def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree, and two
+    # runs of the suite in one checkout would collide there.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".hypothesis", "results"
+        ),
+    )
     build = subprocess.run(
         [
             sys.executable,
@@ -95,7 +106,7 @@ def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(wheels),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
