@@ -244,6 +244,26 @@ def _uri(path: Path, mode: str) -> str:
     return f"file:{quote(str(path.absolute()))}?mode={mode}"
 
 
+def file_problem(conn: sqlite3.Connection) -> str | None:
+    """What is wrong with a database file about to replace or become a project, or None.
+
+    ``integrity_check``, and ``foreign_key_check`` as ``check(full=True)`` runs it: a flipped
+    bit in the schema's text (a ``REFERENCES`` clause) passes the first and breaks every
+    foreign key. Raises ``sqlite3.Error`` when a check cannot run on the file.
+    """
+    rows = conn.execute("PRAGMA integrity_check(10)").fetchall()
+    if rows != [("ok",)]:
+        return f"failed its integrity check ({rows[0][0]})"
+    violations = conn.execute("PRAGMA foreign_key_check").fetchmany(1)
+    if violations:
+        table, rowid, parent, _ = violations[0]
+        return (
+            f"breaks its foreign keys (a row of {table!r}, rowid {rowid}, names a missing "
+            f"row of {parent!r})"
+        )
+    return None
+
+
 def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Path) -> str:
     """Check ``backup`` and copy it to ``staging``; return its schema revision.
 
@@ -279,20 +299,11 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
         try:
             source.execute("PRAGMA trusted_schema = OFF")
             revision = read_revision(source)
-            rows = source.execute("PRAGMA integrity_check(10)").fetchall()
-            # What check(full=True) verifies too: a flipped bit in the schema's text (a
-            # REFERENCES clause) passes integrity_check but breaks every foreign key.
-            violations = source.execute("PRAGMA foreign_key_check").fetchmany(10)
+            problem = file_problem(source)
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a flipped bit in a TEXT value
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
-        if rows != [("ok",)]:
-            raise refuse(f"the backup failed its integrity check ({rows[0][0]})")
-        if violations:
-            table, rowid, parent, _ = violations[0]
-            raise refuse(
-                f"the backup breaks its foreign keys (a row of {table!r}, rowid {rowid}, "
-                f"names a missing row of {parent!r})"
-            )
+        if problem is not None:
+            raise refuse(f"the backup {problem}")
         if revision is None:
             raise refuse("the file holds no demiarch-store schema")
         if revision not in known_revisions():

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .backup import Staging, fsync_dir, make_private_dir
+from .backup import Staging, file_problem, fsync_dir, make_private_dir
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
@@ -247,11 +247,9 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA trusted_schema = OFF")
-        result = conn.execute("PRAGMA integrity_check").fetchall()
-        if result != [("ok",)]:
-            raise _bad(f"the bundle's database fails its integrity check: {result[0][0]}", bundle)
-        if conn.execute("PRAGMA foreign_key_check").fetchmany(1):
-            raise _bad("the bundle's database breaks its foreign keys", bundle)
+        problem = file_problem(conn)
+        if problem is not None:
+            raise _bad(f"the bundle's database {problem}", bundle)
         revision = read_revision(conn)
         if revision != manifest.revision:
             raise _bad("the bundle's database is not at the revision its manifest says", bundle)

@@ -237,31 +237,30 @@ class Snapshot(Session):
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
         # In place when the reader's thread is idle (Pool.read_here); otherwise point reads
         # queued together on the reader run as one query (Worker._point_reads).
+        return await self._read(point_read_job, sql, {"id": id}, select_in, here=True)
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return await self._read(read_job, sql, params)
+
+    async def _read(self, job: Any, *args: Any, here: bool = False) -> list[Any]:
         worker = self._worker
-        if worker is not None:
-            pool = self._pool
+        pool = self._pool
+        if worker is None:
+            raise StoreError(
+                "the read snapshot has ended",
+                project=pool.project,
+                path=pool.path,
+                hint="use the repositories only inside the `async with` block",
+            )
+        if here:
             try:
-                rows = pool.read_here(worker, point_read_job, sql, {"id": id}, select_in)
+                rows = pool.read_here(worker, job, *args)
             except Exception as exc:
                 raise pool.translate(exc, "reading") from None
             if rows is not ELSEWHERE:
                 if pool.yield_due():
                     await asyncio.sleep(0)
                 return rows  # type: ignore[no-any-return]
-        return await self._read(point_read_job, sql, {"id": id}, select_in)
-
-    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        return await self._read(read_job, sql, params)
-
-    async def _read(self, job: Any, *args: Any) -> list[Any]:
-        worker = self._worker
-        if worker is None:
-            raise StoreError(
-                "the read snapshot has ended",
-                project=self._pool.project,
-                path=self._pool.path,
-                hint="use the repositories only inside the `async with` block",
-            )
         # The first query of a read epoch begins its transaction; the others run inside it
         # (the worker runs jobs in order).
         begin = not worker.begun
@@ -272,7 +271,7 @@ class Snapshot(Session):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            raise self._pool.translate(exc, "reading") from None
+            raise pool.translate(exc, "reading") from None
         if worker.epoch_serial == serial:
             worker.established = serial  # the snapshot is taken: reads may now run in place
         return rows  # type: ignore[no-any-return]
