@@ -27,6 +27,7 @@ import os
 import queue
 import random
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -468,6 +469,22 @@ ELSEWHERE: Final = object()
 """What ``Pool.read_here`` returns when the read must go to the reader's thread."""
 
 
+class _Mapped:
+    """The ``-shm`` file of one database, as this process's pools share it."""
+
+    __slots__ = ("fd", "map", "users")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.map: mmap.mmap | None = None
+        self.users = 0
+
+
+_MAPPED: dict[tuple[int, int], _Mapped] = {}
+"""By the database file's device and inode: every open pool of this process on it."""
+_MAPPED_LOCK = threading.Lock()
+
+
 class WalIndex:
     """The WAL-index header at the start of the ``-shm`` file, read without SQLite.
 
@@ -475,43 +492,85 @@ class WalIndex:
     change counter, last frame, frame checksum and salts). While it is unchanged, a read
     transaction begun after it was read still shows the database as it is now: that is what
     lets a read epoch take new snapshots past ``read_share_window`` without ever being stale.
-    The file is mapped read-only while the pool's own connections keep it alive (SQLite only
-    truncates ``-shm`` when no connection holds it), and unmapped before they close.
+
+    Closing *any* descriptor of a file drops every POSIX lock this process holds on it,
+    SQLite's included: its lock on the ``-shm`` file tells other processes that the WAL index
+    is in use, and without it the next process to open the database truncates and rebuilds
+    the file under this process's connections (a bus error, or lost writes). So every pool of
+    this process on one database shares one descriptor of the file (``attach``), mapped
+    read-only, which is closed only when the last of those pools has closed its connections
+    (``close``).
     """
 
-    __slots__ = ("_map", "_path")
+    __slots__ = ("_database", "_key", "_map", "_path")
 
     HEADER: Final = 48
 
     def __init__(self, database: Path) -> None:
+        self._database = database
         self._path = Path(f"{database}-shm")
+        self._key: tuple[int, int] | None = None
         self._map: mmap.mmap | None = None
+
+    def attach(self) -> None:
+        """Count this pool as a user of the file (once its first connection is open)."""
+        st = os.stat(self._database)
+        key = (st.st_dev, st.st_ino)
+        with _MAPPED_LOCK:
+            _MAPPED.setdefault(key, _Mapped()).users += 1
+        self._key = key
 
     def header(self) -> bytes | None:
         """Return the header, or None if the file is not mapped (yet)."""
         m = self._map
         return None if m is None else m[: self.HEADER]
 
+    def frames(self) -> int:
+        """Return the frames in the WAL (the header's ``mxFrame``), 0 if not mapped."""
+        m = self._map
+        return 0 if m is None else int.from_bytes(m[16:20], sys.byteorder)
+
     def refresh(self) -> bytes | None:
         """Map the file if it is not mapped yet (it appears with WAL mode); return the header."""
-        if self._map is None:
-            try:
-                fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                return None
-            try:
-                if os.fstat(fd).st_size >= self.HEADER:
-                    self._map = mmap.mmap(fd, self.HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
-            except (OSError, ValueError):
-                return None
-            finally:
-                os.close(fd)
+        if self._map is None and self._key is not None:
+            with _MAPPED_LOCK:
+                self._map = self._map_file(_MAPPED[self._key])
         return self.header()
 
+    def _map_file(self, entry: _Mapped) -> mmap.mmap | None:
+        if entry.map is None:
+            if entry.fd is None:
+                try:
+                    # From here the descriptor is closed only by the last close().
+                    entry.fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    return None
+            try:
+                if os.fstat(entry.fd).st_size >= self.HEADER:
+                    entry.map = mmap.mmap(entry.fd, self.HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError):
+                return None
+        return entry.map
+
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        """Stop using the file: the last pool of the process unmaps it and closes it.
+
+        Call only once the pool's own connections to the database are closed.
+        """
+        self._map = None
+        key, self._key = self._key, None
+        if key is None:
+            return
+        with _MAPPED_LOCK:
+            entry = _MAPPED[key]
+            entry.users -= 1
+            if entry.users:
+                return
+            del _MAPPED[key]
+        if entry.map is not None:
+            entry.map.close()
+        if entry.fd is not None:
+            os.close(entry.fd)
 
 
 class Pool:
@@ -569,6 +628,7 @@ class Pool:
         self._writer = writer
         try:
             result = await writer.submit(connect, self.path, self.config, False, check)
+            self._wal_index.attach()
         except BaseException as exc:
             await writer.stop()
             self._closed = True
@@ -590,13 +650,15 @@ class Pool:
             w for w in (self._writer, *self._readers_all, self._checkpointer) if w is not None
         ]
         self._readers_idle.clear()
-        self._wal_index.close()  # before the last connection to the file closes
         errors = []
-        for worker in workers:
-            try:
-                await worker.stop()
-            except sqlite3.Error as exc:
-                errors.append(exc)
+        try:
+            for worker in workers:
+                try:
+                    await worker.stop()
+                except sqlite3.Error as exc:
+                    errors.append(exc)
+        finally:
+            self._wal_index.close()  # after the connections: it may drop this process's locks
         if errors:
             raise self.translate(errors[0], "closing the database")
 

@@ -119,3 +119,57 @@ conn.close()
                 assert second._worker is not first._worker
                 assert await second.conversations.count() == 1
             assert await first.conversations.count() == 0  # still its own snapshot
+
+
+_PROBE_DMS = """
+import fcntl, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDWR)
+except FileNotFoundError:
+    print("gone")
+    sys.exit()
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)
+except OSError:
+    print("in use")
+else:
+    print("free")
+"""
+
+
+async def _shm_claim(path: Path) -> str:
+    """Ask another process whether the -shm file's DMS byte is held (SQLite's "in use" claim).
+
+    POSIX locks never conflict within one process, so only another process can tell.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROBE_DMS, f"{path}-shm", stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        out, _ = await child.communicate()
+    assert child.returncode == 0
+    return out.decode().strip()
+
+
+async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Path) -> None:
+    """Reading the WAL-index header (read epochs, commits in place) keeps SQLite's locks.
+
+    Closing any descriptor of the -shm file would drop every POSIX lock this process holds on
+    it; another process opening the database would then truncate the file under this one's
+    connections. Two pools on one file share the descriptor: closing one keeps the claim.
+    """
+    path = tmp_path / "p.sqlite"
+    async with AsyncProjectStore(path) as first:
+        async with AsyncProjectStore(path) as second:
+            for project in (first, second):
+                async with project.transaction() as tx:  # a commit
+                    conv = await tx.conversations.create(title="claimed")
+                async with project.read() as r:  # a read epoch reads the header
+                    assert (await r.conversations.get(conv.id)).title == "claimed"
+            assert second.pool._wal_index.frames() > 0  # the header really was mapped
+            assert await _shm_claim(path) == "in use"
+        assert await _shm_claim(path) == "in use"
+        async with first.transaction() as tx:
+            await tx.conversations.create(title="after the other closed")
+        assert await _shm_claim(path) == "in use"
+    assert await _shm_claim(path) in ("free", "gone")  # (SQLite deletes it on the last close)
