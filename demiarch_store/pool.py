@@ -73,7 +73,10 @@ _CHECKPOINT_COMMITS: Final = 64
 _CHECKPOINT_INTERVAL: Final = 0.05
 _WRITER_BUSY_MS: Final = 50
 _HERE_STREAK: Final = 4
-"""Reads run in place by one task in a row before it yields to the event loop once."""
+"""Operations run in place by one task in a row before it yields to the event loop once."""
+_HERE_ROWS: Final = 16
+_HERE_TEXT: Final = 64 * 1024
+"""The largest unit ``Pool.commit_here`` takes: rows inserted, and characters of their text."""
 
 
 class RowMissing(Exception):
@@ -145,6 +148,9 @@ class Worker:
         self.epoch_serial = 0
         self.established = -1
         """``epoch_serial`` once a read of that epoch succeeded: its snapshot is taken."""
+        self.restore: Job | None = None
+        """Set on the loop after it changed the connection's settings (``Pool.commit_here``):
+        the thread runs ``restore(conn)`` before its next batch of jobs."""
         self._thread.start()
 
     def submit(self, fn: Job, *args: Any) -> asyncio.Future[Any]:
@@ -223,6 +229,13 @@ class Worker:
                     batch += get_nowait()
                 except queue.Empty:
                     break
+            if self.restore is not None:
+                fix, self.restore = self.restore, None
+                if self._conn is not None:
+                    try:
+                        fix(self._conn)
+                    except sqlite3.Error as exc:  # pragmas; nothing to undo if one fails
+                        log.warning("restoring the settings of a connection failed: %r", exc)
             done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             i, n = 0, len(batch)
             while i < n:
@@ -329,6 +342,25 @@ def _point_run(batch: list[_Item], start: int) -> int:
     return end
 
 
+def _small(ops: list[Op]) -> bool:
+    """Whether a unit only inserts, and few rows with little text (see ``Pool.commit_here``)."""
+    if len(ops) > _HERE_ROWS:
+        return False
+    rows = text = 0
+    for op in ops:
+        if not op.sql.startswith("INSERT INTO "):
+            return False
+        batch = op.params if op.many else (op.params,)
+        rows += len(batch)
+        if rows > _HERE_ROWS:
+            return False
+        for params in batch:
+            for value in params.values() if isinstance(params, dict) else params:
+                if type(value) is str or type(value) is bytes:
+                    text += len(value)
+    return text <= _HERE_TEXT
+
+
 @functools.cache
 def _in_list(n: int) -> str:
     return "(" + ", ".join("?" * n) + ")"
@@ -361,12 +393,12 @@ def connect(
     """
     uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"  # a path may hold ? # or %
     conn = sqlite3.connect(
-        # A reader's connection is also used from the event loop's thread (``Pool.read_here``),
-        # only ever while its own thread is idle.
+        # A connection is also used from the event loop's thread (``Pool.read_here`` and
+        # ``Pool.commit_here``), only ever while its own thread is idle.
         uri,
         uri=True,
         isolation_level=None,
-        check_same_thread=not reader,
+        check_same_thread=False,
         cached_statements=256,
     )
     try:
@@ -613,6 +645,8 @@ class Pool:
         self._deadline = config.busy_deadline
         self._share_window = config.read_share_window
         self._here = config.inline_reads
+        self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
+        self._auto_frames = 0
         self._here_task = 0
         self._here_streak = 0
         self._reader_busy_ms = _open_busy_ms(config)
@@ -716,7 +750,12 @@ class Pool:
             raise self.translate(exc, action) from None
 
     async def commit_group(self, ops: list[Op]) -> None:
-        """Commit a write-only unit, grouped with whatever else is queued."""
+        """Commit a write-only unit, grouped with whatever else is queued (or in place)."""
+        if self._alone() and _small(ops):
+            if self.yield_due():
+                await asyncio.sleep(0)  # a cancel here: nothing was written
+            if self._alone() and self.commit_here(ops) is not ELSEWHERE:
+                return
         loop = self._loop
         unit = _Unit(ops, loop.create_future(), loop.time())
         self._queue.append(unit)
@@ -734,6 +773,64 @@ class Pool:
             else:
                 _resolve(late, unit.outcome)
             await self._settle(late, cancels=1)
+
+    def _alone(self) -> bool:
+        """Whether a unit ending now is the project's only work and the writer is free."""
+        return (
+            self._here_writes and self._in_flight == 1 and not self._queue and not self._writer_busy
+        )  # (a hand-on due, see _group_done, can only find this unit: it needs no wait)
+
+    def commit_here(self, ops: list[Op]) -> object:
+        """Commit a small write-only unit on this thread, or return ``ELSEWHERE``.
+
+        For a unit that is the project's only work: its hop to the writer's thread and back
+        would cost several times what SQLite spends on it. It runs ``BEGIN IMMEDIATE``, the
+        statements and ``COMMIT`` exactly as ``_commit_group`` does for a group of one, on the
+        writer's connection while its thread is idle (see ``Worker.idle_connection``), and never
+        waits: ``busy_timeout`` is 0, so a write lock held by another connection sends the unit
+        to the thread, and the automatic checkpoint is off, so a checkpoint the commit would
+        start (with its ``fsync``) is posted to the thread instead. The thread restores both
+        settings before its next job. Errors are translated; the unit is then rolled back.
+        """
+        writer = self.writer
+        conn = writer.idle_connection()
+        if conn is None or self._wal_index.refresh() is None:
+            return ELSEWHERE
+        if writer.restore is None:
+            if not self._auto_frames:
+                self._auto_frames = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            writer.restore = self._restore_writer
+        error: BaseException | None = None
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    return ELSEWHERE  # nothing began; the thread waits for the lock
+                raise
+            try:
+                run_ops(conn, ops)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback_if_active(conn)
+                raise
+        except Exception as exc:
+            error = self.translate(exc, "committing a transaction")
+        if error is not None:
+            self.counters.rollbacks += 1
+            raise error  # as the thread's would be: the driver's error is its cause
+        self.counters.commits += 1
+        self.counters.groups += 1
+        if 0 < self._auto_frames <= self._wal_index.frames():
+            writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
+        self._upkeep()
+        return None
+
+    def _restore_writer(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self._auto_frames}")
 
     # A unit that reads holds the writer; when it ends and the next unit waiting for the writer
     # also reads, the transaction stays open and the writer passes straight on (the next unit's
@@ -1237,7 +1334,7 @@ class Pool:
         return rows
 
     def yield_due(self) -> bool:
-        """After a read run in place: whether the task should now yield to the event loop."""
+        """For an operation run in place: whether the task should now yield to the event loop."""
         task = id(asyncio.current_task())
         if task != self._here_task:
             self._here_task, self._here_streak = task, 1

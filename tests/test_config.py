@@ -30,13 +30,14 @@ def test_defaults_follow_demiarch_home(tmp_path: Path) -> None:
 def test_the_config_file_overrides_defaults_and_arguments_override_it(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
         'projects_dir = "elsewhere"\nmax_readers = 2\nbusy_deadline = 1\nsynchronous = "FULL"\n'
-        "inline_reads = false\n"
+        "inline_reads = false\ninline_writes = false\n"
     )
     env = {"DEMIARCH_HOME": str(tmp_path)}
     config = load_config(environ=env)
     assert config.projects_dir == tmp_path / "elsewhere"  # relative to the file
     assert (config.max_readers, config.busy_deadline, config.synchronous) == (2, 1, "FULL")
     assert config.inline_reads is False and StoreConfig().inline_reads is True
+    assert config.inline_writes is False and StoreConfig().inline_writes is True
     explicit = load_config(environ=env, projects_dir=tmp_path / "mine", max_readers=3)
     assert (explicit.projects_dir, explicit.max_readers) == (tmp_path / "mine", 3)
     assert explicit.synchronous == "FULL"
@@ -52,6 +53,7 @@ def test_the_config_file_overrides_defaults_and_arguments_override_it(tmp_path: 
         ('max_readers = "4"', "'max_readers'"),
         ("max_readers = true", "'max_readers'"),
         ("inline_reads = 1", "'inline_reads'"),
+        ('inline_writes = "yes"', "'inline_writes'"),
         ("projects_dir = 3", "'projects_dir'"),
         ("max_readers = 0", "max_readers must be at least 1"),
     ],

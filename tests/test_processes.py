@@ -162,7 +162,7 @@ async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Pat
     async with AsyncProjectStore(path) as first:
         async with AsyncProjectStore(path) as second:
             for project in (first, second):
-                async with project.transaction() as tx:  # a commit
+                async with project.transaction() as tx:  # a commit (in place)
                     conv = await tx.conversations.create(title="claimed")
                 async with project.read() as r:  # a read epoch reads the header
                     assert (await r.conversations.get(conv.id)).title == "claimed"

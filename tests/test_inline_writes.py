@@ -1,0 +1,254 @@
+"""Small write-only units commit in place, on the event loop's thread (``inline_writes``).
+
+Only a unit that is the project's only work, while the writer's thread is idle; the same
+connection, the same ``BEGIN IMMEDIATE ... COMMIT``, the same errors. It never waits on the
+loop: a lock held elsewhere sends the unit to the thread, and so does the checkpoint a commit
+would start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from lock_holder import hold_write_lock, release_write_lock
+
+from demiarch_store import AsyncProjectStore, ConstraintViolation, Store, StoreConfig
+
+pytestmark = pytest.mark.anyio
+
+LOOP = "loop"
+THREAD = "writer thread"
+
+
+@pytest.fixture(params=[True, False], ids=["in-place", "threaded"])
+async def either(request: pytest.FixtureRequest, config: StoreConfig) -> AsyncIterator[Store]:
+    """A store committing small lone units in place (the default), or always on the thread."""
+    async with Store(replace(config, inline_writes=request.param)) as store:
+        yield store
+
+
+async def _trace(project: AsyncProjectStore) -> list[tuple[str, str]]:
+    """Record each statement the writer's connection runs, and on which thread it ran."""
+    seen: list[tuple[str, str]] = []
+    loop_thread = threading.get_ident()
+
+    def trace(sql: str) -> None:
+        where = LOOP if threading.get_ident() == loop_thread else THREAD
+        seen.append((where, sql))
+
+    await project.pool.writer.submit(lambda conn: conn.set_trace_callback(trace))
+    return seen
+
+
+def _where(seen: list[tuple[str, str]], prefix: str) -> list[str]:
+    return [where for where, sql in seen if sql.startswith(prefix)]
+
+
+def _settings(conn: sqlite3.Connection) -> tuple[Any, ...]:
+    return (
+        conn.execute("PRAGMA busy_timeout").fetchone()[0],
+        conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+        conn.in_transaction,
+    )
+
+
+async def test_a_lone_unit_commits_alike_in_place_and_on_the_thread(either: Store) -> None:
+    """Acknowledged means committed (another connection sees it at once); a failing unit
+    raises the same error and leaves nothing behind; only the thread it ran on differs."""
+    inline = either.config.inline_writes
+    project = await either.create_project(name="either")
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    async with project.transaction() as tx:
+        sent = await tx.messages.append(conv.id, role="user", content="hello")
+        more = await tx.messages.append_many(conv.id, [{"role": "tool", "content": "x"}] * 3)
+    raw = sqlite3.connect(project.path)
+    try:
+        stored = raw.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
+        assert stored == [(sent.id, "hello")] + [(m.id, "x") for m in more]
+    finally:
+        raw.close()
+    assert _where(seen, "BEGIN IMMEDIATE") == [LOOP if inline else THREAD]
+    assert _where(seen, "INSERT INTO messages") == [LOOP if inline else THREAD] * 4  # 1 + 3 rows
+    assert _where(seen, "COMMIT") == [LOOP if inline else THREAD]
+
+    with pytest.raises(ConstraintViolation) as caught:
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content="kept out")
+            await tx.messages.append("no-such-conversation", role="user", content="orphan")
+    assert caught.value.project == project.id
+    assert _where(seen, "ROLLBACK") == [LOOP if inline else THREAD]
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 4  # nothing of the failed unit
+    await project.pool.writer.submit(lambda conn: conn.set_trace_callback(None))
+    # The thread finds its own settings again, and no transaction left open.
+    assert await project.pool.writer.submit(_settings) == (50, 1000, False)
+    stats = project.stats()
+    assert (stats.commits, stats.rollbacks) == (3, 1)
+
+
+async def test_only_a_small_insert_only_unit_alone_commits_in_place(
+    project: AsyncProjectStore, config: StoreConfig
+) -> None:
+    """Updates, big batches, concurrent units and synchronous=FULL go to the thread."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+
+    async with project.transaction() as tx:
+        await tx.conversations.update(conv.id, title="renamed")
+    async with project.transaction() as tx:
+        await tx.messages.append_many(conv.id, [{"role": "tool", "content": "x"}] * 17)
+    async with project.transaction() as tx:
+        await tx.messages.append(conv.id, role="user", content="y" * (64 * 1024 + 1))
+    assert _where(seen, "BEGIN IMMEDIATE") == [THREAD] * 3
+    del seen[:]
+
+    async def one(i: int) -> None:
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content=f"m{i}")
+            await asyncio.sleep(0)  # the other units start meanwhile
+
+    await asyncio.gather(*(one(i) for i in range(5)))  # five units in flight at once
+    assert LOOP not in _where(seen, "BEGIN IMMEDIATE")
+    assert len(_where(seen, "INSERT INTO messages")) == 5
+
+    full = replace(config, synchronous="FULL")
+    async with AsyncProjectStore(project.path, config=full, create=False) as durable:
+        seen = await _trace(durable)
+        async with durable.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content="fsync first")
+        assert _where(seen, "COMMIT") == [THREAD]
+
+
+async def test_a_lock_held_elsewhere_sends_the_unit_to_the_thread_without_blocking_the_loop(
+    project: AsyncProjectStore,
+) -> None:
+    """In place, BEGIN IMMEDIATE runs with busy_timeout 0: another process's write lock sends
+    the unit to the thread, which waits for it as always, while the event loop keeps running."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    locker = await hold_write_lock(project.path)
+    gaps: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    async def write() -> None:
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content="waited")
+
+    ticks = asyncio.create_task(ticker())
+    try:
+        unit = asyncio.create_task(write())
+        await asyncio.sleep(0.6)
+        assert not unit.done()  # waiting for the lock, on the thread
+        await release_write_lock(locker)
+        async with asyncio.timeout(10):
+            await unit
+    finally:
+        ticks.cancel()
+    # Tried in place once, with no wait for the lock, then begun and committed on the thread.
+    first = next(i for i, (where, sql) in enumerate(seen) if sql == "BEGIN IMMEDIATE")
+    assert seen[first][0] == LOOP
+    timeouts = [sql for _, sql in seen[:first] if sql.startswith("PRAGMA busy_timeout")]
+    assert timeouts[-1:] == ["PRAGMA busy_timeout = 0"]
+    assert _where(seen, "COMMIT") == [THREAD]
+    assert max(gaps) < 0.3  # the loop was never held for the lock (held for 0.6 s)
+    assert project.stats().busy_retries >= 1
+
+
+async def test_the_checkpoint_a_commit_in_place_would_start_runs_on_the_thread(
+    project: AsyncProjectStore,
+) -> None:
+    """Commits in place run with the automatic checkpoint off (a checkpoint may fsync); once
+    the WAL reaches its length, the same passive checkpoint is posted to the writer's thread.
+
+    In WAL mode only a checkpoint writes to the database file, so a commit in place must never
+    change its size; each unit starts with the writer's thread idle (its checkpoint done)."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    pool, wal = project.pool, project.pool._wal_index
+    peak = in_place = 0
+    for i in range(200):  # each unit adds ~15 pages: the WAL passes 1,000 frames
+        await asyncio.wait_for(pool.writer.submit(lambda conn: None), 10)  # now idle
+        size = project.path.stat().st_size
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content=f"{i:05d}" * 10_000)
+        if _where(seen, "COMMIT")[-1] == LOOP:
+            in_place += 1
+            assert project.path.stat().st_size == size, f"unit {i} checkpointed in place"
+        peak = max(peak, wal.frames())
+    assert in_place > 150
+    assert _where(seen, "PRAGMA wal_checkpoint(PASSIVE)")[:1] == [THREAD]
+    assert peak >= 1000 > wal.frames()  # it grew past the threshold, then started over
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 200
+
+
+async def test_commits_in_place_yield_to_the_event_loop(project: AsyncProjectStore) -> None:
+    """A task committing lone units in a loop still lets other tasks run."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0)
+        before = ticks
+        for i in range(40):
+            async with project.transaction() as tx:
+                await tx.messages.append(conv.id, role="user", content=f"m{i}")
+    finally:
+        other.cancel()
+    assert ticks - before >= 40 // 4
+    # The ticker makes the project's only work unit no less alone: all ran in place.
+    assert _where(seen, "COMMIT").count(LOOP) >= 35
+
+
+async def test_a_unit_never_uses_the_writer_while_its_thread_runs_a_job(
+    project: AsyncProjectStore,
+) -> None:
+    """While the writer's thread runs a job, a lone unit waits for it there, after it, instead
+    of using the connection beside it; once the thread is idle again, units commit in place."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    gate = threading.Event()
+    blocker = project.pool.writer.submit(lambda conn: gate.wait(10))
+
+    async def write(content: str) -> None:
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content=content)
+
+    unit = asyncio.create_task(write("behind the job"))
+    await asyncio.sleep(0.05)
+    assert not unit.done()  # queued behind the job, not run in place
+    gate.set()
+    async with asyncio.timeout(10):
+        assert await blocker
+        await unit
+    await write("in place again")
+    assert _where(seen, "COMMIT") == [THREAD, LOOP]
