@@ -74,6 +74,9 @@ _CHECKPOINT_INTERVAL: Final = 0.05
 _WRITER_BUSY_MS: Final = 50
 _HERE_STREAK: Final = 4
 """Operations run in place by one task in a row before it yields to the event loop once."""
+_GROUP_ROWS: Final = 2000
+"""A group commit takes queued units until it holds this many rows (a unit is never split):
+a transaction of tens of thousands of rows outgrows SQLite's page cache and runs slower."""
 _HERE_ROWS: Final = 16
 _HERE_TEXT: Final = 64 * 1024
 """The largest unit ``Pool.commit_here`` takes: rows inserted, and characters of their text."""
@@ -1068,13 +1071,15 @@ class Pool:
                 head.set_result(None)
                 return
             group: list[_Unit] = []
-            while queue_ and isinstance(queue_[0], _Unit):
+            rows = 0
+            while queue_ and isinstance(queue_[0], _Unit) and rows < _GROUP_ROWS:
                 unit = queue_.popleft()
                 assert isinstance(unit, _Unit)
                 if unit.fut.cancelled():
                     continue
                 unit.sent = True
                 group.append(unit)
+                rows += sum(len(op.params) if op.many else 1 for op in unit.ops)
             if not group:
                 continue
             self._writer_busy = True

@@ -454,3 +454,33 @@ async def test_more_gets_at_once_than_one_merged_query_takes(
     async with threaded.read() as r:
         got = await asyncio.gather(*(r.messages.get(m.id) for m in sent + sent))
     assert got == sent + sent
+
+
+async def test_a_group_commit_stops_at_two_thousand_rows_without_splitting_a_unit(
+    project: AsyncProjectStore,
+) -> None:
+    """Queued units share a transaction until it holds 2,000 rows: five batches of 1,000 rows
+    waiting together commit as groups of two, two and one, each unit whole."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    pool = project.pool
+    await pool.acquire_writer()  # the units below queue behind this holder
+
+    async def batch(i: int) -> list[str]:
+        async with project.transaction() as tx:
+            sent = await tx.messages.append_many(
+                conv.id, [{"role": "tool", "content": f"b{i}"}] * 1000
+            )
+        return [m.id for m in sent]
+
+    units = [asyncio.create_task(batch(i)) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert len(pool._queue) == 5
+    before = project.stats().group_commits
+    pool.release_writer()
+    async with asyncio.timeout(30):
+        ids = await asyncio.gather(*units)
+    assert project.stats().group_commits - before == 3
+    async with project.read() as r:
+        stored = [m.id for m in await r.messages.list(conv.id)]
+    assert sorted(stored) == sorted(i for unit in ids for i in unit)
