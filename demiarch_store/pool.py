@@ -649,7 +649,8 @@ class Pool:
         self._share_window = config.read_share_window
         self._here = config.inline_reads
         self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
-        self._auto_frames = 0
+        self._auto_frames: int | None = None
+        """The writer's ``wal_autocheckpoint``, read before ``commit_here`` first turns it off."""
         self._here_task = 0
         self._here_streak = 0
         self._reader_busy_ms = _open_busy_ms(config)
@@ -799,14 +800,14 @@ class Pool:
         conn = writer.idle_connection()
         if conn is None or self._wal_index.refresh() is None:
             return ELSEWHERE
-        if writer.restore is None:
-            if not self._auto_frames:
-                self._auto_frames = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            writer.restore = self._restore_writer
         error: BaseException | None = None
         try:
+            if writer.restore is None:
+                writer.restore = self._restore_writer  # even if a pragma below fails
+                if self._auto_frames is None:
+                    self._auto_frames = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -826,14 +827,15 @@ class Pool:
             raise error  # as the thread's would be: the driver's error is its cause
         self.counters.commits += 1
         self.counters.groups += 1
-        if 0 < self._auto_frames <= self._wal_index.frames():
+        if self._auto_frames and self._auto_frames <= self._wal_index.frames():
             writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
         self._upkeep()
         return None
 
     def _restore_writer(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {self._auto_frames}")
+        if self._auto_frames is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self._auto_frames)}")
 
     # A unit that reads holds the writer; when it ends and the next unit waiting for the writer
     # also reads, the transaction stays open and the writer passes straight on (the next unit's
