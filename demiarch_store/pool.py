@@ -520,6 +520,20 @@ _MAPPED: dict[tuple[int, int], _Mapped] = {}
 _MAPPED_LOCK = threading.Lock()
 
 
+def open_in_this_process(database: Path) -> bool:
+    """Whether a pool of this process has ``database`` open (or is opening it).
+
+    Then nothing else in this process may open and close a descriptor of the file: closing it
+    would drop the locks SQLite holds on it for those pools (see ``WalIndex``).
+    """
+    try:
+        st = os.stat(database)
+    except OSError:
+        return False
+    with _MAPPED_LOCK:
+        return (st.st_dev, st.st_ino) in _MAPPED
+
+
 class WalIndex:
     """The WAL-index header at the start of the ``-shm`` file, read without SQLite.
 
@@ -532,9 +546,9 @@ class WalIndex:
     SQLite's included: its lock on the ``-shm`` file tells other processes that the WAL index
     is in use, and without it the next process to open the database truncates and rebuilds
     the file under this process's connections (a bus error, or lost writes). So every pool of
-    this process on one database shares one descriptor of the file (``attach``), mapped
-    read-only, which is closed only when the last of those pools has closed its connections
-    (``close``).
+    this process on one database shares one descriptor of the file (``attach``, before the
+    pool's first connection opens), mapped read-only, which is closed only when the last of
+    those pools has closed its connections (``close``).
     """
 
     __slots__ = ("_database", "_key", "_map", "_path")
@@ -548,7 +562,7 @@ class WalIndex:
         self._map: mmap.mmap | None = None
 
     def attach(self) -> None:
-        """Count this pool as a user of the file (once its first connection is open)."""
+        """Count this pool as a user of the database's files (before its connections open)."""
         st = os.stat(self._database)
         key = (st.st_dev, st.st_ino)
         with _MAPPED_LOCK:
@@ -665,10 +679,11 @@ class Pool:
         writer = Worker(self._loop, f"demiarch-writer-{self.project or self.path.name}")
         self._writer = writer
         try:
+            self._wal_index.attach()  # before SQLite locks the file (see open_in_this_process)
             result = await writer.submit(connect, self.path, self.config, False, check)
-            self._wal_index.attach()
         except BaseException as exc:
             await writer.stop()
+            self._wal_index.close()
             self._closed = True
             raise self.translate(exc, "opening the database") from None
         return result[1]

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .health import HealthReport, StoreStats, build_report, check_job, stats_of
 from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
-from .pool import Pool
+from .pool import Pool, open_in_this_process
 from .transaction import Snapshot, Transaction
 
 __all__ = [
@@ -169,10 +169,12 @@ class AsyncProjectStore:
                     path=path,
                     hint="move it aside",
                 )
-            elif not has_sqlite_header(path):
+            elif not open_in_this_process(path) and not has_sqlite_header(path):
                 # Refuse before SQLite opens it: closing a read-write connection to a file
                 # with a damaged header deletes its -wal, which may hold the only copy of
-                # recent commits.
+                # recent commits. (A file this process has open was checked when it was
+                # opened; reading it again would close a descriptor of it, which drops the
+                # locks SQLite holds on it here.)
                 raise CorruptDatabase(
                     "the file is not a SQLite database (its header is damaged)",
                     project=self.id,

@@ -121,7 +121,7 @@ conn.close()
             assert await first.conversations.count() == 0  # still its own snapshot
 
 
-_PROBE_DMS = """
+_PROBE_LOCK = """
 import fcntl, os, sys
 try:
     fd = os.open(sys.argv[1], os.O_RDWR)
@@ -129,7 +129,7 @@ except FileNotFoundError:
     print("gone")
     sys.exit()
 try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]), os.SEEK_SET)
 except OSError:
     print("in use")
 else:
@@ -137,18 +137,35 @@ else:
 """
 
 
-async def _shm_claim(path: Path) -> str:
-    """Ask another process whether the -shm file's DMS byte is held (SQLite's "in use" claim).
+async def _claim(path: Path, start: int, length: int) -> str:
+    """Ask another process whether any process holds a lock on ``length`` bytes of ``path``.
 
     POSIX locks never conflict within one process, so only another process can tell.
     """
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _PROBE_DMS, f"{path}-shm", stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        _PROBE_LOCK,
+        str(path),
+        str(start),
+        str(length),
+        stdout=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(30):
         out, _ = await child.communicate()
     assert child.returncode == 0
     return out.decode().strip()
+
+
+async def _shm_claim(path: Path) -> str:
+    """SQLite's claim on the WAL index: a read lock on the -shm file's DMS byte (128)."""
+    return await _claim(Path(f"{path}-shm"), 128, 1)
+
+
+async def _database_claim(path: Path) -> str:
+    """A connection in WAL mode holds a SHARED lock on the database file while it is open: a
+    read lock in SQLite's shared byte range (from 2**30 + 2, 510 bytes)."""
+    return await _claim(path, 2**30 + 2, 510)
 
 
 async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Path) -> None:
@@ -173,3 +190,21 @@ async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Pat
             await tx.conversations.create(title="after the other closed")
         assert await _shm_claim(path) == "in use"
     assert await _shm_claim(path) in ("free", "gone")  # (SQLite deletes it on the last close)
+
+
+async def test_opening_a_project_again_in_this_process_keeps_its_locks(tmp_path: Path) -> None:
+    """Opening a second store on a database this process has open must not open and close a
+    descriptor of the file: that would drop the SHARED lock SQLite holds on it, and another
+    process closing its last connection would then take the database for unused, checkpoint
+    it and delete its WAL under this process."""
+    path = tmp_path / "p.sqlite"
+    async with AsyncProjectStore(path) as first:
+        async with first.transaction() as tx:
+            await tx.conversations.create(title="first")
+        assert await _database_claim(path) == "in use"
+        async with AsyncProjectStore(path, create=False) as second:
+            assert await _database_claim(path) == "in use"
+            async with second.read() as r:
+                assert len(await r.conversations.list()) == 1
+        assert await _database_claim(path) == "in use"
+    assert await _database_claim(path) == "free"
