@@ -829,12 +829,7 @@ class Pool:
                 if _is_busy(exc):
                     return ELSEWHERE  # nothing began; the thread waits for the lock
                 raise
-            try:
-                run_ops(conn, ops)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback_if_active(conn)
-                raise
+            commit_job(conn, ops)
         except Exception as exc:
             error = self.translate(exc, "committing a transaction")
         if error is not None:
