@@ -24,6 +24,7 @@ from urllib.parse import quote
 from .errors import BackupError, DatabaseBusy
 from .ids import DATABASE_NAME, new_record_id
 from .migrate import known_revisions, read_revision
+from .pool import open_in_this_process
 
 __all__ = [
     "BACKUPS_DIR",
@@ -347,8 +348,16 @@ def no_other_users(live: Path, project: str | None) -> Iterator[None]:
 
     Touches no file (unlike opening a SQLite connection, which may checkpoint or delete a
     WAL). Must only be used once this process has closed its own connections to ``live``:
-    closing the descriptor drops every POSIX lock the process holds on the -shm file.
+    closing the descriptor drops every POSIX lock the process holds on the -shm file. Another
+    store of this process on ``live`` is refused first: its locks cannot conflict with ours.
     """
+    if open_in_this_process(live):
+        raise DatabaseBusy(
+            "the project is open in another store of this process",
+            project=project,
+            path=live,
+            hint="close the other AsyncProjectStore (or Store) on it, then retry",
+        )
     try:
         fd = os.open(f"{live}-shm", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:

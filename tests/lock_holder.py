@@ -1,4 +1,5 @@
-"""Another OS process that holds a database open, or its write lock, until released."""
+"""Other OS processes: one that holds a database open or its write lock until released, and
+one that tells whether any process holds a lock on a file."""
 
 from __future__ import annotations
 
@@ -59,3 +60,50 @@ async def release_write_lock(proc: asyncio.subprocess.Process) -> None:
     async with asyncio.timeout(30):
         await proc.communicate()
     assert proc.returncode == 0
+
+
+_PROBE_LOCK = """
+import fcntl, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDWR)
+except FileNotFoundError:
+    print("gone")
+    sys.exit()
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]), os.SEEK_SET)
+except OSError:
+    print("in use")
+else:
+    print("free")
+"""
+
+
+async def claim(path: Path, start: int, length: int) -> str:
+    """Ask another process whether any process holds a lock on ``length`` bytes of ``path``.
+
+    POSIX locks never conflict within one process, so only another process can tell.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PROBE_LOCK,
+        str(path),
+        str(start),
+        str(length),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await child.communicate()
+    assert child.returncode == 0
+    return out.decode().strip()
+
+
+async def shm_claim(path: Path) -> str:
+    """SQLite's claim on the WAL index: a read lock on the -shm file's DMS byte (128)."""
+    return await claim(Path(f"{path}-shm"), 128, 1)
+
+
+async def database_claim(path: Path) -> str:
+    """A connection in WAL mode holds a SHARED lock on the database file while it is open: a
+    read lock in SQLite's shared byte range (from 2**30 + 2, 510 bytes)."""
+    return await claim(path, 2**30 + 2, 510)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lock_holder import hold_open, release_write_lock
+from lock_holder import database_claim, hold_open, release_write_lock, shm_claim
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -398,6 +398,33 @@ async def test_restore_refuses_while_another_process_has_the_project_open(
         await release_write_lock(holder)
     async with project.read() as r:  # reopened on the old file, nothing lost
         assert await r.messages.count() == 5
+    await store.restore_project(project.id, backup)
+    async with project.read() as r:
+        assert await r.messages.count() == 4
+
+
+async def test_restore_refuses_while_another_store_in_this_process_has_the_project_open(
+    store: Store,
+) -> None:
+    """Another store of this process on the same file is a user too. Its locks cannot tell
+    (POSIX locks never conflict within one process), so the store keeps count itself: the
+    restore is refused and the other store keeps working on the file, nothing lost."""
+    project = await store.create_project(name="twice")
+    await fill(project, 4)
+    backup = await project.backup()
+    await fill(project, 1)
+    async with AsyncProjectStore(project.path, config=store.config, create=False) as other:
+        with pytest.raises(DatabaseBusy, match="another store of this process") as caught:
+            await store.restore_project(project.id, backup)
+        assert caught.value.project == project.id and caught.value.hint
+        # Checking for other processes closed no descriptor that held this process's locks.
+        assert await shm_claim(project.path) == "in use"
+        assert await database_claim(project.path) == "in use"
+        async with other.transaction() as tx:
+            conv = (await tx.conversations.list())[0]
+            await tx.messages.append(conv.id, role="user", content="still here")
+    async with project.read() as r:
+        assert await r.messages.count() == 6
     await store.restore_project(project.id, backup)
     async with project.read() as r:
         assert await r.messages.count() == 4

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lock_holder import hold_write_lock, release_write_lock
+from lock_holder import database_claim, hold_write_lock, release_write_lock, shm_claim
 
 from demiarch_store import AsyncProjectStore, DatabaseBusy, Store, StoreConfig
 
@@ -121,53 +121,6 @@ conn.close()
             assert await first.conversations.count() == 0  # still its own snapshot
 
 
-_PROBE_LOCK = """
-import fcntl, os, sys
-try:
-    fd = os.open(sys.argv[1], os.O_RDWR)
-except FileNotFoundError:
-    print("gone")
-    sys.exit()
-try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]), os.SEEK_SET)
-except OSError:
-    print("in use")
-else:
-    print("free")
-"""
-
-
-async def _claim(path: Path, start: int, length: int) -> str:
-    """Ask another process whether any process holds a lock on ``length`` bytes of ``path``.
-
-    POSIX locks never conflict within one process, so only another process can tell.
-    """
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _PROBE_LOCK,
-        str(path),
-        str(start),
-        str(length),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, _ = await child.communicate()
-    assert child.returncode == 0
-    return out.decode().strip()
-
-
-async def _shm_claim(path: Path) -> str:
-    """SQLite's claim on the WAL index: a read lock on the -shm file's DMS byte (128)."""
-    return await _claim(Path(f"{path}-shm"), 128, 1)
-
-
-async def _database_claim(path: Path) -> str:
-    """A connection in WAL mode holds a SHARED lock on the database file while it is open: a
-    read lock in SQLite's shared byte range (from 2**30 + 2, 510 bytes)."""
-    return await _claim(path, 2**30 + 2, 510)
-
-
 async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Path) -> None:
     """Reading the WAL-index header (read epochs, commits in place) keeps SQLite's locks.
 
@@ -184,12 +137,12 @@ async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Pat
                 async with project.read() as r:  # a read epoch reads the header
                     assert (await r.conversations.get(conv.id)).title == "claimed"
             assert second.pool._wal_index.frames() > 0  # the header really was mapped
-            assert await _shm_claim(path) == "in use"
-        assert await _shm_claim(path) == "in use"
+            assert await shm_claim(path) == "in use"
+        assert await shm_claim(path) == "in use"
         async with first.transaction() as tx:
             await tx.conversations.create(title="after the other closed")
-        assert await _shm_claim(path) == "in use"
-    assert await _shm_claim(path) in ("free", "gone")  # (SQLite deletes it on the last close)
+        assert await shm_claim(path) == "in use"
+    assert await shm_claim(path) in ("free", "gone")  # (SQLite deletes it on the last close)
 
 
 async def test_opening_a_project_again_in_this_process_keeps_its_locks(tmp_path: Path) -> None:
@@ -201,10 +154,10 @@ async def test_opening_a_project_again_in_this_process_keeps_its_locks(tmp_path:
     async with AsyncProjectStore(path) as first:
         async with first.transaction() as tx:
             await tx.conversations.create(title="first")
-        assert await _database_claim(path) == "in use"
+        assert await database_claim(path) == "in use"
         async with AsyncProjectStore(path, create=False) as second:
-            assert await _database_claim(path) == "in use"
+            assert await database_claim(path) == "in use"
             async with second.read() as r:
                 assert len(await r.conversations.list()) == 1
-        assert await _database_claim(path) == "in use"
-    assert await _database_claim(path) == "free"
+        assert await database_claim(path) == "in use"
+    assert await database_claim(path) == "free"
