@@ -20,6 +20,7 @@ connection keeps the WAL short under load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import mmap
@@ -345,7 +346,7 @@ def _point_run(batch: list[_Item], start: int) -> int:
     return end
 
 
-def _small(ops: list[Op]) -> bool:
+def small_unit(ops: list[Op]) -> bool:
     """Whether a unit only inserts, and few rows with little text (see ``Pool.commit_here``)."""
     if len(ops) > _HERE_ROWS:
         return False
@@ -770,7 +771,7 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued (or in place)."""
-        if self._alone() and _small(ops):
+        if self._alone() and small_unit(ops):
             if self.yield_due():
                 await asyncio.sleep(0)  # a cancel here: nothing was written
             if self._alone() and self.commit_here(ops) is not ELSEWHERE:
@@ -817,18 +818,8 @@ class Pool:
             return ELSEWHERE
         error: BaseException | None = None
         try:
-            if writer.restore is None:
-                writer.restore = self._restore_writer  # even if a pragma below fails
-                if self._auto_frames is None:
-                    self._auto_frames = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-                conn.execute("PRAGMA busy_timeout = 0")
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    return ELSEWHERE  # nothing began; the thread waits for the lock
-                raise
+            if not self._begin_here(writer, conn):
+                return ELSEWHERE  # nothing began; the thread waits for the lock
             commit_job(conn, ops)
         except Exception as exc:
             error = self.translate(exc, "committing a transaction")
@@ -837,9 +828,77 @@ class Pool:
             raise error  # as the thread's would be: the driver's error is its cause
         self.counters.commits += 1
         self.counters.groups += 1
+        self._committed_here(writer)
+        return None
+
+    def _loop_settings(self, writer: Worker, conn: sqlite3.Connection) -> None:
+        """Give the writer's connection its settings for the loop (see ``commit_here``)."""
+        if writer.restore is None:
+            writer.restore = self._restore_writer  # even if a pragma below fails
+            if self._auto_frames is None:
+                self._auto_frames = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def _begin_here(self, writer: Worker, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE`` on the loop; False (nothing begun) if another holds the lock."""
+        self._loop_settings(writer, conn)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return False
+            raise
+        return True
+
+    def _committed_here(self, writer: Worker) -> None:
         if self._auto_frames and self._auto_frames <= self._wal_index.frames():
             writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
         self._upkeep()
+
+    def _held_here(self) -> sqlite3.Connection | None:
+        """The writer's connection, if the unit holding it may run its next step on this thread.
+
+        For a unit of work that reads (``Transaction``) and is the project's only work: not
+        part of a chain, nothing queued, the writer's thread idle, ``synchronous=NORMAL``.
+        """
+        if not self._here_writes or self._in_flight != 1 or self._queue or self._chain:
+            return None
+        return self.writer.idle_connection()
+
+    def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
+        """Run ``interactive_job`` for the unit holding the writer on this thread, or return
+        ``ELSEWHERE``. Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``); errors
+        propagate untranslated, as from the thread."""
+        conn = self._held_here()
+        if conn is None or self._wal_index.refresh() is None:
+            return ELSEWHERE
+        if start == 2:
+            if not self._begin_here(self.writer, conn):
+                return ELSEWHERE
+            start = 1  # begun: the job only opens the unit's savepoint
+        return interactive_job(conn, start, ops, sql, params, self._deadline, self)
+
+    def end_here(self, ops: list[Op]) -> object:
+        """Commit the unit holding the writer on this thread (it is alone in its transaction),
+        and pass the writer on; or return ``ELSEWHERE``. Raises the unit's translated error."""
+        conn = self._held_here()
+        if conn is None or not small_unit(ops):
+            return ELSEWHERE
+        writer = self.writer
+        try:
+            self._loop_settings(writer, conn)
+            own = end_held_job(conn, ops, False, True, True, self)
+        except Exception as exc:  # the transaction failed: nothing of it stays
+            own = exc
+            with contextlib.suppress(sqlite3.Error):
+                _rollback_if_active(conn)
+        self._tx_open = False
+        self._writer_busy = False
+        self._pump()
+        self._committed_here(writer)
+        if own is not None:
+            raise self.translate(own, "committing a transaction")
         return None
 
     def _restore_writer(self, conn: sqlite3.Connection) -> None:
@@ -864,8 +923,11 @@ class Pool:
 
     async def commit_held(self, ops: list[Op]) -> None:
         """Commit the unit that holds the writer (with its chain), and pass the writer on."""
-        ack = self._end_held(ops, failed=False, started=True)
         try:
+            if self.end_here(ops) is not ELSEWHERE:
+                self.counters.commits += 1
+                return
+            ack = self._end_held(ops, failed=False, started=True)
             await self._settle(ack, cancels=0)
             self.counters.commits += 1
         except BaseException:

@@ -11,7 +11,16 @@ from types import TracebackType
 from typing import Any
 
 from .errors import CorruptDatabase, NotFound, StoreError
-from .pool import ELSEWHERE, Op, Pool, Worker, interactive_job, point_read_job, read_job
+from .pool import (
+    ELSEWHERE,
+    Op,
+    Pool,
+    Worker,
+    interactive_job,
+    point_read_job,
+    read_job,
+    small_unit,
+)
 from .repositories import Repositories
 
 __all__ = ["Session", "Snapshot", "Transaction"]
@@ -142,11 +151,19 @@ class Transaction(Session):
         """Send the writes so far to the database now (errors surface here, not at commit)."""
         await self._interact(None, None)
 
-    async def _interact(self, sql: str | None, params: Mapping[str, Any] | None) -> Any:
+    async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
+        # A read by primary key may run in place when the unit is alone (Pool.interact_here).
+        return await self._interact(sql, {"id": id}, here=True)  # type: ignore[no-any-return]
+
+    async def _interact(
+        self, sql: str | None, params: Mapping[str, Any] | None, *, here: bool = False
+    ) -> Any:
         self._check()
         pool = self._pool
         start = 0
         if not self._held:
+            if here and pool.yield_due():
+                await asyncio.sleep(0)  # (reads in place never suspend; nothing is held yet)
             t0 = perf_counter()
             await pool.acquire_writer(chain=True)
             pool.counters.pool_wait.add(perf_counter() - t0)
@@ -155,6 +172,10 @@ class Transaction(Session):
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
         try:
+            if here and small_unit(ops):
+                rows = pool.interact_here(start, ops, sql, params)
+                if rows is not ELSEWHERE:
+                    return rows
             return await pool.writer.submit(
                 interactive_job, start, ops, sql, params, pool.config.busy_deadline, pool
             )

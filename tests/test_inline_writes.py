@@ -252,3 +252,101 @@ async def test_a_unit_never_uses_the_writer_while_its_thread_runs_a_job(
         await unit
     await write("in place again")
     assert _where(seen, "COMMIT") == [THREAD, LOOP]
+
+
+async def test_a_lone_unit_that_reads_runs_alike_in_place_and_on_the_thread(either: Store) -> None:
+    """A unit that reads by ID, then writes (an agent loading its state, then appending) holds
+    the writer; alone, each of its steps runs in place: it reads its own writes, commits, and a
+    unit the database refuses at commit raises and leaves nothing."""
+    inline = either.config.inline_writes
+    where = LOOP if inline else THREAD
+    project = await either.create_project(name="either")
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    async with project.transaction() as tx:
+        loaded = await tx.conversations.get(conv.id)
+        sent = await tx.messages.append(loaded.id, role="user", content="hello")
+        assert await tx.messages.get(sent.id) == sent  # its own write, flushed
+        more = await tx.messages.append(loaded.id, role="user", content="again")
+    steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
+    assert steps == [(where, s) for s in ("BEGIN", "SAVEPOINT", "SELECT", "INSERT", "SELECT")] + [
+        (where, s) for s in ("INSERT", "RELEASE", "COMMIT")
+    ]
+    assert _where(seen, "COMMIT") == [where]
+    async with project.read() as r:
+        assert [m.id for m in await r.messages.list(conv.id)] == [sent.id, more.id]
+
+    with pytest.raises(ConstraintViolation):
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
+            await tx.messages.append("no-such-conversation", role="user", content="orphan")
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 2
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open
+    await project.pool.writer.submit(lambda conn: conn.set_trace_callback(None))
+    assert await project.pool.writer.submit(_settings) == (50, 1000, False)
+
+
+async def test_a_unit_that_reads_meets_a_lock_on_the_thread_not_on_the_loop(
+    project: AsyncProjectStore,
+) -> None:
+    """Its BEGIN IMMEDIATE, tried in place with busy_timeout 0, finds another process's lock
+    and goes to the thread, which waits for it; the event loop keeps running."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    locker = await hold_write_lock(project.path)
+
+    async def unit() -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
+            await tx.messages.append(conv.id, role="user", content="waited")
+
+    task = asyncio.create_task(unit())
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    await release_write_lock(locker)
+    async with asyncio.timeout(10):
+        await task
+    begins = [w for w, sql in seen if sql == "BEGIN IMMEDIATE"]
+    assert begins[0] == LOOP and begins[-1] == THREAD
+    first = next(i for i, (_, sql) in enumerate(seen) if sql == "BEGIN IMMEDIATE")
+    timeouts = [sql for _, sql in seen[:first] if sql.startswith("PRAGMA busy_timeout")]
+    assert timeouts[-1:] == ["PRAGMA busy_timeout = 0"]
+
+
+async def test_units_that_read_in_place_yield_and_a_cancel_leaves_the_writer_free(
+    project: AsyncProjectStore,
+) -> None:
+    """A task running read-then-write units in a loop lets other tasks run; cancelled (at its
+    only suspension point, before a unit holds the writer) it leaves the writer free."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    done = 0
+
+    async def agent() -> None:
+        nonlocal done
+        while True:
+            async with project.transaction() as tx:
+                await tx.conversations.get(conv.id)
+                await tx.messages.append(conv.id, role="user", content=f"m{done}")
+            done += 1
+
+    task = asyncio.create_task(agent())
+    ticks = 0
+    while done < 40:
+        ticks += 1
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ticks >= 40 // 4
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open and pool._in_flight == 0
+    async with project.transaction() as tx:
+        await tx.conversations.get(conv.id)
+        await tx.messages.append(conv.id, role="user", content="after")
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == done + 1
