@@ -771,10 +771,10 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued (or in place)."""
-        if self._alone() and small_unit(ops):
+        if small_unit(ops) and self._here_conn(holding=False) is not None:
             if self.yield_due():
                 await asyncio.sleep(0)  # a cancel here: nothing was written
-            if self._alone() and self.commit_here(ops) is not ELSEWHERE:
+            if self.commit_here(ops) is not ELSEWHERE:
                 return
         loop = self._loop
         unit = _Unit(ops, loop.create_future(), loop.time())
@@ -794,11 +794,24 @@ class Pool:
                 _resolve(late, unit.outcome)
             await self._settle(late, cancels=1)
 
-    def _alone(self) -> bool:
-        """Whether a unit ending now is the project's only work and the writer is free."""
-        return (
-            self._here_writes and self._in_flight == 1 and not self._queue and not self._writer_busy
-        )  # (a hand-on due, see _group_done, can only find this unit: it needs no wait)
+    def _here_conn(self, *, holding: bool) -> sqlite3.Connection | None:
+        """The writer's connection, if the unit of work asking may use it on this thread.
+
+        The unit is the project's only work (nothing else in flight, nothing queued; a hand-on
+        due, see ``_group_done``, can only find this unit), ``synchronous`` is NORMAL, the
+        writer's thread is idle (``Worker.idle_connection``) and the WAL-index header is mapped
+        (``_committed_here`` reads it). ``holding``: the unit holds the writer (it reads), and
+        must then not be part of a chain; otherwise nothing may hold the writer.
+        """
+        if (
+            not self._here_writes
+            or self._in_flight != 1
+            or self._queue
+            or (self._chain if holding else self._writer_busy)
+            or self._wal_index.refresh() is None
+        ):
+            return None
+        return self.writer.idle_connection()
 
     def commit_here(self, ops: list[Op]) -> object:
         """Commit a small write-only unit on this thread, or return ``ELSEWHERE``.
@@ -812,13 +825,12 @@ class Pool:
         start (with its ``fsync``) is posted to the thread instead. The thread restores both
         settings before its next job. Errors are translated; the unit is then rolled back.
         """
-        writer = self.writer
-        conn = writer.idle_connection()
-        if conn is None or self._wal_index.refresh() is None:
+        conn = self._here_conn(holding=False)
+        if conn is None:
             return ELSEWHERE
         error: BaseException | None = None
         try:
-            if not self._begin_here(writer, conn):
+            if not self._begin_here(conn):
                 return ELSEWHERE  # nothing began; the thread waits for the lock
             commit_job(conn, ops)
         except Exception as exc:
@@ -828,11 +840,12 @@ class Pool:
             raise error  # as the thread's would be: the driver's error is its cause
         self.counters.commits += 1
         self.counters.groups += 1
-        self._committed_here(writer)
+        self._committed_here()
         return None
 
-    def _loop_settings(self, writer: Worker, conn: sqlite3.Connection) -> None:
+    def _loop_settings(self, conn: sqlite3.Connection) -> None:
         """Give the writer's connection its settings for the loop (see ``commit_here``)."""
+        writer = self.writer
         if writer.restore is None:
             writer.restore = self._restore_writer  # even if a pragma below fails
             if self._auto_frames is None:
@@ -840,9 +853,9 @@ class Pool:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
 
-    def _begin_here(self, writer: Worker, conn: sqlite3.Connection) -> bool:
+    def _begin_here(self, conn: sqlite3.Connection) -> bool:
         """``BEGIN IMMEDIATE`` on the loop; False (nothing begun) if another holds the lock."""
-        self._loop_settings(writer, conn)
+        self._loop_settings(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -851,30 +864,20 @@ class Pool:
             raise
         return True
 
-    def _committed_here(self, writer: Worker) -> None:
+    def _committed_here(self) -> None:
         if self._auto_frames and self._auto_frames <= self._wal_index.frames():
-            writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
+            self.writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
         self._upkeep()
-
-    def _held_here(self) -> sqlite3.Connection | None:
-        """The writer's connection, if the unit holding it may run its next step on this thread.
-
-        For a unit of work that reads (``Transaction``) and is the project's only work: not
-        part of a chain, nothing queued, the writer's thread idle, ``synchronous=NORMAL``.
-        """
-        if not self._here_writes or self._in_flight != 1 or self._queue or self._chain:
-            return None
-        return self.writer.idle_connection()
 
     def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
         """Run ``interactive_job`` for the unit holding the writer on this thread, or return
         ``ELSEWHERE``. Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``); errors
         propagate untranslated, as from the thread."""
-        conn = self._held_here()
-        if conn is None or self._wal_index.refresh() is None:
+        conn = self._here_conn(holding=True)
+        if conn is None:
             return ELSEWHERE
         if start == 2:
-            if not self._begin_here(self.writer, conn):
+            if not self._begin_here(conn):
                 return ELSEWHERE
             start = 1  # begun: the job only opens the unit's savepoint
         return interactive_job(conn, start, ops, sql, params, self._deadline, self)
@@ -882,12 +885,11 @@ class Pool:
     def end_here(self, ops: list[Op]) -> object:
         """Commit the unit holding the writer on this thread (it is alone in its transaction),
         and pass the writer on; or return ``ELSEWHERE``. Raises the unit's translated error."""
-        conn = self._held_here()
+        conn = self._here_conn(holding=True)
         if conn is None or not small_unit(ops):
             return ELSEWHERE
-        writer = self.writer
         try:
-            self._loop_settings(writer, conn)
+            self._loop_settings(conn)
             own = end_held_job(conn, ops, False, True, True, self)
         except Exception as exc:  # the transaction failed: nothing of it stays
             own = exc
@@ -896,7 +898,7 @@ class Pool:
         self._tx_open = False
         self._writer_busy = False
         self._pump()
-        self._committed_here(writer)
+        self._committed_here()
         if own is not None:
             raise self.translate(own, "committing a transaction")
         return None
