@@ -137,6 +137,8 @@ class StoreStats:
     """Connections serving a unit of work, a snapshot or a job right now."""
     in_flight: int
     """Units of work and snapshots under way."""
+    checkpoints: int
+    """``PASSIVE`` checkpoints run on the checkpointer's connection, off the commit path."""
     idle_checkpoints: int
     """``TRUNCATE`` checkpoints the writer ran when idle because the WAL had grown."""
     last_checkpoint: Checkpoint | None
@@ -317,6 +319,7 @@ def stats_of(pool: Pool) -> StoreStats:
         connections=pool.connections,
         connections_in_use=readers_in_use + (1 if pool._writer_busy else 0),
         in_flight=pool._in_flight,
+        checkpoints=c.checkpoints,
         idle_checkpoints=c.idle_checkpoints,
         last_checkpoint=c.last_checkpoint,
     )

@@ -70,8 +70,14 @@ _CHAIN_MAX: Final = 64
 _POINT_RUN_MAX: Final = 256
 """Point reads merged into one query at most (SQLite allows 32,766 parameters a statement)."""
 _CHAIN_MAX_AGE: Final = 0.005
-_CHECKPOINT_COMMITS: Final = 64
-_CHECKPOINT_INTERVAL: Final = 0.05
+_CHECKPOINT_FRAMES: Final = 1000
+"""WAL frames not yet copied into the database that start a checkpoint on the checkpointer
+(SQLite's own threshold for its automatic checkpoint)."""
+_BACKSTOP_FRAMES: Final = 4 * _CHECKPOINT_FRAMES
+"""The writer's own ``wal_autocheckpoint``. Only a write transaction that begins once every
+frame is copied starts the WAL over, and under steady writes one always begins while the
+checkpointer is still copying: the writer's automatic checkpoint then copies what is left (a
+few hundred frames, not a thousand) and the WAL starts over."""
 _WRITER_BUSY_MS: Final = 50
 _HERE_STREAK: Final = 4
 """Operations run in place by one task in a row before it yields to the event loop once."""
@@ -124,6 +130,7 @@ class _Counters:
     pool_timeouts: int = 0
     groups: int = 0
     idle_checkpoints: int = 0
+    checkpoints: int = 0
     last_checkpoint: Checkpoint | None = None
     pool_wait: Reservoir = field(default_factory=Reservoir)
     transaction_seconds: Reservoir = field(default_factory=Reservoir)
@@ -426,6 +433,7 @@ def connect(
             conn.execute("PRAGMA query_only = ON")
         else:
             conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_FRAMES}")
         _verify(conn, config, reader=reader, path=path)
     except BaseException:
         conn.close()
@@ -555,6 +563,8 @@ class WalIndex:
     __slots__ = ("_database", "_key", "_map", "_path")
 
     HEADER: Final = 48
+    _MAPPED: Final = 100
+    """Bytes mapped: the header, its copy, and the checkpoint's progress (``nBackfill``)."""
 
     def __init__(self, database: Path) -> None:
         self._database = database
@@ -580,6 +590,21 @@ class WalIndex:
         m = self._map
         return 0 if m is None else int.from_bytes(m[16:20], sys.byteorder)
 
+    def uncopied(self) -> int:
+        """Return the frames of the WAL a checkpoint has not copied into the database yet.
+
+        ``mxFrame`` less the checkpoint's ``nBackfill`` (after the two copies of the header);
+        0 if the file is not mapped, or if the two were read across a restart of the WAL.
+        """
+        m = self._map
+        if m is None:
+            if self.refresh() is None:
+                return 0
+            m = self._map
+            assert m is not None
+        done = int.from_bytes(m[96:100], sys.byteorder)
+        return max(0, int.from_bytes(m[16:20], sys.byteorder) - done)
+
     def refresh(self) -> bytes | None:
         """Map the file if it is not mapped yet (it appears with WAL mode); return the header."""
         if self._map is None and self._key is not None:
@@ -596,8 +621,8 @@ class WalIndex:
                 except OSError:
                     return None
             try:
-                if os.fstat(entry.fd).st_size >= self.HEADER:
-                    entry.map = mmap.mmap(entry.fd, self.HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+                if os.fstat(entry.fd).st_size >= self._MAPPED:
+                    entry.map = mmap.mmap(entry.fd, self._MAPPED, mmap.MAP_SHARED, mmap.PROT_READ)
             except (OSError, ValueError):
                 return None
         return entry.map
@@ -650,10 +675,8 @@ class Pool:
         self._waiting: dict[asyncio.Future[None], float] = {}
         """Since when each unit of work waiting for the writer has waited (see the watchdog)."""
         # The checkpointer: a connection of its own that keeps the WAL short, opened once the
-        # project commits often, so no commit waits for a checkpoint.
+        # project has written a WAL's worth, so no commit waits for a checkpoint.
         self._checkpointer: Worker | None = None
-        self._since_checkpoint = 0
-        self._checkpoint_at = 0.0
         self._checkpointing = False
         self._upkeeping = False
         self._in_flight = 0
@@ -865,6 +888,7 @@ class Pool:
         return True
 
     def _committed_here(self) -> None:
+        self._checkpoint_due()
         if self._auto_frames and self._auto_frames <= self._wal_index.frames():
             self.writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
         self._upkeep()
@@ -1002,8 +1026,8 @@ class Pool:
                     ack.set_exception(own)
         self._writer_busy = False
         self._pump()
+        self._checkpoint_due()
         self._upkeep()
-        self._committed(self._writer_busy)
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
         """Wait for a commit that can no longer be stopped.
@@ -1093,7 +1117,7 @@ class Pool:
         if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
             self._upkeep_due = now + UPKEEP_SECONDS
-            self._upkeeping = True  # no background checkpoint meanwhile (see _committed)
+            self._upkeeping = True  # no background checkpoint meanwhile (see _checkpoint_due)
             self._writer.call(idle_checkpoint, self._upkeep_done, self)
 
     def _upkeep_done(self, _result: Any, exc: BaseException | None) -> None:
@@ -1197,49 +1221,45 @@ class Pool:
         # instead of starting groups of their own (fewer, larger groups under load).
         self._writer_busy = False
         self._handing_on = True
+        self._checkpoint_due()
         alone = len(group) == 1 and not self._queue
         if alone:
             self._upkeep()  # one task writing on its own: the writer is idle between units
-        self._loop.call_soon(self._hand_on, alone)
+        self._loop.call_soon(self._hand_on)
 
-    def _hand_on(self, alone: bool) -> None:
+    def _hand_on(self) -> None:
         self._handing_on = False
         if self._queue:  # the tasks just acknowledged wrote again at once
             self._pump()
-            self._committed(loaded=not alone)
         else:
             self._upkeep()  # the writer has gone idle: its own upkeep may checkpoint
 
-    def _committed(self, loaded: bool) -> None:
-        """Count a commit; under load, every so often checkpoint from the checkpointer.
+    def _checkpoint_due(self) -> None:
+        """After a commit: once the WAL holds ``_CHECKPOINT_FRAMES`` frames not yet copied into
+        the database, copy them from the checkpointer's connection (opened on first need).
 
-        ``loaded``: work was waiting for the writer when this commit ended. Otherwise the writer
-        goes idle and its own upkeep checkpoints instead (``_upkeep``).
+        A ``PASSIVE`` checkpoint blocks neither the writer nor readers, and runs on a thread of
+        its own while the writer goes on: its copying and its fsyncs are never part of a
+        commit, as SQLite's automatic checkpoint is (see ``_BACKSTOP_FRAMES``).
         """
-        self._since_checkpoint += 1
         if (
-            not loaded
-            or self._since_checkpoint < _CHECKPOINT_COMMITS
-            or self._checkpointing
+            self._checkpointing
             or self._upkeeping
             or self._closed
+            or self._wal_index.uncopied() < _CHECKPOINT_FRAMES
         ):
             return
-        now = self._loop.time()
-        if now - self._checkpoint_at < _CHECKPOINT_INTERVAL:
-            return
-        self._since_checkpoint, self._checkpoint_at = 0, now
         worker = self._checkpointer
         if worker is None:
             name = f"demiarch-checkpoint-{self.project or self.path.name}"
             worker = self._checkpointer = Worker(self._loop, name)
             worker.post(connect, self.path, self.config, True)
         self._checkpointing = True
-        worker.submit(_checkpoint_passive).add_done_callback(self._checkpoint_done)
+        worker.call(_checkpoint_passive, self._checkpoint_done)
 
-    def _checkpoint_done(self, fut: asyncio.Future[Any]) -> None:
+    def _checkpoint_done(self, _result: Any, exc: BaseException | None) -> None:
         self._checkpointing = False
-        exc = None if fut.cancelled() else fut.exception()
+        self.counters.checkpoints += 1
         if exc is not None:
             # The writer's own automatic checkpoint still keeps the WAL bounded.
             log.debug("background checkpoint of %s failed: %r", self.path, exc)

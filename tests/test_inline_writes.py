@@ -89,7 +89,7 @@ async def test_a_lone_unit_commits_alike_in_place_and_on_the_thread(either: Stor
         assert await r.messages.count(conv.id) == 4  # nothing of the failed unit
     await project.pool.writer.submit(lambda conn: conn.set_trace_callback(None))
     # The thread finds its own settings again, and no transaction left open.
-    assert await project.pool.writer.submit(_settings) == (50, 1000, False)
+    assert await project.pool.writer.submit(_settings) == (50, 4000, False)  # the backstop
     stats = project.stats()
     assert (stats.commits, stats.rollbacks) == (3, 1)
 
@@ -172,35 +172,60 @@ async def test_a_lock_held_elsewhere_sends_the_unit_to_the_thread_without_blocki
     assert project.stats().busy_retries >= 1
 
 
-async def test_the_checkpoint_a_commit_in_place_would_start_runs_on_the_thread(
-    project: AsyncProjectStore,
-) -> None:
-    """Commits in place run with the automatic checkpoint off (a checkpoint may fsync); once
-    the WAL reaches its length, the same passive checkpoint is posted to the writer's thread.
+async def _idle(project: AsyncProjectStore, *, checkpointer: bool = True) -> None:
+    """Wait until the writer's thread (and a background checkpoint) has no work left."""
+    pool = project.pool
+    await asyncio.wait_for(pool.writer.submit(lambda conn: None), 10)
+    if checkpointer and pool._checkpointer is not None:  # its jobs run in order
+        await asyncio.wait_for(pool._checkpointer.submit(lambda conn: None), 10)
 
-    In WAL mode only a checkpoint writes to the database file, so a commit in place must never
-    change its size; each unit starts with the writer's thread idle (its checkpoint done)."""
+
+async def test_commits_in_place_never_checkpoint(project: AsyncProjectStore) -> None:
+    """Commits in place run with the automatic checkpoint off (a checkpoint may fsync).
+
+    The checkpointer copies the WAL into the database once 1,000 frames wait, and the WAL
+    starts over; the writer's thread runs the backstop checkpoint only when the WAL reaches
+    4,000 frames with the checkpointer stuck. In WAL mode only a checkpoint writes to the
+    database file, so a commit in place must never change its size."""
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
     seen = await _trace(project)
     pool, wal = project.pool, project.pool._wal_index
-    frames: list[int] = []
-    in_place = 0
-    for i in range(200):  # each unit adds ~15 pages: the WAL passes 1,000 frames
-        await asyncio.wait_for(pool.writer.submit(lambda conn: None), 10)  # now idle
-        size = project.path.stat().st_size
-        async with project.transaction() as tx:
-            await tx.messages.append(conv.id, role="user", content=f"{i:05d}" * 10_000)
-        if _where(seen, "COMMIT")[-1] == LOOP:
-            in_place += 1
+
+    async def units(n: int, first: int, *, checkpointer: bool = True) -> list[int]:
+        frames: list[int] = []
+        for i in range(first, first + n):  # each unit adds ~15 pages
+            await _idle(project, checkpointer=checkpointer)
+            size = project.path.stat().st_size
+            async with project.transaction() as tx:
+                await tx.messages.append(conv.id, role="user", content=f"{i:05d}" * 10_000)
+            assert _where(seen, "COMMIT")[-1] == LOOP
             assert project.path.stat().st_size == size, f"unit {i} checkpointed in place"
-        frames.append(wal.frames())
-    assert in_place > 150
-    assert _where(seen, "PRAGMA wal_checkpoint(PASSIVE)")[:1] == [THREAD]
+            frames.append(wal.frames())
+        return frames
+
+    frames = await units(200, 0)
+    assert project.stats().checkpoints >= 1
+    assert _where(seen, "PRAGMA wal_checkpoint") == []  # the writer never had to
     assert max(frames) >= 1000  # it grew past the threshold...
     assert any(b < a for a, b in zip(frames, frames[1:], strict=False))  # ...then started over
+    assert max(frames) < 4000
+
+    # The checkpointer stuck behind a job: the WAL reaches the backstop, and the writer's
+    # thread runs the checkpoint SQLite's automatic one would have.
+    assert pool._checkpointer is not None
+    release = threading.Event()
+    stuck = pool._checkpointer.submit(lambda conn: release.wait(10))
+    try:
+        frames = await units(300, 200, checkpointer=False)  # (it cannot copy now)
+    finally:
+        release.set()
+    assert await asyncio.wait_for(stuck, 10)
+    assert _where(seen, "PRAGMA wal_checkpoint(PASSIVE)")[:1] == [THREAD]
+    assert max(frames) >= 4000
+    assert any(b < a for a, b in zip(frames, frames[1:], strict=False))
     async with project.read() as r:
-        assert await r.messages.count(conv.id) == 200
+        assert await r.messages.count(conv.id) == 500
 
 
 async def test_commits_in_place_yield_to_the_event_loop(project: AsyncProjectStore) -> None:
@@ -288,7 +313,7 @@ async def test_a_lone_unit_that_reads_runs_alike_in_place_and_on_the_thread(eith
     pool = project.pool
     assert not pool._writer_busy and not pool._tx_open
     await project.pool.writer.submit(lambda conn: conn.set_trace_callback(None))
-    assert await project.pool.writer.submit(_settings) == (50, 1000, False)
+    assert await project.pool.writer.submit(_settings) == (50, 4000, False)  # the backstop
 
 
 async def test_a_unit_that_reads_meets_a_lock_on_the_thread_not_on_the_loop(
