@@ -173,11 +173,12 @@ class StoreConfig:
     idle, its ``BEGIN IMMEDIATE ... COMMIT`` runs in place on the writer's connection: the hop
     to the thread and back costs several times what SQLite spends on it. It never waits there:
     a write lock held by another process sends the unit to the thread (which retries as
-    always), and the WAL checkpoint a commit may start is run on the thread instead. A lone
-    unit that reads by ID, then inserts, runs its ``get(id)`` and its commit in place the same
-    way. Only with ``synchronous = "NORMAL"`` (a ``FULL`` commit waits for the disk). A task
-    yields to the event loop at least once every four operations run in place. ``False``
-    commits every unit on the writer's thread.
+    always), and the WAL is checkpointed on a connection of its own. A unit that reads by ID,
+    then inserts, holds the writer: while the writer's thread is idle, its ``get(id)`` and its
+    commit run in place the same way, however many units wait their turn. Only with
+    ``synchronous = "NORMAL"`` (a ``FULL`` commit waits for the disk). A task yields to the
+    event loop at least once every four operations run in place. ``False`` commits every unit
+    on the writer's thread.
     """
 
     def __post_init__(self) -> None:

@@ -820,17 +820,26 @@ class Pool:
     def _here_conn(self, *, holding: bool) -> sqlite3.Connection | None:
         """The writer's connection, if the unit of work asking may use it on this thread.
 
-        The unit is the project's only work (nothing else in flight, nothing queued; a hand-on
-        due, see ``_group_done``, can only find this unit), ``synchronous`` is NORMAL, the
-        writer's thread is idle (``Worker.idle_connection``) and the WAL-index header is mapped
-        (``_committed_here`` reads it). ``holding``: the unit holds the writer (it reads), and
-        must then not be part of a chain; otherwise nothing may hold the writer.
+        Always: ``synchronous`` is NORMAL, the writer's thread is idle (``Worker.idle_connection``)
+        and the WAL-index header is mapped (``_committed_here`` reads it).
+
+        ``holding``: the unit holds the writer (it reads), so nothing else can use it until the
+        unit ends, however many units wait: it must only not be part of a chain (the chain's
+        transaction is the thread's to end). Units that read one after another then each run
+        and commit in place, with no hop at all, instead of chaining on the thread.
+
+        Otherwise (a write-only unit) nothing may hold the writer, and the unit must be the
+        project's only work (nothing else in flight, nothing queued; a hand-on due, see
+        ``_group_done``, can only find this unit): units in flight together commit faster as
+        one group on the thread.
         """
         if (
             not self._here_writes
-            or self._in_flight != 1
-            or self._queue
-            or (self._chain if holding else self._writer_busy)
+            or (
+                self._chain
+                if holding
+                else (self._in_flight != 1 or self._queue or self._writer_busy)
+            )
             or self._wal_index.refresh() is None
         ):
             return None

@@ -16,6 +16,14 @@ from demiarch_store.ids import _encode, new_record_id
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=[True, False], ids=["in-place", "threaded"])
+async def either(request: pytest.FixtureRequest, config: StoreConfig) -> AsyncIterator[Store]:
+    """Units that read run in place when the writer's thread is idle (the default), or always
+    on the thread, where units that read one after another chain into one transaction."""
+    async with Store(replace(config, inline_writes=request.param)) as store:
+        yield store
+
+
 def test_record_ids_match_the_reference_encoding_and_increase() -> None:
     ids = [new_record_id() for _ in range(5000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -130,7 +138,8 @@ async def test_read_epoch_ends_its_transaction(project: AsyncProjectStore) -> No
     assert await _read_title(project, conv.id) == "d"
 
 
-async def test_chained_units_fail_alone_and_commit_together(project: AsyncProjectStore) -> None:
+async def test_chained_units_fail_alone_and_commit_together(either: Store) -> None:
+    project = await either.create_project(name="p")
     from demiarch_store import NotFound
 
     async with project.transaction() as tx:
@@ -166,7 +175,8 @@ async def test_chained_units_fail_alone_and_commit_together(project: AsyncProjec
     assert not pool._chain and not pool._tx_open and not pool._writer_busy
 
 
-async def test_chained_units_survive_cancellation(project: AsyncProjectStore) -> None:
+async def test_chained_units_survive_cancellation(either: Store) -> None:
+    project = await either.create_project(name="p")
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
     done: list[str] = []
@@ -229,9 +239,8 @@ def test_fast_record_constructor_matches_the_dataclass() -> None:
     assert _constructor(Plain) is Plain  # not a slotted dataclass: its own constructor
 
 
-async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(
-    project: AsyncProjectStore,
-) -> None:
+async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(either: Store) -> None:
+    project = await either.create_project(name="p")
     from demiarch_store.pool import _rollback_if_active
 
     async with project.transaction() as tx:
@@ -260,7 +269,8 @@ async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(
         assert "e" in {m.content for m in await r.messages.list(conv.id)}
 
 
-async def test_a_value_sqlite_cannot_bind_fails_its_unit_alone(project: AsyncProjectStore) -> None:
+async def test_a_value_sqlite_cannot_bind_fails_its_unit_alone(either: Store) -> None:
+    project = await either.create_project(name="p")
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
 

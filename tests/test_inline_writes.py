@@ -316,6 +316,48 @@ async def test_a_lone_unit_that_reads_runs_alike_in_place_and_on_the_thread(eith
     assert await project.pool.writer.submit(_settings) == (50, 4000, False)  # the backstop
 
 
+async def test_units_that_read_take_turns_in_place(either: Store) -> None:
+    """Units that read hold the writer in turn: with the writer's thread idle, each one's read
+    and commit run in place however many units wait (no chain: each commits on its own), and
+    each is acknowledged only after its own COMMIT. Threaded, they chain on the thread."""
+    inline = either.config.inline_writes
+    project = await either.create_project(name="either")
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    acknowledged: list[str] = []
+    raw = sqlite3.connect(project.path)
+
+    async def agent(a: int) -> None:
+        for i in range(10):
+            async with project.transaction() as tx:
+                loaded = await tx.conversations.get(conv.id)
+                sent = await tx.messages.append(loaded.id, role="user", content=f"{a}.{i}")
+            # Acknowledged: committed, for any other connection.
+            row = raw.execute("SELECT content FROM messages WHERE id = ?", (sent.id,)).fetchone()
+            assert row == (f"{a}.{i}",)
+            acknowledged.append(sent.id)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(agent(a) for a in range(8))), 30)
+    finally:
+        raw.close()
+    assert len(acknowledged) == 80
+    begins, commits = _where(seen, "BEGIN IMMEDIATE"), _where(seen, "COMMIT")
+    if inline:
+        # (The writer's thread is busy now and then: every 50 commits its upkeep checks the
+        # WAL, and the unit whose turn comes meanwhile runs there.)
+        assert begins.count(LOOP) >= 70 and commits.count(LOOP) >= 70
+        assert len(begins) == len(commits) == 80  # one transaction each
+    else:
+        assert set(begins) == set(commits) == {THREAD}
+        assert len(commits) < 80  # chained: several units a transaction
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 80
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open and not pool._chain
+
+
 async def test_a_unit_that_reads_meets_a_lock_on_the_thread_not_on_the_loop(
     project: AsyncProjectStore,
 ) -> None:
