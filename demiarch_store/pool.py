@@ -9,12 +9,13 @@ Writes go through one writer connection. Units of work that only write are *grou
 queued while the writer is busy goes into the next SQLite transaction (undone and re-run with a
 savepoint per unit if one fails, so one failing unit does not sink the others), and each caller
 is acknowledged only after the shared COMMIT (group commit: one fsync for many units). A unit
-that reads holds the writer until it ends; units that read one after the other are *chained*
-into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
+that reads holds the writer until it ends; units that read one after the other on the writer's
+thread are *chained* into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
 snapshots that overlap share a read transaction (an *epoch*) on one reader when that cannot hide
 a unit acknowledged before they began. A read by primary key in a snapshot runs on the event
-loop's own thread when its reader's thread is idle (``Pool.read_here``). A checkpointer
-connection keeps the WAL short under load.
+loop's own thread when its reader's thread is idle (``Pool.read_here``); so do small lone
+units of work, and units that read by ID while they hold the writer (``Pool.commit_here``). A
+checkpointer connection copies the WAL into the database, so no commit runs a checkpoint.
 """
 
 from __future__ import annotations
@@ -550,6 +551,8 @@ class WalIndex:
     change counter, last frame, frame checksum and salts). While it is unchanged, a read
     transaction begun after it was read still shows the database as it is now: that is what
     lets a read epoch take new snapshots past ``read_share_window`` without ever being stale.
+    The checkpoint's progress (``nBackfill``) follows the header's two copies: with the last
+    frame, it tells how much of the WAL waits to be copied (``uncopied``).
 
     Closing *any* descriptor of a file drops every POSIX lock this process holds on it,
     SQLite's included: its lock on the ``-shm`` file tells other processes that the WAL index
@@ -794,7 +797,7 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued (or in place)."""
-        if small_unit(ops) and self._here_conn(holding=False) is not None:
+        if self._here_conn(holding=False) is not None and small_unit(ops):
             if self.yield_due():
                 await asyncio.sleep(0)  # a cancel here: nothing was written
             if self.commit_here(ops) is not ELSEWHERE:
