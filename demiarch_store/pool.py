@@ -10,12 +10,13 @@ queued while the writer is busy goes into the next SQLite transaction (undone an
 savepoint per unit if one fails, so one failing unit does not sink the others), and each caller
 is acknowledged only after the shared COMMIT (group commit: one fsync for many units). A unit
 that reads holds the writer until it ends; units that read one after the other on the writer's
-thread are *chained* into one transaction, a savepoint each, acknowledged at its one COMMIT. ``project.read()``
-snapshots that overlap share a read transaction (an *epoch*) on one reader when that cannot hide
-a unit acknowledged before they began. A read by primary key in a snapshot runs on the event
-loop's own thread when its reader's thread is idle (``Pool.read_here``); so do small lone
-units of work, and units that read by ID while they hold the writer (``Pool.commit_here``). A
-checkpointer connection copies the WAL into the database, so no commit runs a checkpoint.
+thread are *chained* into one transaction, a savepoint each, acknowledged at its one COMMIT.
+``project.read()`` snapshots that overlap share a read transaction (an *epoch*) on one reader
+when that cannot hide a unit acknowledged before they began. A read by primary key in a
+snapshot runs on the event loop's own thread when its reader's thread is idle
+(``Pool.read_here``); so do small lone units of work, and units that read by ID while they
+hold the writer (``Pool.commit_here``). A checkpointer connection copies the WAL into the
+database, so no commit runs a checkpoint.
 """
 
 from __future__ import annotations
