@@ -390,11 +390,11 @@ def targets(cells: list[Cell], more: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "many_open" in more:
         m = more["many_open"]
-        bound = m["projects"] * (1 + m["max_readers"])
+        bound = m["projects"] * (2 + m["max_readers"])
         out.append(
             {
                 "target": f"threads with {m['projects']} projects open",
-                "want": f"<= {bound} (1 writer + max_readers each), 0 left after close",
+                "want": f"<= {bound} (writer, max_readers, checkpointer each), 0 left after close",
                 "got": f"{m['threads']} ({m['threads_left_after_close']} left)",
                 "met": m["threads"] <= bound and m["threads_left_after_close"] == 0,
             }
