@@ -567,7 +567,7 @@ class WalIndex:
     __slots__ = ("_database", "_key", "_map", "_path")
 
     HEADER: Final = 48
-    _MAPPED: Final = 100
+    MAPPED_BYTES: Final = 100
     """Bytes mapped: the header, its copy, and the checkpoint's progress (``nBackfill``)."""
 
     def __init__(self, database: Path) -> None:
@@ -625,8 +625,9 @@ class WalIndex:
                 except OSError:
                     return None
             try:
-                if os.fstat(entry.fd).st_size >= self._MAPPED:
-                    entry.map = mmap.mmap(entry.fd, self._MAPPED, mmap.MAP_SHARED, mmap.PROT_READ)
+                size = self.MAPPED_BYTES
+                if os.fstat(entry.fd).st_size >= size:
+                    entry.map = mmap.mmap(entry.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
             except (OSError, ValueError):
                 return None
         return entry.map
@@ -1272,10 +1273,11 @@ class Pool:
 
     def _checkpoint_done(self, _result: Any, exc: BaseException | None) -> None:
         self._checkpointing = False
-        self.counters.checkpoints += 1
         if exc is not None:
             # The writer's own automatic checkpoint still keeps the WAL bounded.
             log.debug("background checkpoint of %s failed: %r", self.path, exc)
+        else:
+            self.counters.checkpoints += 1
 
     # -- readers ------------------------------------------------------------------------------
     #
