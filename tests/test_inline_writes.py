@@ -217,7 +217,7 @@ async def test_commits_in_place_never_checkpoint(project: AsyncProjectStore) -> 
     release = threading.Event()
     stuck = pool._checkpointer.submit(lambda conn: release.wait(10))
     try:
-        frames = await units(300, 200, checkpointer=False)  # (it cannot copy now)
+        frames = await units(400, 200, checkpointer=False)  # (it cannot copy now)
     finally:
         release.set()
     assert await asyncio.wait_for(stuck, 10)
@@ -225,7 +225,7 @@ async def test_commits_in_place_never_checkpoint(project: AsyncProjectStore) -> 
     assert max(frames) >= 4000
     assert any(b < a for a, b in zip(frames, frames[1:], strict=False))
     async with project.read() as r:
-        assert await r.messages.count(conv.id) == 500
+        assert await r.messages.count(conv.id) == 600
 
 
 async def test_commits_in_place_yield_to_the_event_loop(project: AsyncProjectStore) -> None:
