@@ -139,9 +139,9 @@ async def test_read_epoch_ends_its_transaction(project: AsyncProjectStore) -> No
 
 
 async def test_chained_units_fail_alone_and_commit_together(either: Store) -> None:
-    project = await either.create_project(name="p")
     from demiarch_store import NotFound
 
+    project = await either.create_project(name="p")
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
     outcomes: dict[int, str] = {}
@@ -240,9 +240,9 @@ def test_fast_record_constructor_matches_the_dataclass() -> None:
 
 
 async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(either: Store) -> None:
-    project = await either.create_project(name="p")
     from demiarch_store.pool import _rollback_if_active
 
+    project = await either.create_project(name="p")
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
     pool = project.pool

@@ -346,9 +346,8 @@ async def test_units_that_read_take_turns_in_place(either: Store) -> None:
     begins, commits = _where(seen, "BEGIN IMMEDIATE"), _where(seen, "COMMIT")
     if inline:
         # (The writer's thread is busy now and then: every 50 commits its upkeep checks the
-        # WAL, and the unit whose turn comes meanwhile runs there.)
+        # WAL, and the unit whose turn comes meanwhile runs there, and may chain.)
         assert begins.count(LOOP) >= 70 and commits.count(LOOP) >= 70
-        assert len(begins) == len(commits) == 80  # one transaction each
     else:
         assert set(begins) == set(commits) == {THREAD}
         assert len(commits) < 80  # chained: several units a transaction
