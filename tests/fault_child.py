@@ -1,9 +1,10 @@
 """Child processes for the fault tests (tests/test_faults.py). Run as a script:
 
     python fault_child.py writer DB_PATH TAG SEED
-        Open (or create) the project, start a conversation, then append messages forever.
-        After each ``async with`` block returns it prints ``ack <id> ...`` (flushed): the
-        parent kills it with SIGKILL at a random moment and checks every ack is stored.
+        Open (or create) the project; three agents each start a conversation (``conv <id>``),
+        then append messages to it forever. After each ``async with`` block returns, its agent
+        prints ``ack <conversation> <id> ...`` (flushed): the parent kills the process with
+        SIGKILL at a random moment and checks every ack is stored.
 
     python fault_child.py diskfull DB_PATH CONVERSATION_ID LIMIT_BYTES
         Set RLIMIT_FSIZE (SIGXFSZ ignored) and write until the store refuses; then read,
@@ -35,25 +36,33 @@ def _config(path: Path, **kw: Any) -> StoreConfig:
 async def writer(path: Path, tag: str, seed: int) -> None:
     rng = random.Random(seed)
     async with AsyncProjectStore(path, config=_config(path, busy_deadline=60.0)) as project:
-        async with project.transaction() as tx:
-            conv = await tx.conversations.create(title=tag)
-        print(f"conv {conv.id}", flush=True)
-        i = 0
-        while True:
+
+        async def agent(name: str) -> None:
+            # Three agents at once: their write-only units share group commits, and units
+            # that read (get first) hold the writer in turn, in place or chained on the thread.
             async with project.transaction() as tx:
-                n = rng.randint(1, 4)
-                items = [
-                    {"role": "user", "content": f"{tag}:{i}:{k}/{n}|" * rng.randint(1, 40)}
-                    for k in range(n)
-                ]
-                if rng.random() < 0.5:
-                    msgs = await tx.messages.append_many(conv.id, items)
-                else:
-                    msgs = [await tx.messages.append(conv.id, **item) for item in items]
-                if rng.random() < 0.2:
-                    await tx.flush()  # holds the writer: the kill may land mid-transaction
-            print("ack " + " ".join(m.id for m in msgs), flush=True)
-            i += 1
+                conv = await tx.conversations.create(title=name)
+            print(f"conv {conv.id}", flush=True)
+            i = 0
+            while True:
+                async with project.transaction() as tx:
+                    if rng.random() < 0.3:
+                        await tx.conversations.get(conv.id)  # reads: holds the writer
+                    n = rng.randint(1, 4)
+                    items = [
+                        {"role": "user", "content": f"{name}:{i}:{k}/{n}|" * rng.randint(1, 40)}
+                        for k in range(n)
+                    ]
+                    if rng.random() < 0.5:
+                        msgs = await tx.messages.append_many(conv.id, items)
+                    else:
+                        msgs = [await tx.messages.append(conv.id, **item) for item in items]
+                    if rng.random() < 0.2:
+                        await tx.flush()  # holds the writer: the kill may land mid-transaction
+                print(f"ack {conv.id} " + " ".join(m.id for m in msgs), flush=True)
+                i += 1
+
+        await asyncio.gather(*(agent(f"{tag}a{a}") for a in range(3)))
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:

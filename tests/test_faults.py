@@ -90,17 +90,14 @@ async def test_kill_9_writers_at_random_moments_lose_no_acknowledged_write(
         errors = "\n".join(err.decode()[-3000:] for _, err in talked)
         assert [c.returncode for c in children] == [-signal.SIGKILL] * 2, f"{where}\n{errors}"
         for out in outputs:
-            conv = None
             for line in out.splitlines(keepends=True):
                 if not line.endswith("\n"):
                     break  # cut off by the kill: not an acknowledgement
-                word, *ids = line.split()
+                word, conv, *ids = line.split()
                 if word == "conv":
-                    conv = ids[0]
                     acked[conv] = []
                 else:
-                    assert conv is not None
-                    acked[conv].extend(ids)
+                    acked[conv].extend(ids)  # each agent writes its own conversation, in order
         if not path.exists():
             continue  # killed before the file was created
         config = StoreConfig(projects_dir=path.parent.parent, busy_deadline=10.0)
