@@ -692,8 +692,6 @@ class Pool:
         self._share_window = config.read_share_window
         self._here = config.inline_reads
         self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
-        self._auto_frames: int | None = None
-        """The writer's ``wal_autocheckpoint``, read before ``commit_here`` first turns it off."""
         self._here_task = 0
         self._here_streak = 0
         self._reader_busy_ms = _open_busy_ms(config)
@@ -799,10 +797,12 @@ class Pool:
 
     async def commit_group(self, ops: list[Op]) -> None:
         """Commit a write-only unit, grouped with whatever else is queued (or in place)."""
-        if self._here_conn(holding=False) is not None and small_unit(ops):
+        conn = self._here_conn(holding=False)
+        if conn is not None and small_unit(ops):
             if self.yield_due():
                 await asyncio.sleep(0)  # a cancel here: nothing was written
-            if self.commit_here(ops) is not ELSEWHERE:
+                conn = self._here_conn(holding=False)  # other tasks ran meanwhile
+            if conn is not None and self.commit_here(conn, ops) is not ELSEWHERE:
                 return
         loop = self._loop
         unit = _Unit(ops, loop.create_future(), loop.time())
@@ -850,21 +850,20 @@ class Pool:
             return None
         return self.writer.idle_connection()
 
-    def commit_here(self, ops: list[Op]) -> object:
+    def commit_here(self, conn: sqlite3.Connection, ops: list[Op]) -> object:
         """Commit a small write-only unit on this thread, or return ``ELSEWHERE``.
 
-        For a unit that is the project's only work: its hop to the writer's thread and back
-        would cost several times what SQLite spends on it. It runs ``BEGIN IMMEDIATE``, the
-        statements and ``COMMIT`` exactly as ``_commit_group`` does for a group of one, on the
-        writer's connection while its thread is idle (see ``Worker.idle_connection``), and never
-        waits: ``busy_timeout`` is 0, so a write lock held by another connection sends the unit
-        to the thread, and the automatic checkpoint is off, so a checkpoint the commit would
-        start (with its ``fsync``) is posted to the thread instead. The thread restores both
-        settings before its next job. Errors are translated; the unit is then rolled back.
+        ``conn``: what ``_here_conn`` returned, with nothing awaited since. For a unit that is
+        the project's only work: its hop to the writer's thread and back would cost several
+        times what SQLite spends on it. It runs ``BEGIN IMMEDIATE``, the statements and
+        ``COMMIT`` exactly as ``_commit_group`` does for a group of one, on the writer's
+        connection while its thread is idle (see ``Worker.idle_connection``), and never waits:
+        ``busy_timeout`` is 0, so a write lock held by another connection sends the unit to the
+        thread, and the automatic checkpoint is off (the checkpointer copies the WAL; should it
+        fall behind, the backstop checkpoint is posted to the thread, see ``_committed_here``).
+        The thread restores both settings before its next job. Errors are translated; the unit
+        is then rolled back.
         """
-        conn = self._here_conn(holding=False)
-        if conn is None:
-            return ELSEWHERE
         error: BaseException | None = None
         try:
             if not self._begin_here(conn):
@@ -884,9 +883,7 @@ class Pool:
         """Give the writer's connection its settings for the loop (see ``commit_here``)."""
         writer = self.writer
         if writer.restore is None:
-            writer.restore = self._restore_writer  # even if a pragma below fails
-            if self._auto_frames is None:
-                self._auto_frames = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            writer.restore = _restore_writer  # even if a pragma below fails
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
 
@@ -903,7 +900,7 @@ class Pool:
 
     def _committed_here(self) -> None:
         self._checkpoint_due()
-        if self._auto_frames and self._auto_frames <= self._wal_index.frames():
+        if self._wal_index.frames() >= _BACKSTOP_FRAMES:
             self.writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
         self._upkeep()
 
@@ -940,11 +937,6 @@ class Pool:
         if own is not None:
             raise self.translate(own, "committing a transaction")
         return None
-
-    def _restore_writer(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
-        if self._auto_frames is not None:
-            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self._auto_frames)}")
 
     # A unit that reads holds the writer; when it ends and the next unit waiting for the writer
     # also reads, the transaction stays open and the writer passes straight on (the next unit's
@@ -1636,6 +1628,12 @@ def end_held_job(
         _rollback_if_active(conn)
         raise
     return own
+
+
+def _restore_writer(conn: sqlite3.Connection) -> None:
+    """Give the writer's connection back the settings ``connect`` gave it."""
+    conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_MS}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_FRAMES}")
 
 
 def _checkpoint_passive(conn: sqlite3.Connection) -> Any:
