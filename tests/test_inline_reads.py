@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ticker import ticking
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -129,26 +130,14 @@ async def test_reads_in_place_yield_to_the_event_loop(project: AsyncProjectStore
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
         msg = await tx.messages.append(conv.id, role="user", content="hi")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(ticker())
-    try:
-        async with project.read() as r:
-            await r.messages.get(msg.id)
-            worker = _reader(r)
-            hops, before = worker.submitted, ticks
-            for _ in range(40):
-                assert await r.messages.get(msg.id) == msg
-            assert worker.submitted == hops  # all forty ran in place
-            assert ticks - before >= 40 // 4
-    finally:
-        other.cancel()
+    async with ticking() as ticks, project.read() as r:
+        await r.messages.get(msg.id)
+        worker = _reader(r)
+        hops, before = worker.submitted, ticks.count
+        for _ in range(40):
+            assert await r.messages.get(msg.id) == msg
+        assert worker.submitted == hops  # all forty ran in place
+        assert ticks.count - before >= 40 // 4
 
 
 async def test_a_get_never_uses_the_connection_while_its_thread_runs_a_job(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from lock_holder import hold_write_lock, release_write_lock
+from ticker import ticking
 
 from demiarch_store import AsyncProjectStore, ConstraintViolation, Store, StoreConfig
 
@@ -233,24 +234,13 @@ async def test_commits_in_place_yield_to_the_event_loop(project: AsyncProjectSto
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")
     seen = await _trace(project)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(ticker())
-    try:
+    async with ticking() as ticks:
         await asyncio.sleep(0)
-        before = ticks
+        before = ticks.count
         for i in range(40):
             async with project.transaction() as tx:
                 await tx.messages.append(conv.id, role="user", content=f"m{i}")
-    finally:
-        other.cancel()
-    assert ticks - before >= 40 // 4
+    assert ticks.count - before >= 40 // 4
     # The ticker makes the project's only work unit no less alone: all ran in place.
     assert _where(seen, "COMMIT").count(LOOP) >= 35
 
