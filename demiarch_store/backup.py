@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from .errors import BackupError, DatabaseBusy
+from .errors import BackupError, DatabaseBusy, StorageError
+from .health import foreign_object, harden, schema_problem
 from .ids import DATABASE_NAME, new_record_id
 from .migrate import known_revisions, read_revision
 from .pool import open_in_this_process
@@ -40,6 +41,7 @@ __all__ = [
     "remove_file",
     "remove_stale_staging",
     "replace_database",
+    "require_space",
     "restore_staging",
     "stage_restore",
     "take_backup",
@@ -108,6 +110,31 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(d, 0o700)
+
+
+SPACE_MARGIN = 1024 * 1024
+"""Room kept free beyond a file about to be written (SQLite's journal, the file system's own)."""
+
+
+def require_space(
+    directory: Path, needed: int, *, what: str, project: str | None, source: Path
+) -> None:
+    """Raise ``StorageError`` unless ``directory``'s file system has room for ``needed`` bytes.
+
+    Called before a file from elsewhere is written out, so a disk cannot fill half-way.
+    """
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folder is made later: ask its nearest existing parent
+    free = shutil.disk_usage(probe).free
+    if needed + SPACE_MARGIN > free:
+        raise StorageError(
+            f"{what} needs {needed:,} bytes but only {free:,} are free where it would be "
+            f"written ({str(directory)!r}); nothing was written",
+            project=project,
+            path=source,
+            hint="free some space (or choose another projects directory) and retry",
+        )
 
 
 def remove_file(path: Path) -> None:
@@ -265,6 +292,12 @@ def file_problem(conn: sqlite3.Connection) -> str | None:
     return None
 
 
+_FOREIGN_HINT = (
+    "it was not written by demiarch-store, or it was altered since; it was not used. "
+    "Choose another backup"
+)
+
+
 def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Path) -> str:
     """Check ``backup`` and copy it to ``staging``; return its schema revision.
 
@@ -292,27 +325,39 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             raise refuse("the backup is the live database itself")
     except OSError as exc:
         raise refuse(f"the backup cannot be read ({exc.strerror})") from exc
+    require_space(staging.parent, st.st_size, what="the backup", project=project, source=backup)
     try:
         source = sqlite3.connect(_uri(backup, "ro"), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise refuse(f"the backup cannot be opened ({exc})") from exc
     try:
         try:
-            source.execute("PRAGMA trusted_schema = OFF")
+            harden(source)
+            # The schema first: until it is known to be ours, nothing in the file may run
+            # (integrity_check evaluates the expressions of its indexes and constraints).
+            foreign = foreign_object(source)
+            if foreign is not None:
+                raise refuse(
+                    f"the backup holds {foreign}, which demiarch-store never makes",
+                    hint=_FOREIGN_HINT,
+                )
             revision = read_revision(source)
+            if revision is None:
+                raise refuse("the file holds no demiarch-store schema")
+            if revision not in known_revisions():
+                raise refuse(
+                    f"the backup is at schema revision {revision!r}, newer than this "
+                    "demiarch-store knows",
+                    hint="upgrade demiarch-store to restore it",
+                )
+            unlike = schema_problem(source, revision)
+            if unlike is not None:
+                raise refuse(f"the backup's schema {unlike}", hint=_FOREIGN_HINT)
             problem = file_problem(source)
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a flipped bit in a TEXT value
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
         if problem is not None:
             raise refuse(f"the backup {problem}")
-        if revision is None:
-            raise refuse("the file holds no demiarch-store schema")
-        if revision not in known_revisions():
-            raise refuse(
-                f"the backup is at schema revision {revision!r}, newer than this "
-                "demiarch-store knows",
-                hint="upgrade demiarch-store to restore it",
-            )
         try:
             write_snapshot(source, staging)
         except (sqlite3.Error, OSError) as exc:
@@ -453,7 +498,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         staging = restore_staging(live)
         try:
             stage_restore(backup, staging, project=project, live=live)
-        except BackupError as exc:
+        except (BackupError, StorageError) as exc:
             log.warning("skipping backup %s: %s", backup, exc)
             continue
         try:

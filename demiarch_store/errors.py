@@ -15,7 +15,10 @@
     ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
     ├── StoreClosed
     ├── BackupError
-    └── BundleError              a project bundle that is damaged, tampered with or unknown
+    ├── BundleError              a project bundle that is damaged, tampered with or unknown
+    ├── UnexpectedSchema         a file from elsewhere holds objects the library never makes
+    ├── ForeignFiles             a folder to delete holds files the library did not make
+    └── ProjectHealthy           quarantine of a healthy project, without force
 
 Every message names what went wrong, the project, the path and what the user can do. Bound
 parameter values never appear in a message: they may hold secrets.
@@ -32,17 +35,20 @@ __all__ = [
     "ConstraintViolation",
     "CorruptDatabase",
     "DatabaseBusy",
+    "ForeignFiles",
     "InvalidProjectId",
     "InvalidValue",
     "MigrationError",
     "NotFound",
     "PoolTimeout",
     "ProjectExists",
+    "ProjectHealthy",
     "ProjectNotFound",
     "SchemaTooNew",
     "StorageError",
     "StoreClosed",
     "StoreError",
+    "UnexpectedSchema",
     "translate",
 ]
 
@@ -133,6 +139,19 @@ class BackupError(StoreError):
 
 class BundleError(StoreError):
     """A project bundle is truncated, tampered with, unsafe or in a format this code can't read."""
+
+
+class UnexpectedSchema(StoreError):
+    """A database from elsewhere holds a trigger, a view or another object the library never
+    makes, or a schema unlike its revision's; it was refused before anything in it ran."""
+
+
+class ForeignFiles(StoreError):
+    """A project folder holds files the library did not make; deleting it would lose them."""
+
+
+class ProjectHealthy(StoreError):
+    """Quarantine was asked for a project whose database is healthy (pass ``force=True``)."""
 
 
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
