@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from .errors import BackupError, DatabaseBusy, StorageError
 from .health import foreign_object, harden, schema_problem
-from .ids import DATABASE_NAME, new_record_id
+from .ids import DATABASE_NAME, MARKER_NAME, new_record_id
 from .migrate import known_revisions, read_revision
 from .pool import open_in_this_process
 
@@ -45,6 +45,7 @@ __all__ = [
     "restore_staging",
     "stage_restore",
     "take_backup",
+    "write_marker",
     "write_snapshot",
 ]
 
@@ -135,6 +136,21 @@ def require_space(
             path=source,
             hint="free some space (or choose another projects directory) and retry",
         )
+
+
+def write_marker(directory: Path, project_id: str) -> None:
+    """Write the project marker (``.demiarch-project``, 0600) in a project folder, if missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(directory / MARKER_NAME, flags, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"demiarch-store project {project_id}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_file(path: Path) -> None:
@@ -298,8 +314,8 @@ _FOREIGN_HINT = (
 )
 
 
-def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Path) -> str:
-    """Check ``backup`` and copy it to ``staging``; return its schema revision.
+def stage_restore(backup: Path, staging: Path | None, *, project: str | None, live: Path) -> str:
+    """Check ``backup`` and copy it to ``staging`` (None: only check it); return its revision.
 
     The backup is opened read-only with ``trusted_schema=OFF``; it must pass
     ``integrity_check`` and ``foreign_key_check`` and carry a schema revision this code
@@ -325,7 +341,10 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             raise refuse("the backup is the live database itself")
     except OSError as exc:
         raise refuse(f"the backup cannot be read ({exc.strerror})") from exc
-    require_space(staging.parent, st.st_size, what="the backup", project=project, source=backup)
+    if staging is not None:
+        require_space(
+            staging.parent, st.st_size, what="the backup", project=project, source=backup
+        )
     try:
         source = sqlite3.connect(_uri(backup, "ro"), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
@@ -358,6 +377,8 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
         if problem is not None:
             raise refuse(f"the backup {problem}")
+        if staging is None:
+            return revision
         try:
             write_snapshot(source, staging)
         except (sqlite3.Error, OSError) as exc:

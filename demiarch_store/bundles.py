@@ -87,10 +87,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_target(dest: Path, project_id: str) -> Path:
-    """Return the bundle path for ``dest``: a directory gets ``<id>.demiarch.zip`` inside."""
-    dest = dest.expanduser()
-    return dest / f"{project_id}{BUNDLE_SUFFIX}" if dest.is_dir() else dest
+def export_target(dest: Path | str, project_id: str) -> Path:
+    """Return the bundle path for ``dest``: a directory gets ``<id>.demiarch.zip`` inside.
+
+    A path written with a trailing slash names a directory even if it does not exist yet: it
+    is created (0700), never taken for the bundle's own file name.
+    """
+    folder = isinstance(dest, str) and dest.endswith(("/", os.sep))
+    path = Path(dest).expanduser()
+    if folder and not path.is_dir():
+        make_private_dir(path)
+    return path / f"{project_id}{BUNDLE_SUFFIX}" if folder or path.is_dir() else path
 
 
 def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -> Path:

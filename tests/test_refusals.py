@@ -16,9 +16,11 @@ import shutil
 import sqlite3
 import struct
 import subprocess
+import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,11 @@ from demiarch_store import (
     AsyncProjectStore,
     BackupError,
     BundleError,
+    ConstraintViolation,
+    CorruptDatabase,
+    ForeignFiles,
+    ProjectHealthy,
+    ProjectNotFound,
     StorageError,
     Store,
     StoreConfig,
@@ -419,3 +426,414 @@ async def test_a_legacy_database_that_would_not_fit_is_refused(
             with pytest.raises(StorageError, match="the legacy import needs"):
                 await tiny.import_legacy(source)
             assert not (small / "projects" / "alpha").exists()
+
+
+# -- destructive operations touch only what the library made -----------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
+
+
+def _user_folders(root: Path) -> Path:
+    """A folder of a person's own work, with sub-folders whose names look like project IDs."""
+    (root / "photos").mkdir(parents=True)
+    (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("buy milk\n")
+    (root / "empty").mkdir()
+    return root
+
+
+async def test_a_projects_dir_one_level_too_high_lists_no_project_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    home = _user_folders(tmp_path / "home")
+    before = _tree(home)
+    async with Store(StoreConfig(projects_dir=home)) as store:
+        assert await store.list_projects() == []  # none of them was ever a project
+        for folder in ("photos", "notes", "empty"):
+            with pytest.raises(ProjectNotFound, match="not a demiarch-store project") as caught:
+                await store.delete_project(folder)
+            assert "the folder was left as it is" in str(caught.value)
+            with pytest.raises(ProjectNotFound, match="not a demiarch-store project"):
+                await store.open_project(folder)
+    assert _tree(home) == before
+    assert (home / "empty").is_dir()
+
+
+async def test_delete_refuses_a_project_folder_holding_files_it_did_not_make(
+    store: Store,
+) -> None:
+    project = await _filled(store)
+    await project.backup()
+    folder = project.path.parent
+    (folder / "notes.txt").write_text("my notes about this project")
+    (folder / "backups" / "keep-me.sqlite").write_bytes(b"a copy I made myself")
+    (folder / "drafts").mkdir()
+    with pytest.raises(ForeignFiles) as caught:
+        await store.delete_project(project.id)
+    message = str(caught.value)
+    assert "'backups/keep-me.sqlite'" in message and "'drafts/'" in message
+    assert "'notes.txt'" in message and "nothing was deleted" in message
+    async with project.read() as r:  # not even closed
+        assert await r.messages.count() == 5
+
+    for extra in ("notes.txt", "backups/keep-me.sqlite"):
+        (folder / extra).unlink()
+    (folder / "drafts").rmdir()
+    await store.delete_project(project.id)
+    assert not folder.exists()
+
+
+async def test_delete_removes_backups_quarantine_and_leftovers_the_library_made(
+    store: Store,
+) -> None:
+    project = await _filled(store)
+    await project.backup()
+    await project.backup()
+    await store.quarantine_project(project.id, force=True)
+    folder = project.path.parent
+    (folder / f".database.sqlite.restore-{2**22 + 7}-0abc").write_bytes(b"a restore that died")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".database.sqlite.restore-4194311-0abc",
+        ".demiarch-project",
+        "backups",
+        "database.sqlite",
+        "quarantine",
+    ]
+    await store.delete_project(project.id)
+    assert not folder.exists()
+
+
+async def test_a_project_whose_database_is_missing_is_not_a_folder_that_never_was_one(
+    store: Store,
+) -> None:
+    project = await _filled(store, "lost its database")
+    await project.close()
+    project.path.unlink()
+    (store.projects_dir / "stranger").mkdir()
+    [info] = await store.list_projects()
+    assert (info.id, info.status) == (project.id, "empty")
+    assert "no database file" in str(info.error)
+    with pytest.raises(CorruptDatabase, match="no database file"):
+        await store.open_project(project.id)
+    with pytest.raises(ProjectNotFound, match="not a demiarch-store project"):
+        await store.open_project("stranger")
+    await store.delete_project(project.id)  # what is left is the library's: the marker
+    assert not project.path.parent.exists()
+    assert (store.projects_dir / "stranger").is_dir()
+
+
+async def test_a_project_from_before_the_marker_is_recognised_and_gets_one(
+    store: Store,
+) -> None:
+    project = await _filled(store, "old")
+    await project.close()
+    marker = project.path.parent / ".demiarch-project"
+    marker.unlink()
+    [info] = await store.list_projects()
+    assert (info.id, info.status) == (project.id, "ok")  # its database says it is one
+    assert not marker.exists()  # listing changes nothing
+    reopened = await store.open_project(project.id)
+    assert marker.read_text() == f"demiarch-store project {project.id}\n"
+    assert oct(marker.stat().st_mode & 0o777) == "0o600"
+    await reopened.close()
+
+
+async def test_quarantine_of_a_healthy_project_is_refused_unless_forced(store: Store) -> None:
+    project = await _filled(store)
+    await project.backup()
+    async with project.transaction() as tx:
+        await tx.conversations.create(title="written after the backup")
+    with pytest.raises(ProjectHealthy) as caught:
+        await store.quarantine_project(project.id)
+    assert "restore" in str(caught.value) and "force=True" in str(caught.value)
+    async with project.read() as r:  # untouched and still open
+        assert len(await r.conversations.list()) == 2
+    assert not (project.path.parent / "quarantine").exists()
+    await project.close()
+    with pytest.raises(ProjectHealthy):  # closed: its file is checked read-only
+        await store.quarantine_project(project.id)
+    await store.quarantine_project(project.id, force=True)
+    async with (await store.open_project(project.id)).read() as r:
+        assert len(await r.conversations.list()) == 1  # the backup's
+
+
+# -- misuse of the model: a constraint names the kind of record --------------------------------
+
+
+async def test_a_constraint_violation_names_the_kind_of_record_missing(
+    project: AsyncProjectStore,
+) -> None:
+    with pytest.raises(ConstraintViolation) as caught:
+        async with project.transaction() as tx:
+            await tx.messages.append("no-such-conversation", role="user", content="hi")
+    assert "the conversation this message refers to does not exist" in str(caught.value)
+    with pytest.raises(ConstraintViolation) as caught:
+        async with project.transaction() as tx:
+            await tx.llm_calls.record(
+                model="m", input_tokens=1, output_tokens=1, cost_usd=0, agent_id="nobody"
+            )
+    assert "the agent this llm call refers to does not exist" in str(caught.value)
+    assert "no-such" not in str(caught.value)  # never a value
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+TIMEOUT = 60
+
+
+def cli(projects_dir: Path, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``demiarch-store`` as a real process with its output piped (not a terminal)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run(
+        [sys.executable, "-m", "demiarch_store", "--projects-dir", str(projects_dir), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
+
+
+def _created(projects_dir: Path, name: str = "my app") -> str:
+    made = cli(projects_dir, "create", name, "--json")
+    assert made.returncode == 0, made.stderr
+    project_id: str = json.loads(made.stdout)["id"]
+    return project_id
+
+
+def test_cli_delete_refuses_folders_it_did_not_make(tmp_path: Path) -> None:
+    home = _user_folders(tmp_path / "home")
+    before = _tree(home)
+    listed = cli(home, "list")
+    assert listed.returncode == 0
+    assert "No projects in" in listed.stdout
+    assert "Left out 3 folders that are not a project (no database, no marker): " in listed.stdout
+    for folder in ("photos", "empty"):
+        refused = cli(home, "delete", "--yes", folder)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error: the folder is not a demiarch-store project")
+    assert _tree(home) == before and (home / "empty").is_dir()
+
+    projects = tmp_path / "projects"
+    project_id = _created(projects)
+    (projects / project_id / "report.pdf").write_bytes(b"%PDF")
+    refused = cli(projects, "delete", "--yes", project_id)
+    assert refused.returncode == 1
+    assert "holds files demiarch-store did not make: 'report.pdf'" in refused.stderr
+    (projects / project_id / "report.pdf").unlink()
+    assert cli(projects, "backup", project_id).returncode == 0
+    asked = cli(projects, "delete", project_id, input="n\n")
+    assert f"Delete project {project_id} ('my app'): its database, 1 backup in " in asked.stderr
+    assert "(The folder holds nothing else.)" in asked.stderr
+    assert cli(projects, "delete", "--yes", project_id).returncode == 0
+    assert not (projects / project_id).exists()
+
+
+def test_cli_quarantine_refuses_a_healthy_project_and_its_prompt_names_what_replaces_what(
+    tmp_path: Path,
+) -> None:
+    projects = tmp_path / "projects"
+    project_id = _created(projects)
+    asyncio.run(_add(projects, project_id, 3))
+    assert cli(projects, "backup", project_id).returncode == 0
+    asyncio.run(_add(projects, project_id, 4))
+    refused = cli(projects, "quarantine", "--yes", project_id)
+    assert refused.returncode == 1
+    line = refused.stderr.strip()
+    assert line.startswith("error: the project's database is healthy")
+    assert f"restore {project_id} BACKUP" in line and "add `--force`" in line
+    assert "()" not in line and "force=True" not in line
+
+    asked = cli(projects, "quarantine", "--force", project_id, input="n\n")
+    assert asked.returncode == 1
+    prompt = asked.stderr
+    assert f"Project {project_id} is healthy. Its database now holds: 1 conversations, " in prompt
+    assert "7 messages" in prompt  # the live counts
+    [backup] = (projects / project_id / "backups").iterdir()
+    stamp = backup.stem.split("-")[1]
+    when = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]} UTC"
+    assert f"The backup {backup.name} taken {when} (1 conversations, 3 messages)" in prompt
+    assert not (projects / project_id / "quarantine").exists()
+
+    done = cli(projects, "quarantine", "--force", project_id, input="y\n")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(cli(projects, "show", project_id, "--json").stdout)
+    assert shown["tables"]["messages"] == 3
+
+
+async def _add(projects: Path, project_id: str, count: int) -> None:
+    async with Store(StoreConfig(projects_dir=projects)) as store:
+        project = await store.open_project(project_id)
+        async with project.transaction() as tx:
+            convs = await tx.conversations.list()
+            conv = convs[0] if convs else await tx.conversations.create(title="c")
+            await tx.messages.append_many(conv.id, [{"role": "user", "content": "x"}] * count)
+
+
+def test_cli_read_commands_report_a_missing_projects_dir_and_create_says_it_creates_it(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "typo" / "projects"
+    for args in (["list"], ["check", "--all"], ["migrate", "--all"], ["show", "abc"]):
+        result = cli(missing, *args)
+        assert result.returncode == 1, args
+        assert "the projects directory does not exist" in result.stderr, args
+        assert "No projects" not in result.stdout
+    assert not missing.exists()
+    made = cli(missing, "create", "first")
+    assert made.returncode == 0
+    assert made.stderr.strip() == f"Created the projects directory {missing} (it did not exist)"
+    again = cli(missing, "create", "second")
+    assert again.stderr == ""
+
+
+def test_cli_export_to_a_new_folder_with_a_trailing_slash(tmp_path: Path) -> None:
+    projects = tmp_path / "projects"
+    project_id = _created(projects)
+    folder = tmp_path / "exports"
+    result = cli(projects, "export", project_id, f"{folder}/", "--json")
+    assert result.returncode == 0, result.stderr
+    assert folder.is_dir(), "a file was written with the folder's name"
+    assert json.loads(result.stdout)["bundle"] == str(folder / f"{project_id}.demiarch.zip")
+    nested = tmp_path / "a" / "b"
+    assert cli(projects, "export", project_id, f"{nested}/").returncode == 0
+    assert (nested / f"{project_id}.demiarch.zip").is_file()
+
+
+def test_cli_json_before_or_after_the_command(tmp_path: Path) -> None:
+    projects = tmp_path / "projects"
+    project_id = _created(projects)
+    for args in (["--json", "list"], ["list", "--json"], ["--json", "show", project_id]):
+        result = cli(projects, *args)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert (data[0] if isinstance(data, list) else data)["id"] == project_id
+
+
+def test_cli_hints_name_commands_never_python_calls(tmp_path: Path) -> None:
+    projects = tmp_path / "projects"
+    healthy = _created(projects, "healthy")
+    broken = _created(projects, "broken")
+    database = projects / broken / "database.sqlite"
+    database.write_bytes(b"overwritten by mistake" * 100)
+    bundle = tmp_path / "b.zip"
+    assert cli(projects, "export", healthy, str(bundle)).returncode == 0
+    legacy = tmp_path / "legacy.db"
+    sqlite3.connect(legacy).close()
+    errors = [
+        cli(projects, "show", broken),  # CorruptDatabase: "store.quarantine_project() ..."
+        cli(projects, "import", str(bundle)),  # ProjectExists
+        cli(projects, "import-legacy", str(legacy)),  # "point import_legacy() at ..."
+        cli(projects, "quarantine", "--yes", healthy),  # "force=True"
+    ]
+    for result in errors:
+        assert result.returncode == 1
+        line = result.stderr.strip()
+        assert line.startswith("error: ") and "demiarch-store" in line, line
+        assert "()" not in line and "=True" not in line and "project_id=" not in line, line
+
+
+# -- a real terminal, narrow, and piped output: nothing is cut --------------------------------
+
+
+def _pty(args: list[str], *, columns: int) -> str:
+    """Run the CLI on a pseudo-terminal ``columns`` wide; return what it displayed."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    drop = {"COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_store", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**env, "TERM": "xterm-256color"},
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=TIMEOUT) == 0, seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
+
+
+def _costly_project(projects: Path) -> tuple[str, str]:
+    project_id = _created(projects, "a project with a rather long name for a narrow terminal")
+
+    async def spend() -> None:
+        async with Store(StoreConfig(projects_dir=projects)) as store:
+            project = await store.open_project(project_id)
+            async with project.transaction() as tx:
+                await tx.llm_calls.record(
+                    model="gpt-x-very-long-model-name-2026",
+                    input_tokens=1234567,
+                    output_tokens=7654321,
+                    cost_usd=Decimal("1234.567891"),
+                )
+
+    asyncio.run(spend())
+    return project_id, "1234.567891"
+
+
+@pytest.mark.parametrize("columns", [40, 60])
+def test_a_narrow_terminal_never_cuts_an_id_a_path_or_an_amount(
+    tmp_path: Path, columns: int
+) -> None:
+    projects = tmp_path / "a-rather-deep-folder-for-projects" / "projects"
+    project_id, amount = _costly_project(projects)
+    base = ["--projects-dir", str(projects)]
+    listed = _pty([*base, "list"], columns=columns)
+    assert project_id in listed and "1 project in" in listed
+    shown = _pty([*base, "show", project_id], columns=columns)
+    assert str(projects / project_id / "database.sqlite") in shown
+    assert amount in shown
+    costs = _pty([*base, "costs", project_id], columns=columns)
+    assert amount in costs and "1,234,567" in costs and "gpt-x-very-long-model-name-2026" in costs
+    assert "…" not in listed + shown + costs
+
+
+def test_piped_output_never_cuts_an_id_a_path_or_an_amount(tmp_path: Path) -> None:
+    projects = tmp_path / ("a-rather-deep-folder-" * 4) / "projects"
+    project_id, amount = _costly_project(projects)
+    shown = cli(projects, "show", project_id)
+    assert str(projects / project_id / "database.sqlite") in shown.stdout
+    assert amount in shown.stdout
+    listed = cli(projects, "list")
+    assert f"1 project in {projects}" in listed.stdout
+    costs = cli(projects, "costs", project_id)
+    assert amount in costs.stdout and "gpt-x-very-long-model-name-2026" in costs.stdout
+    assert "…" not in shown.stdout + listed.stdout + costs.stdout
