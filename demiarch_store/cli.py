@@ -373,6 +373,9 @@ _CLI_HINTS = (
     ("use the ID that create_project() returned", "use an ID that `{p} list` shows"),
     ("import into another ID with project_id=...", "import it under another ID with `--id`"),
     ("not written by export_project() (`demiarch-store export`)", "not written by `{p} export`"),
+    ("not written by export_project()", "not written by `{p} export`"),
+    ("open it again with Store.open_project() or a new AsyncProjectStore", "run it again"),
+    ("open it with open_project() or choose another ID", "`{p} show ID` opens it"),
     ("pass force=True (`--force`)", "add `--force`"),
     ("raise busy_deadline", "raise busy_deadline in config.toml"),
     ("close that AsyncProjectStore first", "close the program that has it open first"),
@@ -1097,17 +1100,24 @@ async def _quarantine(config: StoreConfig, project_id: str, force: bool) -> Path
         return await store.quarantine_project(project_id, force=force)
 
 
-_MAIN_TABLES = ("conversations", "messages", "llm_calls", "agents", "checkpoints", "sessions")
+_MAIN_TABLES = {
+    "conversations": "conversation",
+    "messages": "message",
+    "llm_calls": "LLM call",
+    "agents": "agent",
+    "checkpoints": "checkpoint",
+    "sessions": "session",
+}
 
 
 def _holding(counts: Mapping[str, int] | None) -> str:
     """Say what a database holds, in the rows people count."""
     if counts is None:
         return "its contents cannot be read"
-    shown = [f"{counts[t]:,} {t}" for t in _MAIN_TABLES if counts.get(t)]
+    shown = [_count(counts[t], one) for t, one in _MAIN_TABLES.items() if counts.get(t)]
     others = sum(n for t, n in counts.items() if t not in _MAIN_TABLES and t != "projects")
     if others:
-        shown.append(f"{others:,} other rows")
+        shown.append(_count(others, "other row"))
     return ", ".join(shown) or "no records"
 
 

@@ -654,12 +654,12 @@ def test_cli_quarantine_refuses_a_healthy_project_and_its_prompt_names_what_repl
     asked = cli(projects, "quarantine", "--force", project_id, input="n\n")
     assert asked.returncode == 1
     prompt = asked.stderr
-    assert f"Project {project_id} is healthy. Its database now holds: 1 conversations, " in prompt
+    assert f"Project {project_id} is healthy. Its database now holds: 1 conversation, " in prompt
     assert "7 messages" in prompt  # the live counts
     [backup] = (projects / project_id / "backups").iterdir()
     stamp = backup.stem.split("-")[1]
     when = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]} UTC"
-    assert f"The backup {backup.name} taken {when} (1 conversations, 3 messages)" in prompt
+    assert f"The backup {backup.name} taken {when} (1 conversation, 3 messages)" in prompt
     assert not (projects / project_id / "quarantine").exists()
 
     done = cli(projects, "quarantine", "--force", project_id, input="y\n")
@@ -837,3 +837,26 @@ def test_piped_output_never_cuts_an_id_a_path_or_an_amount(tmp_path: Path) -> No
     costs = cli(projects, "costs", project_id)
     assert amount in costs.stdout and "gpt-x-very-long-model-name-2026" in costs.stdout
     assert "…" not in shown.stdout + listed.stdout + costs.stdout
+
+
+# -- the README section ------------------------------------------------------------------------
+
+
+def test_the_readme_section_runs_and_prints_what_it_shows(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## What the library refuses") :]
+    section = section[: section.index("\n## ", 1)]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    shown = re.search(r"Output:\n\n```text\n(.*?)```", section, re.S)
+    assert code and shown
+    done = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown.group(1)
