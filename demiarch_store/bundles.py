@@ -27,6 +27,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from .backup import Staging, file_problem, fsync_dir, make_private_dir, require_space
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
@@ -306,7 +307,10 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
     Its schema is checked first, against what this code's revision makes: until then nothing
     in the file may run (``integrity_check`` evaluates its indexes' expressions).
     """
-    conn = sqlite3.connect(path, isolation_level=None)
+    # Read-only until the schema is known to be ours (SQLite's defensive mode needs Python
+    # 3.12's setconfig; read-only holds on every version).
+    conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True)
+    conn.isolation_level = None
     try:
         harden(conn)
         foreign = foreign_object(conn)
@@ -337,6 +341,9 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
         if rows != [(manifest.project_id,)]:
             raise _bad("the bundle's database does not hold the project its manifest names", bundle)
         if project_id != manifest.project_id:
+            conn.close()
+            conn = sqlite3.connect(path, isolation_level=None)
+            harden(conn)
             conn.execute("UPDATE projects SET id = ? WHERE id = ?", (project_id, rows[0][0]))
     except sqlite3.Error as exc:
         raise _bad(f"the bundle's database is damaged ({exc})", bundle) from exc

@@ -230,10 +230,15 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
             hint="check that it is the old global database and is not damaged",
         ) from exc
     report.notes.extend(notes)
-    # Every project's rows come from the source: together they take about its size.
-    require_space(
-        projects_dir, source.stat().st_size, what="the legacy import", project=None, source=source
-    )
+    if any(not os.path.lexists(projects_dir / str(i)) for i in ids):
+        # Every project's rows come from the source: together they take about its size.
+        require_space(
+            projects_dir,
+            source.stat().st_size,
+            what="the legacy import",
+            project=None,
+            source=source,
+        )
     make_private_dir(projects_dir)
     with Staging(projects_dir, ".legacy-") as staging_dir:
         staging = staging_dir.path

@@ -439,7 +439,9 @@ class Store:
         if not force:
             if project is not None:
                 report = await project.check()
-                problem = None if report.ok else "; ".join(report.problems)
+                # Its data, not the file's mode or a blocked checkpoint, makes it damaged.
+                damaged = report.integrity != ("ok",) or bool(report.foreign_key_violations)
+                problem = "; ".join(report.problems) if damaged else None
             else:
                 problem = await asyncio.to_thread(database_problem, path)
             if problem is None:
