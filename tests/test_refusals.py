@@ -357,6 +357,26 @@ async def test_a_bundle_whose_sizes_lie_is_refused_before_it_is_written_out(
     assert (await store.import_project(honest, project_id="honest")).id == "honest"
 
 
+async def test_a_bundle_whose_members_overlap_is_refused(store: Store, tmp_path: Path) -> None:
+    """The zip-bomb trick of pointing several entries at one compressed stream."""
+    project = await _filled(store)
+    bundle = await store.export_project(project.id, tmp_path)
+    manifest, database = _bundle_members(bundle)
+    text = json.dumps(manifest).encode()
+    zipped = _raw_zip(
+        tmp_path / "overlap.zip",
+        [("manifest.json", text, len(text)), ("database.sqlite", database, len(database))],
+    )
+    data = bytearray(zipped.read_bytes())
+    entries = [i for i in range(len(data)) if data[i : i + 4] == b"PK\x01\x02"]
+    first_offset = struct.unpack_from("<I", data, entries[0] + 42)[0]
+    struct.pack_into("<I", data, entries[1] + 42, first_offset + 1)  # inside the manifest's
+    zipped.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="members overlap"):
+        await store.import_project(zipped, project_id="overlap")
+    assert not (store.projects_dir / "overlap").exists()
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str = "3m") -> Iterator[Path]:
     """A real file system of ``size`` (tmpfs, mounted as root: the tests run as root)."""
