@@ -430,21 +430,32 @@ def schema_shape(conn: sqlite3.Connection) -> SchemaShape:
     ]
     for table in tables:
         q = _quote(table)
+        # Order-free: a column added by a migration comes last, one created with its table
+        # may not; the order changes nothing a file can do.
         columns = tuple(
-            (name, str(kind).upper(), notnull, default, pk, hidden)
-            for _, name, kind, notnull, default, pk, hidden in conn.execute(
-                f"PRAGMA main.table_xinfo({q})"
+            sorted(
+                (name, str(kind).upper(), notnull, default, pk, hidden)
+                for _, name, kind, notnull, default, pk, hidden in conn.execute(
+                    f"PRAGMA main.table_xinfo({q})"
+                )
             )
         )
         indexes = []
         for _, index, unique, origin, partial in conn.execute(f"PRAGMA main.index_list({q})"):
             keys = tuple(
-                tuple(row[1:]) for row in conn.execute(f"PRAGMA main.index_xinfo({_quote(index)})")
+                # An expression (cid -2) or the rowid (cid -1) has no column name.
+                (seqno, name if cid >= 0 else f"<{cid}>", desc, coll, key)
+                for seqno, cid, name, desc, coll, key in conn.execute(
+                    f"PRAGMA main.index_xinfo({_quote(index)})"
+                )
             )
             # SQLite names the indexes of UNIQUE and PRIMARY KEY constraints itself.
             shown = index if origin == "c" else f"({origin})"
             indexes.append((shown, unique, origin, partial, keys))
-        fks = tuple(tuple(row) for row in conn.execute(f"PRAGMA main.foreign_key_list({q})"))
+        fks = tuple(
+            tuple(row[1:])  # without the constraint's number, which follows declaration order
+            for row in conn.execute(f"PRAGMA main.foreign_key_list({q})")
+        )
         shape[table] = (columns, tuple(sorted(indexes, key=repr)), tuple(sorted(fks, key=repr)))
     return shape
 

@@ -61,11 +61,12 @@ __all__ = [
     "Store",
     "database_problem",
     "describe",
-    "good_backup",
     "discover",
+    "good_backup",
     "not_projects",
     "project_files",
     "readonly_uri",
+    "refuse_foreign",
     "row_counts",
     "scan",
 ]
@@ -604,9 +605,10 @@ class Store:
         """Describe every project directory, sorted by ID, without changing any file.
 
         Never raises for a bad entry: a damaged, empty, newer or unreadable project is listed
-        with its ``status`` and an ``error`` saying why; stray files and names that are not
-        project IDs are left out. A project open in this process is described through its own
-        pool. Raises ``StorageError`` only if the projects directory itself cannot be read.
+        with its ``status`` and an ``error`` saying why; stray files, names that are not
+        project IDs and folders with neither a database nor the library's marker are left
+        out. A project open in this process is described through its own pool. Raises
+        ``StorageError`` only if the projects directory itself cannot be read.
         """
         self._check_open()
         entries = await asyncio.to_thread(scan, self.projects_dir)
