@@ -204,6 +204,30 @@ async def test_an_older_backup_is_checked_against_its_own_revision(
     assert restored.revision == HEAD_REVISION
 
 
+async def test_a_backup_with_the_same_schema_in_another_column_order_is_accepted(
+    store: Store, tmp_path: Path
+) -> None:
+    """Column order is not checked: an ALTER TABLE appends, a CREATE TABLE may not."""
+    project = await _filled(store)
+    backup = await project.backup(tmp_path / "reordered.sqlite")
+    conn = sqlite3.connect(backup, isolation_level=None)
+    conn.executescript(
+        """
+        CREATE TABLE plugins_new (
+            name VARCHAR(200) NOT NULL, id VARCHAR(32) NOT NULL, updated_at BIGINT NOT NULL,
+            version VARCHAR(64), enabled BOOLEAN NOT NULL, config TEXT, state TEXT,
+            installed_at BIGINT NOT NULL,
+            CONSTRAINT pk_plugins PRIMARY KEY (id), CONSTRAINT uq_plugins_name UNIQUE (name));
+        DROP TABLE plugins;
+        ALTER TABLE plugins_new RENAME TO plugins;
+        """
+    )
+    conn.close()
+    restored = await store.restore_project(project.id, backup)
+    async with restored.read() as r:
+        assert await r.messages.count() == 5
+
+
 def test_the_expected_schema_is_what_the_migrations_make(tmp_path: Path) -> None:
     """The head's shape, built from the metadata, equals what the migrations build."""
     path = tmp_path / "migrated.sqlite"
