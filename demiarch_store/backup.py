@@ -21,8 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from .errors import BackupError, DatabaseBusy
-from .ids import DATABASE_NAME, new_record_id
+from .errors import BackupError, DatabaseBusy, StorageError
+from .health import foreign_object, harden, schema_problem
+from .ids import DATABASE_NAME, MARKER_NAME, new_record_id
 from .migrate import known_revisions, read_revision
 from .pool import open_in_this_process
 
@@ -40,9 +41,11 @@ __all__ = [
     "remove_file",
     "remove_stale_staging",
     "replace_database",
+    "require_space",
     "restore_staging",
     "stage_restore",
     "take_backup",
+    "write_marker",
     "write_snapshot",
 ]
 
@@ -108,6 +111,46 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(d, 0o700)
+
+
+SPACE_MARGIN = 1024 * 1024
+"""Room kept free beyond a file about to be written (SQLite's journal, the file system's own)."""
+
+
+def require_space(
+    directory: Path, needed: int, *, what: str, project: str | None, source: Path
+) -> None:
+    """Raise ``StorageError`` unless ``directory``'s file system has room for ``needed`` bytes.
+
+    Called before a file from elsewhere is written out, so a disk cannot fill half-way.
+    """
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folder is made later: ask its nearest existing parent
+    free = shutil.disk_usage(probe).free
+    if needed + SPACE_MARGIN > free:
+        raise StorageError(
+            f"{what} needs {needed:,} bytes but only {free:,} are free where it would be "
+            f"written ({str(directory)!r}); nothing was written",
+            project=project,
+            path=source,
+            hint="free some space (or choose another projects directory) and retry",
+        )
+
+
+def write_marker(directory: Path, project_id: str) -> None:
+    """Write the project marker (``.demiarch-project``, 0600) in a project folder, if missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(directory / MARKER_NAME, flags, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"demiarch-store project {project_id}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_file(path: Path) -> None:
@@ -265,8 +308,14 @@ def file_problem(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Path) -> str:
-    """Check ``backup`` and copy it to ``staging``; return its schema revision.
+_FOREIGN_HINT = (
+    "it was not written by demiarch-store, or it was altered since; it was not used. "
+    "Choose another backup"
+)
+
+
+def stage_restore(backup: Path, staging: Path | None, *, project: str | None, live: Path) -> str:
+    """Check ``backup`` and copy it to ``staging`` (None: only check it); return its revision.
 
     The backup is opened read-only with ``trusted_schema=OFF``; it must pass
     ``integrity_check`` and ``foreign_key_check`` and carry a schema revision this code
@@ -292,27 +341,44 @@ def stage_restore(backup: Path, staging: Path, *, project: str | None, live: Pat
             raise refuse("the backup is the live database itself")
     except OSError as exc:
         raise refuse(f"the backup cannot be read ({exc.strerror})") from exc
+    if staging is not None:
+        require_space(
+            staging.parent, st.st_size, what="the backup", project=project, source=backup
+        )
     try:
         source = sqlite3.connect(_uri(backup, "ro"), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise refuse(f"the backup cannot be opened ({exc})") from exc
     try:
         try:
-            source.execute("PRAGMA trusted_schema = OFF")
+            harden(source)
+            # The schema first: until it is known to be ours, nothing in the file may run
+            # (integrity_check evaluates the expressions of its indexes and constraints).
+            foreign = foreign_object(source)
+            if foreign is not None:
+                raise refuse(
+                    f"the backup holds {foreign}, which demiarch-store never makes",
+                    hint=_FOREIGN_HINT,
+                )
             revision = read_revision(source)
+            if revision is None:
+                raise refuse("the file holds no demiarch-store schema")
+            if revision not in known_revisions():
+                raise refuse(
+                    f"the backup is at schema revision {revision!r}, newer than this "
+                    "demiarch-store knows",
+                    hint="upgrade demiarch-store to restore it",
+                )
+            unlike = schema_problem(source, revision)
+            if unlike is not None:
+                raise refuse(f"the backup's schema {unlike}", hint=_FOREIGN_HINT)
             problem = file_problem(source)
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a flipped bit in a TEXT value
             raise refuse(f"the backup is not a healthy SQLite database ({exc})") from exc
         if problem is not None:
             raise refuse(f"the backup {problem}")
-        if revision is None:
-            raise refuse("the file holds no demiarch-store schema")
-        if revision not in known_revisions():
-            raise refuse(
-                f"the backup is at schema revision {revision!r}, newer than this "
-                "demiarch-store knows",
-                hint="upgrade demiarch-store to restore it",
-            )
+        if staging is None:
+            return revision
         try:
             write_snapshot(source, staging)
         except (sqlite3.Error, OSError) as exc:
@@ -453,7 +519,7 @@ def quarantine_database(live: Path, *, project: str | None) -> tuple[Path, Path 
         staging = restore_staging(live)
         try:
             stage_restore(backup, staging, project=project, live=live)
-        except BackupError as exc:
+        except (BackupError, StorageError) as exc:
             log.warning("skipping backup %s: %s", backup, exc)
             continue
         try:

@@ -27,9 +27,11 @@ import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
-from .backup import Staging, file_problem, fsync_dir, make_private_dir
+from .backup import Staging, file_problem, fsync_dir, make_private_dir, require_space
 from .errors import BundleError, ProjectExists, SchemaTooNew, StoreError
+from .health import foreign_object, harden, schema_problem
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import HEAD_REVISION, known_revisions, read_revision
 from .project import claim_project_dir
@@ -55,6 +57,9 @@ _MAX_MANIFEST = 64 * 1024
 # a compression method zipfile cannot read.
 _UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError)
 _CHUNK = 1024 * 1024
+# Deflate cannot shrink data by more than about 1032:1: a member claiming more lies about its size.
+_MAX_DEFLATE_RATIO = 1032
+_LOCAL_HEADER = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_target(dest: Path, project_id: str) -> Path:
-    """Return the bundle path for ``dest``: a directory gets ``<id>.demiarch.zip`` inside."""
-    dest = dest.expanduser()
-    return dest / f"{project_id}{BUNDLE_SUFFIX}" if dest.is_dir() else dest
+def export_target(dest: Path | str, project_id: str) -> Path:
+    """Return the bundle path for ``dest``: a directory gets ``<id>.demiarch.zip`` inside.
+
+    A path written with a trailing slash names a directory even if it does not exist yet: it
+    is created (0700), never taken for the bundle's own file name.
+    """
+    folder = isinstance(dest, str) and dest.endswith(("/", os.sep))
+    path = Path(dest).expanduser()
+    if folder and not path.is_dir():
+        make_private_dir(path)
+    return path / f"{project_id}{BUNDLE_SUFFIX}" if folder or path.is_dir() else path
 
 
 def write_bundle(snapshot: Path, dest: Path, *, project_id: str, version: str) -> Path:
@@ -167,6 +179,47 @@ def _check_members(zf: zipfile.ZipFile, bundle: Path) -> None:
         mode = info.external_attr >> 16
         if info.is_dir() or stat.S_ISLNK(mode) or info.flag_bits & 0x1:
             raise _bad(f"the bundle member {info.filename!r} is not a plain file", bundle)
+    _check_sizes(infos, bundle)
+
+
+def _check_sizes(infos: list[zipfile.ZipInfo], bundle: Path) -> None:
+    """Refuse sizes that cannot be true, before a byte is extracted.
+
+    A stored member is as long as its compressed data, a deflated one at most about 1032
+    times longer; each member's data lies inside the archive, and no two overlap (the trick
+    of zip bombs that reuse one compressed stream).
+    """
+    archive = bundle.stat().st_size
+    spans = []
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            honest = info.file_size == info.compress_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            honest = info.file_size <= max(info.compress_size, 1) * _MAX_DEFLATE_RATIO
+        else:
+            raise _bad(
+                f"the bundle member {info.filename!r} uses a compression method export never uses",
+                bundle,
+            )
+        if not honest:
+            raise _bad(
+                f"the bundle member {info.filename!r} declares {info.file_size:,} bytes, which "
+                f"its {info.compress_size:,} compressed bytes cannot hold; it was not extracted",
+                bundle,
+                hint="the bundle was altered (a zip bomb, or a lying size); export it again",
+            )
+        start = info.header_offset
+        end = start + _LOCAL_HEADER + len(info.filename.encode()) + info.compress_size
+        if end > archive:
+            raise _bad(
+                f"the bundle member {info.filename!r} claims more data than the file holds",
+                bundle,
+            )
+        spans.append((start, end))
+    spans.sort()
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise _bad("the bundle's members overlap; it was not extracted", bundle)
 
 
 def _read_manifest(zf: zipfile.ZipFile, bundle: Path) -> Manifest:
@@ -242,14 +295,31 @@ def _extract(zf: zipfile.ZipFile, manifest: Manifest, dest: Path, bundle: Path) 
         raise _bad("the bundle's database does not match its checksum", bundle)
 
 
+_FORGED = (
+    "this file was not written by export_project() (`demiarch-store export`), or it was "
+    "altered since; nothing was imported"
+)
+
+
 def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: str) -> None:
-    """Check the staged database and give it its new ID; it is ours alone, nothing else has it."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    """Check the staged database and give it its new ID; it is ours alone, nothing else has it.
+
+    Its schema is checked first, against what this code's revision makes: until then nothing
+    in the file may run (``integrity_check`` evaluates its indexes' expressions).
+    """
+    # Read-only until the schema is known to be ours (SQLite's defensive mode needs Python
+    # 3.12's setconfig; read-only holds on every version).
+    conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True)
+    conn.isolation_level = None
     try:
-        conn.execute("PRAGMA trusted_schema = OFF")
-        problem = file_problem(conn)
-        if problem is not None:
-            raise _bad(f"the bundle's database {problem}", bundle)
+        harden(conn)
+        foreign = foreign_object(conn)
+        if foreign is not None:
+            raise _bad(
+                f"the bundle's database holds {foreign}, which demiarch-store never makes",
+                bundle,
+                hint=_FORGED,
+            )
         revision = read_revision(conn)
         if revision != manifest.revision:
             raise _bad("the bundle's database is not at the revision its manifest says", bundle)
@@ -261,10 +331,19 @@ def _verify_database(path: Path, manifest: Manifest, bundle: Path, project_id: s
                 path=bundle,
                 hint="upgrade demiarch-store to import it; nothing was written",
             )
+        unlike = schema_problem(conn, revision)
+        if unlike is not None:
+            raise _bad(f"the bundle's database {unlike}", bundle, hint=_FORGED)
+        problem = file_problem(conn)
+        if problem is not None:
+            raise _bad(f"the bundle's database {problem}", bundle)
         rows = conn.execute("SELECT id FROM projects").fetchall()
         if rows != [(manifest.project_id,)]:
             raise _bad("the bundle's database does not hold the project its manifest names", bundle)
         if project_id != manifest.project_id:
+            conn.close()
+            conn = sqlite3.connect(path, isolation_level=None)
+            harden(conn)
             conn.execute("UPDATE projects SET id = ? WHERE id = ?", (project_id, rows[0][0]))
     except sqlite3.Error as exc:
         raise _bad(f"the bundle's database is damaged ({exc})", bundle) from exc
@@ -313,6 +392,13 @@ def read_bundle(
         manifest = _read_manifest(zf, bundle)
         target = target or manifest.project_id
         _refuse_taken(projects_dir, target)
+        require_space(
+            projects_dir,
+            manifest.size_bytes,
+            what="the bundle's database",
+            project=target,
+            source=bundle,
+        )
         make_private_dir(projects_dir)
         staging = Staging(projects_dir, ".import-")
         staged = staging.path / DATABASE_NAME

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -36,6 +37,7 @@ from .errors import (
     CorruptDatabase,
     InvalidProjectId,
     ProjectExists,
+    ProjectHealthy,
     ProjectNotFound,
     StorageError,
     StoreError,
@@ -44,7 +46,17 @@ from .ids import validate_project_id
 from .migrate import HEAD_REVISION, known_revisions
 from .project import AsyncProjectStore
 from .schema import from_nanos, to_nanos
-from .store import ProjectInfo, Store, describe
+from .store import (
+    ProjectInfo,
+    Store,
+    database_problem,
+    describe,
+    good_backup,
+    not_projects,
+    project_files,
+    refuse_foreign,
+    row_counts,
+)
 
 if TYPE_CHECKING:
     from .legacy import LegacyImportReport
@@ -73,14 +85,26 @@ _STATUS_TODO = {
 """What a person can do about a project that is not ``ok``."""
 
 
+_PIPE_WIDTH = 100_000
+"""Output that is not a terminal is never wrapped or cut: lines are as long as they need."""
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)
+    return console
+
+
 @dataclass
 class State:
     """What the global options set, shared by every command of one invocation."""
 
     projects_dir: Path | None = None
     debug: bool = False
-    out: Console = field(default_factory=lambda: Console(highlight=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    as_json: bool = False
+    out: Console = field(default_factory=_console)
+    err: Console = field(default_factory=lambda: _console(stderr=True))
     log_handler: logging.Handler | None = None
 
     def config(self) -> StoreConfig:
@@ -89,6 +113,49 @@ class State:
         if self.projects_dir is not None:
             return load_config(projects_dir=self.projects_dir)
         return load_config()
+
+    def require_projects_dir(self, project_id: str | None = None) -> Path:
+        """Return the projects directory; a read command must not take a missing one for empty."""
+        directory = self.config().projects_dir
+        if not directory.is_dir():
+            what = "is not a directory" if directory.exists() else "does not exist"
+            raise ProjectNotFound(
+                ("no such project: " if project_id else "") + f"the projects directory {what}",
+                project=project_id,
+                path=directory,
+                hint="check --projects-dir (or DEMIARCH_HOME and its config.toml)"
+                + (
+                    f": `{self.cli_hint('list')}` lists the projects of the same directory"
+                    if project_id
+                    else f"; `{self.cli_hint('create NAME')}` creates it with a first project"
+                ),
+            )
+        return directory
+
+    def show(self, table: Table) -> None:
+        """Print a table without ever cutting a cell: long cells wrap; if even that cannot fit
+        the terminal, each row is printed as plain ``Header: value`` lines."""
+        for column in table.columns:
+            if column.overflow == "ellipsis":
+                column.overflow = "fold"
+        out = self.out
+        # Measured as if the terminal were unbounded: Measurement.get clamps to its width.
+        need = Measurement.get(out, out.options.update_width(_PIPE_WIDTH), table).minimum
+        if need <= out.width:
+            out.print(table, crop=False)
+            return
+        headers = [str(c.header) if c.header else "" for c in table.columns]
+        cells = [list(c.cells) for c in table.columns]
+        if table.show_footer:
+            cells = [[*col, c.footer or ""] for col, c in zip(cells, table.columns, strict=True)]
+        for i in range(len(cells[0]) if cells else 0):
+            for header, values in zip(headers, cells, strict=True):
+                value = values[i]
+                text = value.plain if isinstance(value, Text) else str(value)
+                if text:
+                    line = f"{header}: {text}" if header else text
+                    out.print(line, markup=False, soft_wrap=True, highlight=False)
+            out.print()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one command's async work to completion."""
@@ -151,18 +218,28 @@ project_id_argument = click.argument("project_id", metavar="ID", callback=_proje
 
 def _existing_dir(state: State, store: Store, project_id: str) -> Path:
     """Return the project's directory, or raise ``ProjectNotFound`` saying how to list them."""
-    directory = store.project_dir(project_id)
-    if not directory.is_dir():
+    state.require_projects_dir(project_id)
+    try:
+        return store._existing(project_id).parent
+    except ProjectNotFound as exc:
         raise ProjectNotFound(
-            "no such project",
+            exc.message,
             project=project_id,
-            path=directory,
-            hint=f"run `{state.cli_hint('list')}` to see the projects",
-        )
-    return directory
+            path=exc.path,
+            hint=f"run `{state.cli_hint('list')}` to see the projects"
+            + ("; the folder was left as it is" if exc.message != "no such project" else ""),
+        ) from None
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def _json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--json`` after the command, or before it (the group's option)."""
+    state = ctx.find_object(State)
+    return value or (state is not None and state.as_json)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, callback=_json_flag, help="Print JSON for machines."
+)
 
 
 def _emit_json(data: Any) -> None:
@@ -215,13 +292,17 @@ def _file_size(path: Path) -> int:
     help="Projects directory (default: $DEMIARCH_HOME/projects, else ~/.demiarch/projects).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for machines (also after the command)."
+)
 @click.version_option(package_name="demiarch-store", prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, projects_dir: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, projects_dir: Path | None, debug: bool, as_json: bool) -> None:
     """See, check and drive demiarch-store projects: one SQLite database per project."""
     state = ctx.ensure_object(State)
     state.projects_dir = projects_dir
     state.debug = debug
+    state.as_json = as_json
     # The library's warnings (a slow unit of work, a quarantine) become "warning: ..." lines;
     # --debug shows its debug log too.
     state.log_handler = logging.StreamHandler(sys.stderr)
@@ -269,7 +350,7 @@ def _main(argv: Sequence[str] | None, state: State) -> int:
     except StoreError as exc:
         if state.debug:
             traceback.print_exc()
-        click.secho(f"error: {exc}", err=True, fg="red")
+        click.secho(f"error: {_for_the_command_line(exc)}", err=True, fg="red")
         return 1
     except Exception as exc:
         if state.debug:
@@ -282,6 +363,36 @@ def _main(argv: Sequence[str] | None, state: State) -> int:
         )
         return 1
     return result if isinstance(result, int) else 0
+
+
+# The library's hints name its Python API; here the same advice names the commands.
+_CLI_HINTS = (
+    ("list projects with Store.list_projects() or `demiarch-store list`", "run `{p} list`"),
+    ("store.quarantine_project() moves it aside", "`{p} quarantine ID` moves it aside"),
+    ("point import_legacy() at", "point `{p} import-legacy` at"),
+    ("use the ID that create_project() returned", "use an ID that `{p} list` shows"),
+    ("import into another ID with project_id=...", "import it under another ID with `--id`"),
+    ("not written by export_project() (`demiarch-store export`)", "not written by `{p} export`"),
+    ("not written by export_project()", "not written by `{p} export`"),
+    ("open it again with Store.open_project() or a new AsyncProjectStore", "run it again"),
+    ("open it with open_project() or choose another ID", "`{p} show ID` opens it"),
+    ("pass force=True (`--force`)", "add `--force`"),
+    ("raise busy_deadline", "raise busy_deadline in config.toml"),
+    ("close that AsyncProjectStore first", "close the program that has it open first"),
+    ("close the other AsyncProjectStore (or Store) on it", "close the program that has it open"),
+    ("create a new Store", "run the command again"),
+)
+
+
+def _for_the_command_line(exc: StoreError) -> str:
+    """Return the error's text with each hint naming a command, not a Python call."""
+    text = str(exc)
+    if exc.hint:
+        hint = exc.hint
+        for library, command in _CLI_HINTS:
+            hint = hint.replace(library, command.format(p=PROG))
+        text = text.replace(exc.hint, hint)
+    return text
 
 
 # -- list, create, show, delete -----------------------------------------------------------------
@@ -311,6 +422,7 @@ def _info_json(info: ProjectInfo) -> dict[str, Any]:
 def list_command(state: State, as_json: bool) -> None:
     """List the projects: ID, name, status, last update and size."""
     config = state.config()
+    state.require_projects_dir()
     infos = state.run(_list_projects(config))
     if as_json:
         _emit_json([_info_json(i) for i in infos])
@@ -323,6 +435,7 @@ def list_command(state: State, as_json: bool) -> None:
             markup=False,
             soft_wrap=True,
         )
+        _note_not_projects(state, config.projects_dir)
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("ID", no_wrap=True)
@@ -338,7 +451,7 @@ def list_command(state: State, as_json: bool) -> None:
             _when(info.updated_at, seconds=False),
             _size(info.size_bytes),
         )
-    out.print(table)
+    state.show(table)
     for info in infos:
         if info.status != "ok":
             todo = _STATUS_TODO.get(info.status, "").format(id=info.id)
@@ -353,6 +466,22 @@ def list_command(state: State, as_json: bool) -> None:
         style="dim",
         soft_wrap=True,
     )
+    _note_not_projects(state, config.projects_dir)
+
+
+def _note_not_projects(state: State, projects_dir: Path) -> None:
+    """Say which folders were left out as not projects (a --projects-dir one level too high?)."""
+    others = not_projects(projects_dir)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        state.out.print(
+            f"Left out {len(others)} folder{'s' if len(others) != 1 else ''} that "
+            f"{'are' if len(others) != 1 else 'is'} not a project (no database, no marker): "
+            f"{shown}",
+            markup=False,
+            style="dim",
+            soft_wrap=True,
+        )
 
 
 async def _create(config: StoreConfig, name: str, description: str | None) -> dict[str, Any]:
@@ -368,7 +497,15 @@ async def _create(config: StoreConfig, name: str, description: str | None) -> di
 @pass_state
 def create_command(state: State, name: str, description: str | None, as_json: bool) -> None:
     """Create a project called NAME and print its ID."""
-    created = state.run(_create(state.config(), name, description))
+    config = state.config()
+    new_dir = not config.projects_dir.exists()
+    created = state.run(_create(config, name, description))
+    if new_dir:  # on stderr: --json keeps stdout for the machine
+        state.err.print(
+            f"Created the projects directory {config.projects_dir} (it did not exist)",
+            markup=False,
+            soft_wrap=True,
+        )
     if as_json:
         _emit_json(created)
         return
@@ -430,7 +567,7 @@ async def _show(state: State, project_id: str) -> dict[str, Any]:
         return await _project_facts(project)
 
 
-def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
+def _render_facts(state: State, facts: Mapping[str, Any]) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -439,22 +576,22 @@ def _render_facts(out: Console, facts: Mapping[str, Any]) -> None:
         grid.add_row("Description", Text(facts["description"]))
     grid.add_row("Path", Text(str(facts["path"])))
     revision = facts["revision"]
-    state = "head" if revision == facts["head"] else f"head is {facts['head']}"
-    grid.add_row("Schema", Text(f"revision {revision} ({state})"))
+    where = "head" if revision == facts["head"] else f"head is {facts['head']}"
+    grid.add_row("Schema", Text(f"revision {revision} ({where})"))
     grid.add_row("Created", _when(facts["created_at"]))
     grid.add_row("Updated", _when(facts["updated_at"]))
     grid.add_row(
         "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
     )
     grid.add_row("LLM calls", f"{facts['llm_calls']:,}, costing {facts['cost_usd']} USD")
-    out.print(grid)
-    out.print()
+    state.show(grid)
+    state.out.print()
     rows = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     rows.add_column("Table")
-    rows.add_column("Rows", justify="right")
+    rows.add_column("Rows", justify="right", no_wrap=True)
     for name, count in facts["tables"].items():
         rows.add_row(name, f"{count:,}")
-    out.print(rows)
+    state.show(rows)
 
 
 @cli.command("show", short_help="Show a project: schema, sizes, LLM costs, rows per table.")
@@ -467,7 +604,11 @@ def show_command(state: State, project_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(facts)
         return
-    _render_facts(state.out, facts)
+    _render_facts(state, facts)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
 
 
 def _confirm(question: str) -> None:
@@ -492,10 +633,20 @@ def delete_command(state: State, project_id: str, yes: bool) -> None:
     """Delete a project and all its files (asks first unless --yes)."""
     store = Store(state.config())
     directory = _existing_dir(state, store, project_id)
+    files = project_files(directory)
+    refuse_foreign(files, project_id)  # before asking: nothing else may be in the folder
     if not yes:
         info = describe(project_id, store.database_path(project_id))
         name = f" ({info.name!r})" if info.name else ""
-        _confirm(f"Delete project {project_id}{name} and every file in {directory}?")
+        what = ["its database"]
+        if files.backups:
+            what.append(_count(files.backups, "backup"))
+        if files.quarantined:
+            what.append(_count(files.quarantined, "quarantined copy", "quarantined copies"))
+        _confirm(
+            f"Delete project {project_id}{name}: {', '.join(what)} in {directory}? "
+            "(The folder holds nothing else.)"
+        )
     state.run(_delete(store.config, project_id))
     state.out.print(f"Deleted project {project_id}.", markup=False)
 
@@ -565,8 +716,9 @@ def revision_command(state: State, project_id: str, as_json: bool) -> None:
 # -- backups ------------------------------------------------------------------------------------
 
 
-async def _backup(config: StoreConfig, project_id: str, dest: Path | None) -> dict[str, Any]:
-    async with Store(config) as store:
+async def _backup(state: State, project_id: str, dest: Path | None) -> dict[str, Any]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         path = await project.backup(dest)
         return {"id": project_id, "backup": path, "size_bytes": _file_size(path)}
@@ -586,7 +738,7 @@ async def _backup(config: StoreConfig, project_id: str, dest: Path | None) -> di
 def backup_command(state: State, project_id: str, dest: Path | None, as_json: bool) -> None:
     """Write a consistent, verified backup of a project (it stays usable meanwhile)."""
     with state.spinner(f"Backing up {project_id}"):
-        result = state.run(_backup(state.config(), project_id, dest))
+        result = state.run(_backup(state, project_id, dest))
     if as_json:
         _emit_json(result)
         return
@@ -623,7 +775,7 @@ def restore_command(state: State, project_id: str, backup: Path, yes: bool, as_j
         _emit_json(facts)
         return
     state.out.print(f"Restored project {project_id} from {backup}.", markup=False, soft_wrap=True)
-    _render_facts(state.out, facts)
+    _render_facts(state, facts)
 
 
 # -- health -------------------------------------------------------------------------------------
@@ -652,6 +804,7 @@ async def _check(state: State, project_id: str | None, full: bool) -> list[dict[
             _existing_dir(state, store, project_id)
             name = describe(project_id, store.database_path(project_id)).name
             return [await _check_one(store, project_id, name, full)]
+        state.require_projects_dir()
         infos = await store.list_projects()
         results = []
         with state.progress("Checking", total=len(infos)) as bar:
@@ -689,11 +842,12 @@ def check_command(
     elif all_:
         _render_check_table(state, results)
     else:
-        _render_check(state.out, results[0])
+        _render_check(state, results[0])
     return 0 if all(r["ok"] for r in results) else 1
 
 
-def _render_check(out: Console, result: Mapping[str, Any]) -> None:
+def _render_check(state: State, result: Mapping[str, Any]) -> None:
+    out = state.out
     verdict = Text("healthy", style="green") if result["ok"] else Text("PROBLEMS", style="bold red")
     out.print(Text(f"Project {result['id']}: ").append(verdict))
     for problem in result["problems"]:
@@ -716,7 +870,7 @@ def _render_check(out: Console, result: Mapping[str, Any]) -> None:
         f"{result['page_count']:,} of {_size(result['page_size'])}, "
         f"{result['freelist_pages']:,} free",
     )
-    out.print(grid)
+    state.show(grid)
 
 
 def _render_check_table(state: State, results: list[dict[str, Any]]) -> None:
@@ -732,7 +886,7 @@ def _render_check_table(state: State, results: list[dict[str, Any]]) -> None:
     for r in results:
         health = Text("ok", style="green") if r["ok"] else Text("problems", style="bold red")
         table.add_row(r["id"], Text(r["name"] or "-"), health, Text("\n".join(r["problems"])))
-    out.print(table)
+    state.show(table)
     bad = sum(not r["ok"] for r in results)
     out.print(
         f"{len(results)} checked, {len(results) - bad} healthy, {bad} with problems",
@@ -740,8 +894,9 @@ def _render_check_table(state: State, results: list[dict[str, Any]]) -> None:
     )
 
 
-async def _vacuum(config: StoreConfig, project_id: str) -> dict[str, int]:
-    async with Store(config) as store:
+async def _vacuum(state: State, project_id: str) -> dict[str, int]:
+    async with Store(state.config()) as store:
+        _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         wal = Path(f"{project.path}-wal")
         before = _file_size(project.path) + _file_size(wal)
@@ -757,7 +912,7 @@ async def _vacuum(config: StoreConfig, project_id: str) -> dict[str, int]:
 def vacuum_command(state: State, project_id: str, as_json: bool) -> None:
     """Rebuild a project's database to give free pages back to the file system."""
     with state.spinner(f"Vacuuming {project_id}"):
-        sizes = state.run(_vacuum(state.config(), project_id))
+        sizes = state.run(_vacuum(state, project_id))
     if as_json:
         _emit_json({"id": project_id, **sizes})
         return
@@ -807,7 +962,6 @@ def stats_command(state: State, project_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(stats)
         return
-    out = state.out
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -831,13 +985,13 @@ def stats_command(state: State, project_id: str, as_json: bool) -> None:
         f"{pool['connections']} connections; this run: {pool['commits']} commits, "
         f"{pool['rollbacks']} rollbacks, {pool['busy_retries']} busy retries",
     )
-    out.print(grid)
+    state.show(grid)
 
 
 # -- bundles and the legacy import --------------------------------------------------------------
 
 
-async def _export(state: State, project_id: str, dest: Path) -> dict[str, Any]:
+async def _export(state: State, project_id: str, dest: str) -> dict[str, Any]:
     async with Store(state.config()) as store:
         _existing_dir(state, store, project_id)
         bundle = await store.export_project(project_id, dest)
@@ -846,11 +1000,14 @@ async def _export(state: State, project_id: str, dest: Path) -> dict[str, Any]:
 
 @cli.command("export", short_help="Write a project to one portable bundle file.")
 @project_id_argument
-@click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="PATH", type=click.Path())  # a str: keeps a trailing "/"
 @json_option
 @pass_state
-def export_command(state: State, project_id: str, dest: Path, as_json: bool) -> None:
-    """Write a project to one portable bundle file (PATH, or <ID>.demiarch.zip in PATH)."""
+def export_command(state: State, project_id: str, dest: str, as_json: bool) -> None:
+    """Write a project to one portable bundle file (PATH, or <ID>.demiarch.zip in PATH).
+
+    PATH ending in "/" is a folder, created if missing.
+    """
     with state.spinner(f"Exporting {project_id}"):
         result = state.run(_export(state, project_id, dest))
     if as_json:
@@ -896,7 +1053,7 @@ def import_command(state: State, bundle: Path, project_id: str | None, as_json: 
         _emit_json(facts)
         return
     state.out.print(f"Imported project {facts['id']} from {bundle}.", markup=False, soft_wrap=True)
-    _render_facts(state.out, facts)
+    _render_facts(state, facts)
 
 
 async def _import_legacy(config: StoreConfig, source: Path) -> LegacyImportReport:
@@ -926,7 +1083,7 @@ def import_legacy_command(state: State, source: Path, as_json: bool) -> None:
                 project_id,
                 Text(", ".join(f"{t} {n:,}" for t, n in rows.items() if n) or "-"),
             )
-        out.print(table)
+        state.show(table)
     for project_id, why in report.skipped.items():
         out.print(Text(f"skipped {project_id}: {why}", style="yellow"), soft_wrap=True)
     for note in report.notes:
@@ -938,9 +1095,59 @@ def import_legacy_command(state: State, source: Path, as_json: bool) -> None:
     )
 
 
-async def _quarantine(config: StoreConfig, project_id: str) -> Path:
+async def _quarantine(config: StoreConfig, project_id: str, force: bool) -> Path:
     async with Store(config) as store:
-        return await store.quarantine_project(project_id)
+        return await store.quarantine_project(project_id, force=force)
+
+
+_MAIN_TABLES = {
+    "conversations": "conversation",
+    "messages": "message",
+    "llm_calls": "LLM call",
+    "agents": "agent",
+    "checkpoints": "checkpoint",
+    "sessions": "session",
+}
+
+
+def _holding(counts: Mapping[str, int] | None) -> str:
+    """Say what a database holds, in the rows people count."""
+    if counts is None:
+        return "its contents cannot be read"
+    shown = [_count(counts[t], one) for t, one in _MAIN_TABLES.items() if counts.get(t)]
+    others = sum(n for t, n in counts.items() if t not in _MAIN_TABLES and t != "projects")
+    if others:
+        shown.append(_count(others, "other row"))
+    return ", ".join(shown) or "no records"
+
+
+def _backup_time(backup: Path) -> str:
+    stamp = backup.stem.partition("-")[2]
+    try:
+        when = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        when = datetime.fromtimestamp(backup.stat().st_mtime, UTC)
+    return _when(when)
+
+
+def _quarantine_question(project_id: str, path: Path, problem: str | None) -> str:
+    """Ask, naming what would replace what: the backup (time, contents) and the live counts."""
+    state_now = "healthy" if problem is None else f"damaged ({problem})"
+    live = _holding(row_counts(path)) if path.exists() else "no database file"
+    backup = good_backup(path, project_id)
+    if backup is None:
+        then = "It has no backup that passes the checks: the project is left without a database "
+        then += "until you restore one."
+    else:
+        then = (
+            f"The backup {backup.name} taken {_backup_time(backup)} "
+            f"({_holding(row_counts(backup))}) is put in its place; what was written after it "
+            "is only in the quarantined copy."
+        )
+    return (
+        f"Project {project_id} is {state_now}. Its database now holds: {live}. It moves into "
+        f"{path.parent / 'quarantine'}/. {then} Go ahead?"
+    )
 
 
 @cli.command(
@@ -948,19 +1155,36 @@ async def _quarantine(config: StoreConfig, project_id: str) -> Path:
 )
 @project_id_argument
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Quarantine a healthy project too (its data is replaced by an older backup).",
+)
 @json_option
 @pass_state
-def quarantine_command(state: State, project_id: str, yes: bool, as_json: bool) -> None:
-    """Move a damaged project's database aside (kept) and restore its newest good backup."""
+def quarantine_command(
+    state: State, project_id: str, yes: bool, force: bool, as_json: bool
+) -> None:
+    """Move a damaged project's database aside (kept) and restore its newest good backup.
+
+    A healthy project is refused unless --force: to go back to a backup, use `restore`.
+    """
     config = state.config()
     store = Store(config)
     _existing_dir(state, store, project_id)
-    if not yes:
-        _confirm(
-            f"Move the database of project {project_id} into its quarantine/ folder and put "
-            "its newest good backup in its place?"
+    path = store.database_path(project_id)
+    problem = database_problem(path) if path.exists() else "its database file is missing"
+    if problem is None and not force:
+        raise ProjectHealthy(
+            "the project's database is healthy: quarantine would replace it with an older backup",
+            project=project_id,
+            path=path,
+            hint=f"to go back to a backup, run `{state.cli_hint(f'restore {project_id} BACKUP')}`"
+            "; to quarantine it all the same, add `--force`",
         )
-    folder = state.run(_quarantine(config, project_id))
+    if not yes:
+        _confirm(_quarantine_question(project_id, path, problem))
+    folder = state.run(_quarantine(config, project_id, force))
     info = describe(project_id, store.database_path(project_id))
     restored = info.status == "ok"
     if as_json:
@@ -1054,6 +1278,7 @@ def migrate_command(
     if (project_id is None) == (not all_):
         raise click.UsageError("give a project ID or --all (not both)")
     if project_id is None:
+        state.require_projects_dir()
         infos = state.run(_list_projects(state.config()))
     else:  # a damaged file gets the clear message discovery has, not Alembic's
         infos = [_describe_existing(state, project_id)]
@@ -1169,10 +1394,14 @@ def costs_command(
     table.add_column(by.capitalize(), footer="total")
     if by == "agent":
         table.add_column("Agent ID", no_wrap=True, style="dim")
-    table.add_column("Calls", justify="right", footer=f"{report['calls']:,}")
-    table.add_column("Tokens in", justify="right", footer=f"{report['input_tokens']:,}")
-    table.add_column("Tokens out", justify="right", footer=f"{report['output_tokens']:,}")
-    table.add_column("Cost (USD)", justify="right", footer=str(report["cost_usd"]))
+    table.add_column("Calls", justify="right", no_wrap=True, footer=f"{report['calls']:,}")
+    table.add_column(
+        "Tokens in", justify="right", no_wrap=True, footer=f"{report['input_tokens']:,}"
+    )
+    table.add_column(
+        "Tokens out", justify="right", no_wrap=True, footer=f"{report['output_tokens']:,}"
+    )
+    table.add_column("Cost (USD)", justify="right", no_wrap=True, footer=str(report["cost_usd"]))
     for row in report["totals"]:
         figures = [
             f"{row['calls']:,}",
@@ -1186,7 +1415,7 @@ def costs_command(
         else:
             key = row["key"] if row["key"] is not None else f"(no {by})"
             table.add_row(Text(key), *figures)
-    out.print(table)
+    state.show(table)
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -1245,7 +1474,7 @@ async def _demo(config: StoreConfig, agents: int, turns: int) -> dict[str, Any]:
 def demo_command(state: State, agents: int, turns: int) -> None:
     """Create a demo project that concurrent agents fill (messages, LLM calls, checkpoints)."""
     facts = state.run(_demo(state.config(), agents, turns))
-    _render_facts(state.out, facts)
+    _render_facts(state, facts)
     state.out.print(
         f"Delete it with: {state.cli_hint('delete --yes ' + facts['id'])}",
         markup=False,

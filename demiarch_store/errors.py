@@ -15,7 +15,10 @@
     ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
     ├── StoreClosed
     ├── BackupError
-    └── BundleError              a project bundle that is damaged, tampered with or unknown
+    ├── BundleError              a project bundle that is damaged, tampered with or unknown
+    ├── UnexpectedSchema         a file from elsewhere holds objects the library never makes
+    ├── ForeignFiles             a folder to delete holds files the library did not make
+    └── ProjectHealthy           quarantine of a healthy project, without force
 
 Every message names what went wrong, the project, the path and what the user can do. Bound
 parameter values never appear in a message: they may hold secrets.
@@ -23,6 +26,7 @@ parameter values never appear in a message: they may hold secrets.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -32,17 +36,20 @@ __all__ = [
     "ConstraintViolation",
     "CorruptDatabase",
     "DatabaseBusy",
+    "ForeignFiles",
     "InvalidProjectId",
     "InvalidValue",
     "MigrationError",
     "NotFound",
     "PoolTimeout",
     "ProjectExists",
+    "ProjectHealthy",
     "ProjectNotFound",
     "SchemaTooNew",
     "StorageError",
     "StoreClosed",
     "StoreError",
+    "UnexpectedSchema",
     "translate",
 ]
 
@@ -135,6 +142,19 @@ class BundleError(StoreError):
     """A project bundle is truncated, tampered with, unsafe or in a format this code can't read."""
 
 
+class UnexpectedSchema(StoreError):
+    """A database from elsewhere holds a trigger, a view or another object the library never
+    makes, or a schema unlike its revision's; it was refused before anything in it ran."""
+
+
+class ForeignFiles(StoreError):
+    """A project folder holds files the library did not make; deleting it would lose them."""
+
+
+class ProjectHealthy(StoreError):
+    """Quarantine was asked for a project whose database is healthy (pass ``force=True``)."""
+
+
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _STORAGE = {
@@ -164,6 +184,67 @@ _CONSTRAINT_HINTS = {
 
 
 _UNDECODABLE = "Could not decode to UTF-8"
+_STATEMENT = re.compile(
+    r'\s*(INSERT(?:\s+OR\s+\w+)?\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I
+)
+
+
+def _noun(table: str) -> str:
+    """A person's word for one row of ``table``: ``llm_calls`` -> ``llm call``."""
+    return table.removesuffix("s").replace("_", " ")
+
+
+def _foreign_key(exc: BaseException, detail: str, hint: str) -> tuple[str, str]:
+    """Name the kind of record a failed foreign key was about, from the statement's table.
+
+    The writer notes the failing statement on the exception (``pool.run_ops``); SQLite itself
+    says only "FOREIGN KEY constraint failed".
+    """
+    from .schema import metadata
+
+    notes = getattr(exc, "__notes__", None) or []
+    match = next((m for m in map(_STATEMENT.match, notes) if m is not None), None)
+    given = set(notes[-1].split()) if len(notes) > 1 and match is not None else None
+    if given is not None and notes[-1].startswith("#") and match is not None:
+        # Positional parameters: their places in the INSERT's column list.
+        columns = re.search(r"\(([^)]*)\)\s*VALUES", match.string, re.I)
+        names = [c.strip().strip('"') for c in columns[1].split(",")] if columns else []
+        places = {int(i) for i in notes[-1][1:].split()}
+        given = {n for i, n in enumerate(names) if i in places} if names else None
+    table = metadata.tables.get(match[2]) if match else None
+    if match is None or table is None:
+        return detail, hint
+    if match[1].upper().startswith("DELETE"):
+        children = sorted(
+            {
+                _noun(t.name)
+                for t in metadata.sorted_tables
+                for fk in t.foreign_keys
+                if fk.column.table is table
+            }
+        )
+        if not children:
+            return detail, hint
+        kinds = " or ".join(children)
+        return (
+            f"{detail}: a {kinds} still refers to this {_noun(table.name)}",
+            f"delete or detach the {kinds} records that refer to it first",
+        )
+    parents = sorted(
+        {
+            _noun(fk.column.table.name)
+            for fk in table.foreign_keys
+            if given is None or fk.parent.name in given
+        }
+    )
+    if not parents:
+        return detail, hint
+    kinds = " or ".join(parents)
+    return (
+        f"{detail}: the {kinds} this {_noun(table.name)} refers to does not exist",
+        f"a referenced record does not exist: create the {kinds} first, or check the ID "
+        "(it may be mistyped or deleted)",
+    )
 
 
 def translate(
@@ -230,14 +311,14 @@ def translate(
         )
     elif primary == sqlite3.SQLITE_CONSTRAINT:
         # sqlite3 names the constraint and its columns here, never the values.
+        hint = _CONSTRAINT_HINTS.get(
+            code if isinstance(code, int) else 0,
+            "a referenced record does not exist or a unique value is already taken",
+        )
+        if code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+            detail, hint = _foreign_key(exc, detail, hint)
         err = ConstraintViolation(
-            f"{action} failed: {detail}",
-            project=project,
-            path=path,
-            hint=_CONSTRAINT_HINTS.get(
-                code if isinstance(code, int) else 0,
-                "a referenced record does not exist or a unique value is already taken",
-            ),
+            f"{action} failed: {detail}", project=project, path=path, hint=hint
         )
     elif primary in _STORAGE:
         what, hint = _STORAGE[primary]

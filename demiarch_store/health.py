@@ -12,8 +12,10 @@ import math
 import os
 import sqlite3
 import stat
+import tempfile
 from array import array
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,8 +36,13 @@ __all__ = [
     "StoreStats",
     "build_report",
     "check_job",
+    "expected_shape",
+    "foreign_object",
+    "harden",
     "idle_checkpoint",
     "optimize_on_close",
+    "schema_problem",
+    "schema_shape",
     "stats_of",
 ]
 
@@ -362,3 +369,150 @@ def optimize_on_close(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA optimize")
     except sqlite3.Error as exc:
         log.debug("PRAGMA optimize on close skipped: %s", exc)
+
+
+# -- files from elsewhere ----------------------------------------------------------------------
+
+# SQLite's own tables: statistics that ANALYZE and PRAGMA optimize write, AUTOINCREMENT counters.
+_SQLITE_TABLES = frozenset({"sqlite_stat1", "sqlite_stat4", "sqlite_sequence"})
+
+SchemaShape = dict[str, tuple[Any, ...]]
+"""Table name -> (columns, indexes, foreign keys), as SQLite's pragmas describe them."""
+
+
+def harden(conn: sqlite3.Connection) -> None:
+    """Make a connection to a file from elsewhere run nothing its schema holds.
+
+    ``trusted_schema=OFF`` keeps functions with side effects and virtual tables out of its
+    views, triggers, indexes and defaults; SQLite's defensive mode (Python 3.12+, through
+    ``setconfig``) refuses writes to the schema itself. On Python 3.11, which cannot set it,
+    the file is read through a read-only URI until ``schema_problem`` has passed it.
+    """
+    conn.execute("PRAGMA trusted_schema = OFF")
+    setconfig = getattr(conn, "setconfig", None)
+    defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
+    if setconfig is not None and defensive is not None:
+        setconfig(defensive, True)
+
+
+def foreign_object(conn: sqlite3.Connection) -> str | None:
+    """Name the first object demiarch-store never makes (a trigger, a view, a virtual table).
+
+    Reads ``sqlite_master`` only: nothing the file defines runs.
+    """
+    for kind, name, sql in conn.execute(
+        "SELECT type, name, sql FROM main.sqlite_master ORDER BY type, name"
+    ):
+        if kind in ("trigger", "view"):
+            return f"a {kind} {name!r}"
+        if (
+            kind == "table"
+            and isinstance(sql, str)
+            and sql.lstrip()[:14].upper() == "CREATE VIRTUAL"
+        ):
+            return f"a virtual table {name!r}"
+        if kind not in ("table", "index"):
+            return f"an object {name!r} of type {kind!r}"
+    return None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def schema_shape(conn: sqlite3.Connection) -> SchemaShape:
+    """Describe every table of the main database: columns, indexes and foreign keys."""
+    shape: SchemaShape = {}
+    tables = [
+        r[0]
+        for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")
+        if r[0] not in _SQLITE_TABLES
+    ]
+    for table in tables:
+        q = _quote(table)
+        # Order-free: a column added by a migration comes last, one created with its table
+        # may not; the order changes nothing a file can do.
+        columns = tuple(
+            sorted(
+                (name, str(kind).upper(), notnull, default, pk, hidden)
+                for _, name, kind, notnull, default, pk, hidden in conn.execute(
+                    f"PRAGMA main.table_xinfo({q})"
+                )
+            )
+        )
+        indexes = []
+        for _, index, unique, origin, partial in conn.execute(f"PRAGMA main.index_list({q})"):
+            keys = tuple(
+                # An expression (cid -2) or the rowid (cid -1) has no column name.
+                (seqno, name if cid >= 0 else f"<{cid}>", desc, coll, key)
+                for seqno, cid, name, desc, coll, key in conn.execute(
+                    f"PRAGMA main.index_xinfo({_quote(index)})"
+                )
+            )
+            # SQLite names the indexes of UNIQUE and PRIMARY KEY constraints itself.
+            shown = index if origin == "c" else f"({origin})"
+            indexes.append((shown, unique, origin, partial, keys))
+        fks = tuple(
+            tuple(row[1:])  # without the constraint's number, which follows declaration order
+            for row in conn.execute(f"PRAGMA main.foreign_key_list({q})")
+        )
+        shape[table] = (columns, tuple(sorted(indexes, key=repr)), tuple(sorted(fks, key=repr)))
+    return shape
+
+
+@cache
+def expected_shape(revision: str) -> SchemaShape:
+    """The shape of the schema that demiarch-store's migrations make at ``revision``.
+
+    Built once per revision in a scratch database: from the metadata's DDL for the head (as
+    a new project gets it), by running the migrations for an older revision. So a revision
+    added later is covered without a list to keep in step.
+    """
+    from .migrate import run_migrations, schema_ddl
+
+    if revision == HEAD_REVISION:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            for statement in schema_ddl():
+                conn.execute(statement)
+            return schema_shape(conn)
+        finally:
+            conn.close()
+    with tempfile.TemporaryDirectory(prefix="demiarch-schema-") as scratch:
+        path = Path(scratch) / "schema.sqlite"
+        run_migrations(path, project=None, target=revision)
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            return schema_shape(conn)
+        finally:
+            conn.close()
+
+
+def schema_problem(conn: sqlite3.Connection, revision: str) -> str | None:
+    """Say how a file's schema differs from what revision ``revision`` makes, or None.
+
+    ``revision`` must be one this code knows. Call ``foreign_object`` first: a view could
+    stand where a table is expected.
+    """
+    expected = expected_shape(revision)
+    actual = schema_shape(conn)
+    extra = sorted(set(actual) - set(expected))
+    if extra:
+        return f"holds a table {extra[0]!r} that revision {revision} does not make"
+    missing = sorted(set(expected) - set(actual))
+    if missing:
+        return f"lacks the table {missing[0]!r} that revision {revision} makes"
+    for table in sorted(expected):
+        want, got = expected[table], actual[table]
+        if want == got:
+            continue
+        for what, i in (("columns", 0), ("indexes", 1), ("foreign keys", 2)):
+            if want[i] != got[i]:
+                names = {_label(x) for x in got[i]} - {_label(x) for x in want[i]}
+                detail = f" (unexpected: {', '.join(sorted(names)[:3])})" if names else ""
+                return f"has {what} on table {table!r} unlike revision {revision}'s{detail}"
+    return None
+
+
+def _label(item: tuple[Any, ...]) -> str:
+    return repr(item[0]) if isinstance(item[0], str) else repr(item)

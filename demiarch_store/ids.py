@@ -17,6 +17,7 @@ from .errors import InvalidProjectId
 
 __all__ = [
     "DATABASE_NAME",
+    "MARKER_NAME",
     "MAX_ID_LENGTH",
     "database_path",
     "new_project_id",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 DATABASE_NAME = "database.sqlite"
+MARKER_NAME = ".demiarch-project"
+"""The file the library writes in every project folder it makes: it tells a project whose
+database is missing from a folder that never was a project."""
 MAX_ID_LENGTH = 64
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 # Only lowercase letters, digits, '-' and '_'; must start with a letter or digit. This keeps out

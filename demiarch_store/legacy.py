@@ -23,9 +23,10 @@ from typing import Any
 
 from sqlalchemy import JSON
 
-from .backup import Staging, create_database_file, make_private_dir
+from .backup import Staging, create_database_file, make_private_dir, require_space
 from .bundles import publish
-from .errors import CorruptDatabase, ProjectExists, StorageError, StoreError
+from .errors import CorruptDatabase, ProjectExists, StorageError, StoreError, UnexpectedSchema
+from .health import foreign_object, harden
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import run_migrations
 from .schema import metadata
@@ -206,7 +207,18 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
     try:
         src = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
+            harden(src)
             src.execute("BEGIN")
+            # Before any of its tables is read: a view or a trigger would run its own SQL.
+            foreign = foreign_object(src)
+            if foreign is not None:
+                raise UnexpectedSchema(
+                    f"the legacy database holds {foreign}, which demiarch-store never makes; "
+                    "nothing was imported",
+                    path=source,
+                    hint="drop it with the sqlite3 shell on a copy of the file you trust, "
+                    "then import that copy",
+                )
             plan, notes = _plan(src, source)
             ids = [r[0] for r in src.execute("SELECT id FROM projects ORDER BY id")]
         finally:
@@ -218,6 +230,15 @@ def import_legacy(source: Path, projects_dir: Path) -> LegacyImportReport:
             hint="check that it is the old global database and is not damaged",
         ) from exc
     report.notes.extend(notes)
+    if any(not os.path.lexists(projects_dir / str(i)) for i in ids):
+        # Every project's rows come from the source: together they take about its size.
+        require_space(
+            projects_dir,
+            source.stat().st_size,
+            what="the legacy import",
+            project=None,
+            source=source,
+        )
     make_private_dir(projects_dir)
     with Staging(projects_dir, ".legacy-") as staging_dir:
         staging = staging_dir.path

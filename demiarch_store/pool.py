@@ -108,7 +108,16 @@ class Op(NamedTuple):
 def run_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
     """Run the statements of a unit of work, in order."""
     for sql, params, many, missing in ops:
-        cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
+        try:
+            cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            exc.add_note(sql)  # errors.translate names the kind of record from its table
+            # ...and from which parameters were given (their names or places, never values).
+            if isinstance(params, dict):
+                exc.add_note(" ".join(k for k, v in params.items() if v is not None))
+            elif isinstance(params, tuple):
+                exc.add_note("#" + " ".join(str(i) for i, v in enumerate(params) if v is not None))
+            raise
         if missing is not None and cur.rowcount == 0:
             raise RowMissing(missing)
 

@@ -21,6 +21,7 @@ from .backup import (
     restore_staging,
     stage_restore,
     take_backup,
+    write_marker,
 )
 from .config import StoreConfig
 from .errors import (
@@ -64,7 +65,7 @@ def open_files() -> dict[FileKey, AsyncProjectStore]:
 
 
 def claim_project_dir(directory: Path, project_id: str, *, hint: str) -> None:
-    """Create a project's directory (mode 0700): ``mkdir`` decides who gets the ID.
+    """Create a project's directory (mode 0700) and its marker: ``mkdir`` decides who gets the ID.
 
     Raises ``ProjectExists`` (with ``hint``) if it exists, ``StorageError`` if it cannot be made.
     """
@@ -85,6 +86,7 @@ def claim_project_dir(directory: Path, project_id: str, *, hint: str) -> None:
             hint="check the permissions of the projects directory",
         ) from exc
     os.chmod(directory, 0o700)
+    write_marker(directory, project_id)  # discovery and delete know the folder as ours
 
 
 _MAGIC = b"SQLite format 3\x00"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -16,19 +18,35 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .backup import Staging, make_private_dir, quarantine_database, write_snapshot
+from .backup import (
+    _BACKUP_NAME,
+    _PARTIAL_NAME,
+    _RESTORE_NAME,
+    BACKUPS_DIR,
+    QUARANTINE_DIR,
+    Staging,
+    list_backups,
+    make_private_dir,
+    quarantine_database,
+    stage_restore,
+    write_marker,
+    write_snapshot,
+)
 from .config import StoreConfig, load_config
 from .errors import (
+    BackupError,
     CorruptDatabase,
+    ForeignFiles,
     InvalidProjectId,
     InvalidValue,
+    ProjectHealthy,
     ProjectNotFound,
     StorageError,
     StoreClosed,
     StoreError,
     translate,
 )
-from .ids import DATABASE_NAME, new_project_id, validate_project_id
+from .ids import DATABASE_NAME, MARKER_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
 from .project import AsyncProjectStore, FileKey, claim_project_dir, open_files
 from .schema import HEAD_REVISION
@@ -36,7 +54,22 @@ from .schema import HEAD_REVISION
 if TYPE_CHECKING:
     from .legacy import LegacyImportReport
 
-__all__ = ["ProjectInfo", "ProjectStatus", "Store", "describe", "discover", "readonly_uri", "scan"]
+__all__ = [
+    "ProjectFiles",
+    "ProjectInfo",
+    "ProjectStatus",
+    "Store",
+    "database_problem",
+    "describe",
+    "discover",
+    "good_backup",
+    "not_projects",
+    "project_files",
+    "readonly_uri",
+    "refuse_foreign",
+    "row_counts",
+    "scan",
+]
 
 ProjectStatus = Literal["ok", "empty", "corrupt", "newer_schema", "unreadable"]
 
@@ -137,7 +170,11 @@ class Store:
         return self.project_dir(project_id) / DATABASE_NAME
 
     def _existing(self, project_id: str) -> Path:
-        """Return the database path of a project whose directory exists; else ProjectNotFound."""
+        """Return the database path of a project whose directory exists; else ProjectNotFound.
+
+        A folder is a project if it holds the library's marker or a database file (projects
+        made before the marker existed); any other folder is not one.
+        """
         path = self.database_path(project_id)
         if not path.parent.is_dir():
             raise ProjectNotFound(
@@ -145,6 +182,15 @@ class Store:
                 project=project_id,
                 path=path.parent,
                 hint="list projects with Store.list_projects() or `demiarch-store list`",
+            )
+        if not _is_project_dir(path.parent):
+            raise ProjectNotFound(
+                "the folder is not a demiarch-store project: it holds no database and no "
+                f"{MARKER_NAME} marker",
+                project=project_id,
+                path=path.parent,
+                hint="check the projects directory (is it one level too high?); "
+                "the folder was left as it is",
             )
         return path
 
@@ -226,6 +272,9 @@ class Store:
                 path, config=self.config, project_id=project_id, create=False
             )
             await project.open()
+            # A project from before the marker gets one: its database just opened, so it is
+            # ours. (One open(O_EXCL) that fails at once when the marker is there.)
+            write_marker(path.parent, project_id)
             self._adopt(project)
             future.set_result(project)
         except BaseException as exc:
@@ -266,15 +315,29 @@ class Store:
             del self._open[project.id]
 
     async def delete_project(self, project_id: str) -> None:
-        """Close the project if open, then delete its directory: database, -wal, -shm, backups."""
+        """Close the project if open, then delete what the library made for it.
+
+        That is its database with its ``-wal`` and ``-shm``, its backups, its quarantined
+        copies, its marker, then the folder. A folder holding anything else is refused, naming
+        what it found, before anything is closed or removed.
+
+        Raises:
+            ProjectNotFound: no such project, or the folder is not a project.
+            ForeignFiles: the folder holds files the library did not make.
+        """
         self._check_open()
         directory = self._existing(project_id).parent
+        refuse_foreign(await asyncio.to_thread(project_files, directory), project_id)
         project = await self._settled(project_id)
         if project is not None:
             await project.close()
+        files = await asyncio.to_thread(project_files, directory)  # closing removed the -wal
+        refuse_foreign(files, project_id)
         try:
-            await asyncio.to_thread(shutil.rmtree, directory)
+            await asyncio.to_thread(_remove_project, files)
         except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                refuse_foreign(project_files(directory), project_id)
             raise StorageError(
                 f"cannot delete the project: {exc.strerror}",
                 project=project_id,
@@ -351,7 +414,7 @@ class Store:
         self._adopt(project)
         return project
 
-    async def quarantine_project(self, project_id: str) -> Path:
+    async def quarantine_project(self, project_id: str, *, force: bool = False) -> Path:
         """Move a damaged project's database files aside together, then restore a backup.
 
         The project is closed if open; ``database.sqlite`` and its ``-wal``, ``-shm`` (and
@@ -360,13 +423,37 @@ class Store:
         is left empty: ``open_project`` raises ``CorruptDatabase`` until a backup is restored.
         Returns the quarantine folder.
 
+        A healthy database (it opens, passes ``quick_check`` and ``foreign_key_check`` and is
+        at a revision this code knows) is not quarantined unless ``force=True``: the backup
+        put back is older than it. To go back to a backup on purpose, restore it.
+
         Raises:
             DatabaseBusy: another process has the project open.
+            ProjectHealthy: the database is healthy and ``force`` is not set.
             ProjectNotFound: no such project.
         """
         self._check_open()
         path = self._existing(project_id)
+        if path.exists():
+            await asyncio.to_thread(write_marker, path.parent, project_id)
         project = await self._settled(project_id)
+        if not force:
+            if project is not None:
+                report = await project.check()
+                # Its data, not the file's mode or a blocked checkpoint, makes it damaged.
+                damaged = report.integrity != ("ok",) or bool(report.foreign_key_violations)
+                problem = "; ".join(report.problems) if damaged else None
+            else:
+                problem = await asyncio.to_thread(database_problem, path)
+            if problem is None:
+                raise ProjectHealthy(
+                    "the project's database is healthy: quarantine would replace it with an "
+                    "older backup and what was written since would be set aside",
+                    project=project_id,
+                    path=path,
+                    hint="to go back to a backup, restore it (`demiarch-store restore ID "
+                    "BACKUP`); to quarantine it all the same, pass force=True (`--force`)",
+                )
         if project is not None:
             try:
                 await project.close()
@@ -397,7 +484,8 @@ class Store:
     async def export_project(self, project_id: str, dest: Path | str) -> Path:
         """Write the project to one portable bundle file and return its path.
 
-        ``dest`` is the bundle's path, or a directory to hold ``<id>.demiarch.zip``. The bundle
+        ``dest`` is the bundle's path, or a directory to hold ``<id>.demiarch.zip`` (a string
+        ending in ``/`` names a directory, created if missing). The bundle
         is a zip of a consistent online snapshot (taken on one of the project's reader
         connections while writers carry on) and a manifest with the project's ID, name, schema
         revision, SHA-256 and creation time. An existing file is never replaced.
@@ -410,7 +498,15 @@ class Store:
 
         project = await self.open_project(project_id)
         pool = project.pool
-        target = await asyncio.to_thread(export_target, Path(dest), project_id)
+        try:
+            target = await asyncio.to_thread(export_target, dest, project_id)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the folder for the bundle: {exc.strerror}",
+                project=project_id,
+                path=Path(dest),
+                hint="check that its parent is a directory you may write",
+            ) from exc
         try:
             staging = await asyncio.to_thread(Staging, target.parent, ".demiarch-export-")
         except OSError as exc:
@@ -509,9 +605,10 @@ class Store:
         """Describe every project directory, sorted by ID, without changing any file.
 
         Never raises for a bad entry: a damaged, empty, newer or unreadable project is listed
-        with its ``status`` and an ``error`` saying why; stray files and names that are not
-        project IDs are left out. A project open in this process is described through its own
-        pool. Raises ``StorageError`` only if the projects directory itself cannot be read.
+        with its ``status`` and an ``error`` saying why; stray files, names that are not
+        project IDs and folders with neither a database nor the library's marker are left
+        out. A project open in this process is described through its own pool. Raises
+        ``StorageError`` only if the projects directory itself cannot be read.
         """
         self._check_open()
         entries = await asyncio.to_thread(scan, self.projects_dir)
@@ -531,6 +628,142 @@ class Store:
         for info in [*from_files, *await from_pools]:
             infos[info.id] = info
         return [infos[k] for k in sorted(infos)]
+
+
+_QUARANTINE_NAME = re.compile(r"\d{8}T\d{6}Z-[0-9a-z]{6}")
+_DATABASE_FILES = frozenset(f"{DATABASE_NAME}{s}" for s in ("", "-wal", "-shm", "-journal"))
+
+
+def _is_project_dir(directory: Path) -> bool:
+    return os.path.lexists(directory / MARKER_NAME) or os.path.lexists(directory / DATABASE_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectFiles:
+    """What a project folder holds: what the library made for it, and anything else."""
+
+    directory: Path
+    is_project: bool
+    """It holds the library's marker or a database file."""
+    files: tuple[Path, ...]
+    """Files the library made (the marker last)."""
+    folders: tuple[Path, ...]
+    """Folders the library made, innermost first (the project folder itself last)."""
+    foreign: tuple[str, ...]
+    """Everything else, as paths relative to the folder."""
+    backups: int
+    quarantined: int
+
+
+def project_files(directory: Path) -> ProjectFiles:
+    """Sort what a project folder holds into what the library made and the rest.
+
+    Never follows a link: a link is the library's only where a database file may be one.
+    """
+    files: list[Path] = []
+    folders: list[Path] = []
+    foreign: list[str] = []
+    counts = {BACKUPS_DIR: 0, QUARANTINE_DIR: 0}
+
+    def entries(folder: Path) -> list[os.DirEntry[str]]:
+        return sorted(os.scandir(folder), key=lambda e: e.name)
+
+    def plain(entry: os.DirEntry[str]) -> bool:
+        return entry.is_file(follow_symlinks=False)
+
+    marker = None
+    for entry in entries(directory):
+        name, path = entry.name, Path(entry.path)
+        if name == MARKER_NAME and plain(entry):
+            marker = path
+        elif name in _DATABASE_FILES and (plain(entry) or entry.is_symlink()):
+            files.append(path)
+        elif _RESTORE_NAME.fullmatch(name) and plain(entry):
+            files.append(path)  # a restore that died half-way
+        elif name == BACKUPS_DIR and entry.is_dir(follow_symlinks=False):
+            for inner in entries(path):
+                if (_BACKUP_NAME.fullmatch(inner.name) or _PARTIAL_NAME.fullmatch(inner.name)) and (
+                    plain(inner)
+                ):
+                    files.append(Path(inner.path))
+                    counts[BACKUPS_DIR] += _BACKUP_NAME.fullmatch(inner.name) is not None
+                else:
+                    foreign.append(f"{name}/{inner.name}")
+            folders.append(path)
+        elif name == QUARANTINE_DIR and entry.is_dir(follow_symlinks=False):
+            for moved in entries(path):
+                if _QUARANTINE_NAME.fullmatch(moved.name) and moved.is_dir(follow_symlinks=False):
+                    for inner in entries(Path(moved.path)):
+                        if inner.name in _DATABASE_FILES and (plain(inner) or inner.is_symlink()):
+                            files.append(Path(inner.path))
+                        else:
+                            foreign.append(f"{name}/{moved.name}/{inner.name}")
+                    folders.append(Path(moved.path))
+                    counts[QUARANTINE_DIR] += 1
+                else:
+                    foreign.append(f"{name}/{moved.name}")
+            folders.append(path)
+        else:
+            foreign.append(name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+    if marker is not None:
+        files.append(marker)
+    folders.append(directory)
+    return ProjectFiles(
+        directory=directory,
+        is_project=_is_project_dir(directory),
+        files=tuple(files),
+        folders=tuple(folders),
+        foreign=tuple(foreign),
+        backups=counts[BACKUPS_DIR],
+        quarantined=counts[QUARANTINE_DIR],
+    )
+
+
+def refuse_foreign(files: ProjectFiles, project_id: str) -> None:
+    """Raise unless the folder is a project holding only what the library made."""
+    if not files.is_project:
+        raise ProjectNotFound(
+            "the folder is not a demiarch-store project: it holds no database and no "
+            f"{MARKER_NAME} marker",
+            project=project_id,
+            path=files.directory,
+            hint="nothing was deleted; check the projects directory (is it one level too high?)",
+        )
+    if files.foreign:
+        shown = ", ".join(repr(f) for f in files.foreign[:5])
+        more = f" and {len(files.foreign) - 5} more" if len(files.foreign) > 5 else ""
+        raise ForeignFiles(
+            f"the project folder holds files demiarch-store did not make: {shown}{more}",
+            project=project_id,
+            path=files.directory,
+            hint="nothing was deleted; move those files out of the folder, then delete again",
+        )
+
+
+def _remove_project(files: ProjectFiles) -> None:
+    """Remove exactly the files and folders listed; a folder something was added to stays."""
+    for path in files.files:
+        path.unlink(missing_ok=True)
+    for folder in files.folders:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+
+
+def not_projects(projects_dir: Path) -> list[str]:
+    """Name the folders in ``projects_dir`` that discovery leaves out as not projects."""
+    try:
+        entries = sorted(os.scandir(projects_dir), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        e.name
+        for e in entries
+        if not e.name.startswith(".")
+        and e.is_dir(follow_symlinks=False)
+        and not _is_project_dir(Path(e.path))
+    ]
 
 
 def scan(projects_dir: Path) -> list[tuple[str, Path | ProjectInfo, FileKey | None]]:
@@ -568,6 +801,10 @@ def scan(projects_dir: Path) -> list[tuple[str, Path | ProjectInfo, FileKey | No
         try:
             st = os.lstat(path)
             key: FileKey | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            if not os.path.lexists(Path(entry.path) / MARKER_NAME):
+                continue  # no database, no marker: a folder that never was a project
+            key = None
         except OSError:
             key = None
         out.append((entry.name, path, key))
@@ -770,3 +1007,72 @@ def _describe_file(project_id: str, path: Path) -> ProjectInfo:
         )
     finally:
         conn.close()
+
+
+def database_problem(path: Path) -> str | None:
+    """Say what is wrong with a project's database file, or None if it is healthy.
+
+    Read-only (as ``describe``): the file opens, its schema revision is one this code knows,
+    and it passes ``quick_check`` and ``foreign_key_check``. The file must not be open in this
+    process (a project open here is checked with ``project.check()``).
+    """
+    info = describe(path.parent.name, path)
+    if info.status not in ("ok", "empty") or info.revision is None:
+        return f"{info.status}: {info.error or 'the database holds no schema'}"
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        return f"it cannot be opened ({exc})"
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        rows = conn.execute("PRAGMA quick_check(10)").fetchall()
+        if rows != [("ok",)]:
+            return f"quick_check failed: {rows[0][0]}"
+        if conn.execute("PRAGMA foreign_key_check").fetchmany(1):
+            return "rows violate foreign keys"
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        return f"it cannot be read ({exc})"
+    finally:
+        conn.close()
+    return None
+
+
+def row_counts(path: Path) -> dict[str, int] | None:
+    """Count the rows of each table of a database file, read-only; None if it cannot be read.
+
+    For a file this process does not have open (a backup, a closed project).
+    """
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("BEGIN")
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name != 'alembic_version' ORDER BY name"
+            )
+        ]
+        counts = {}
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            counts[name] = int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+        return counts
+    except (sqlite3.Error, UnicodeDecodeError):
+        return None
+    finally:
+        conn.close()
+
+
+def good_backup(database: Path, project_id: str) -> Path | None:
+    """Return the backup quarantine would put back: the newest that passes the restore checks."""
+    for backup in list_backups(database.parent / BACKUPS_DIR):
+        try:
+            stage_restore(backup, None, project=project_id, live=database)
+        except BackupError:
+            continue
+        return backup
+    return None

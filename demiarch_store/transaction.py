@@ -28,6 +28,16 @@ __all__ = ["Session", "Snapshot", "Transaction"]
 log = logging.getLogger("demiarch_store")
 
 
+def _not_entered(pool: Pool, method: str, name: str) -> StoreError:
+    """The error for a unit or snapshot used without ``async with`` (its work would be lost)."""
+    return StoreError(
+        f"project.{method}() was used without `async with`: nothing was written or read",
+        project=pool.project,
+        path=pool.path,
+        hint=f"write `async with project.{method}() as {name}:` and use {name} inside the block",
+    )
+
+
 class Session(Repositories):
     """What repositories run on: a unit of work or a snapshot."""
 
@@ -82,7 +92,7 @@ class Transaction(Session):
         self._ops: list[Op] = []
         self._flushed = 0
         self._held = False
-        self._ended = False
+        self._ended = True  # until __aenter__: a unit used without `async with` must not run
         self._failed: BaseException | None = None
         self._depth = 0
         self._t0 = 0.0
@@ -90,6 +100,7 @@ class Transaction(Session):
     async def __aenter__(self) -> Transaction:
         self._pool.enter()
         self._t0 = perf_counter()
+        self._ended = False
         return self
 
     async def __aexit__(
@@ -126,6 +137,8 @@ class Transaction(Session):
 
     def _check(self) -> None:
         if self._ended:
+            if not self._t0:
+                raise _not_entered(self._pool, "transaction", "tx")
             raise StoreError(
                 "the transaction has ended",
                 project=self._pool.project,
@@ -226,6 +239,7 @@ class Snapshot(Session):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._worker: Worker | None = None
+        self._entered = False
 
     async def __aenter__(self) -> Snapshot:
         pool = self._pool
@@ -234,6 +248,7 @@ class Snapshot(Session):
         if worker is not None:  # joined a read epoch: no wait (the common case under load)
             pool.counters.pool_wait.add(0.0)
             self._worker = worker
+            self._entered = True
             return self
         try:
             t0 = perf_counter()
@@ -242,6 +257,7 @@ class Snapshot(Session):
         except BaseException:
             pool.leave()
             raise
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -255,6 +271,11 @@ class Snapshot(Session):
             self._pool.release_shared(worker)
         self._pool.leave()
 
+    def defer(self, op: Op) -> None:
+        if not self._entered:
+            raise _not_entered(self._pool, "read", "r")
+        super().defer(op)
+
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
         # In place when the reader's thread is idle (Pool.read_here); otherwise point reads
         # queued together on the reader run as one query (Worker._point_reads).
@@ -267,6 +288,8 @@ class Snapshot(Session):
         worker = self._worker
         pool = self._pool
         if worker is None:
+            if not self._entered:
+                raise _not_entered(pool, "read", "r")
             raise StoreError(
                 "the read snapshot has ended",
                 project=pool.project,

@@ -64,7 +64,10 @@ async def main(work: Path) -> None:
         await broken.close()
         zero_header(broken.path)
         (config.projects_dir / "notes.txt").write_text("a stray file")
-        (config.projects_dir / "empty-one").mkdir()
+        lost = await store.create_project(name="lost", project_id="empty-one")
+        await lost.close()
+        lost.path.unlink()  # a project whose database went missing: listed as empty
+        (config.projects_dir / "photos").mkdir()  # no database, no marker: not a project
 
         for info in await store.list_projects():
             print(f"{info.id:9} {info.status:8} {info.name!s:9} {info.error or ''}".rstrip())

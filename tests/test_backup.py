@@ -177,7 +177,7 @@ async def test_modes_under_umask_000(store: Store, umask_000: None) -> None:
         side_path = Path(f"{project.path}{side}")
         if side_path.exists():
             assert stat.S_IMODE(side_path.stat().st_mode) == 0o600
-    quarantine = await store.quarantine_project(project.id)
+    quarantine = await store.quarantine_project(project.id, force=True)
     assert stat.S_IMODE(quarantine.stat().st_mode) == 0o700
     assert stat.S_IMODE(quarantine.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(project.path.stat().st_mode) == 0o600  # the restored backup
@@ -499,7 +499,8 @@ async def test_quarantine_moves_the_files_together_and_restores_the_newest_good_
 async def test_quarantine_without_a_backup_leaves_the_project_empty(store: Store) -> None:
     project = await store.create_project(name="lost")
     await fill(project, 2)
-    quarantine = await store.quarantine_project(project.id)  # an open, healthy project too
+    # An open, healthy project: only with force=True.
+    quarantine = await store.quarantine_project(project.id, force=True)
     assert project.closed
     assert (quarantine / "database.sqlite").exists()
     assert not project.path.exists()
@@ -521,7 +522,7 @@ async def test_quarantine_refuses_while_another_process_has_the_project_open(
     holder = await hold_open(project.path)
     try:
         with pytest.raises(DatabaseBusy, match="another process"):
-            await store.quarantine_project(project.id)
+            await store.quarantine_project(project.id, force=True)
     finally:
         await release_write_lock(holder)
     assert project.path.exists()

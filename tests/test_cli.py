@@ -95,6 +95,12 @@ def one_error_line(result: Result) -> str:
 
 
 def test_list_without_projects_says_how_to_create_one(run: Run, projects_dir: Path) -> None:
+    missing = run("list")  # a projects directory that does not exist is not an empty one
+    assert missing.code == 1
+    line = one_error_line(missing)
+    assert "the projects directory does not exist" in line and str(projects_dir) in line
+    assert not projects_dir.exists()  # listing never creates anything
+    projects_dir.mkdir()
     result = run("list")
     assert result.code == 0
     assert result.out.strip() == (
@@ -102,17 +108,18 @@ def test_list_without_projects_says_how_to_create_one(run: Run, projects_dir: Pa
         f"demiarch-store --projects-dir {projects_dir} create NAME"
     )
     assert run("list", "--json").json() == []
-    assert not projects_dir.exists()  # listing never creates anything
 
 
 def test_list_uses_demiarch_home(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMIARCH_HOME", str(tmp_path / "home"))
-    empty = run("list", projects=False)
+    missing = run("list", projects=False)
     home_projects = tmp_path / "home" / "projects"
-    assert empty.out.strip() == (
-        f"No projects in {home_projects}. Create one with: demiarch-store create NAME"
-    )
-    created = run("create", "at home", "--json", projects=False).json()
+    assert missing.code == 1
+    assert f"the projects directory does not exist (at '{home_projects}')" in missing.err
+    assert "`demiarch-store create NAME` creates it" in missing.err
+    made = run("create", "at home", "--json", projects=False)
+    assert made.err.strip() == f"Created the projects directory {home_projects} (it did not exist)"
+    created = made.json()
     assert Path(created["path"]).parent.parent == home_projects
     listed = run("list", "--json", projects=False).json()
     assert [p["id"] for p in listed] == [created["id"]]
@@ -170,9 +177,13 @@ def test_list_reports_bad_projects_without_failing(run: Run, projects_dir: Path)
     result = run("list")
     assert result.code == 0
     assert f"{bad}: corrupt:" in result.out
-    assert "emptyone: empty: the project directory holds no database" in result.out
+    # A folder with no database and no marker never was a project: left out, and named.
+    assert "emptyone" not in result.out.split("Left out")[0]
+    assert "Left out 2 folders that are not a project (no database, no marker): " in result.out
+    assert "Not A Project, emptyone" in result.out
+    (projects_dir / good / "database.sqlite").unlink()  # a project whose database is missing
     statuses = {p["id"]: p["status"] for p in run("list", "--json").json()}
-    assert statuses == {good: "ok", bad: "corrupt", "emptyone": "empty"}
+    assert statuses == {good: "empty", bad: "corrupt"}
 
 
 # -- create, show, revision ---------------------------------------------------------------------
@@ -546,7 +557,7 @@ def test_export_then_import_under_the_same_and_a_new_id(
     one_error_line(again)
 
 
-def test_import_errors(run: Run, tmp_path: Path) -> None:
+def test_import_errors(run: Run, tmp_path: Path, projects_dir: Path) -> None:
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"PK not really a zip" * 10)
     for path in (junk, tmp_path / "missing.zip"):
@@ -555,7 +566,7 @@ def test_import_errors(run: Run, tmp_path: Path) -> None:
         one_error_line(result)
     bad_id = run("import", str(junk), "--id", "../up")
     assert bad_id.code == 2
-    assert run("list", "--json").json() == []
+    assert not projects_dir.exists()  # nothing was written
 
 
 def build_legacy(path: Path) -> None:
@@ -865,14 +876,21 @@ def test_no_command_shows_usage_and_exits_2(run: Run) -> None:
 
 @pytest.mark.parametrize("command", ["check", "migrate"])
 def test_all_without_projects(run: Run, projects_dir: Path, command: str) -> None:
+    missing = run(command, "--all")
+    assert missing.code == 1 and "the projects directory does not exist" in missing.err
+    projects_dir.mkdir()
     result = run(command, "--all")
     assert result.code == 0
     assert result.out.strip() == f"No projects in {projects_dir}."
     assert run(command, "--all", "--json").json() == []
 
 
-def test_a_bug_is_one_line_unless_debug(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_one_line_unless_debug(
+    run: Run, projects_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import demiarch_store.cli as cli_module
+
+    projects_dir.mkdir()
 
     async def broken(config: StoreConfig) -> list[Any]:
         raise RuntimeError("boom")
@@ -1001,6 +1019,7 @@ def _plain_environ() -> dict[str, str]:
 def test_what_a_person_sees_in_a_terminal(projects_dir: Path, tmp_path: Path) -> None:
     env = {"DEMIARCH_HOME": str(tmp_path / "home")}
     base = ["--projects-dir", str(projects_dir)]
+    projects_dir.mkdir()
     empty = _pty_run([*base, "list"], env=env)
     assert f"No projects in {projects_dir}." in empty
     assert "Create one with: demiarch-store --projects-dir" in empty

@@ -119,7 +119,8 @@ async def test_every_kind_of_damage_is_listed_and_nothing_changes(config: StoreC
         infos = {i.id: i for i in await store.list_projects()}
         assert list(infos) == sorted(infos)
     assert _files(root) == before, "discovery changed, created or touched a file"
-    assert os.listdir(root / "healthy") == ["database.sqlite"]  # no -wal, no -shm appeared
+    # No -wal, no -shm appeared; the marker is the library's, written when it was created.
+    assert sorted(os.listdir(root / "healthy")) == [".demiarch-project", "database.sqlite"]
 
     assert set(infos) == {"healthy", "left-wal", "linked-dir", "dangling", "linked-db", *DAMAGE}
     healthy = infos["healthy"]
@@ -163,8 +164,10 @@ async def test_opening_a_project_without_data_is_corrupt(
     async with Store(config) as store:
         with pytest.raises(CorruptDatabase, match=project_id):
             await store.open_project(project_id)
-    assert [p.name for p in (config.projects_dir / project_id).iterdir()] == (
-        ["database.sqlite"] if project_id == "zero-bytes" else []
+    assert sorted(p.name for p in (config.projects_dir / project_id).iterdir()) == (
+        [".demiarch-project", "database.sqlite"]
+        if project_id == "zero-bytes"
+        else [".demiarch-project"]
     )
 
 
@@ -330,4 +333,7 @@ async def test_discovery_while_another_process_writes_never_reports_damage(
         project = await store.open_project("churning")
         async with project.read() as r:
             assert await r.conversations.count() == 40
-    assert os.listdir(config.projects_dir / "churning") == ["database.sqlite"]
+    assert sorted(os.listdir(config.projects_dir / "churning")) == [
+        ".demiarch-project",
+        "database.sqlite",
+    ]
