@@ -6,18 +6,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("langgraph.checkpoint.conformance")
-
-from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
-from langgraph.checkpoint.conformance.capabilities import (  # noqa: E402
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.capabilities import (
     ALL_CAPABILITIES,
     DetectedCapabilities,
 )
-from langgraph.checkpoint.conformance.report import ProgressCallbacks  # noqa: E402
+from langgraph.checkpoint.conformance.report import ProgressCallbacks
 
-from demiarch_store import AsyncProjectStore  # noqa: E402
-from demiarch_store.integrations.langgraph import DemiarchSaver  # noqa: E402
+from demiarch_store import AsyncProjectStore
+from demiarch_store.integrations.langgraph import DemiarchSaver
 
 pytestmark = pytest.mark.anyio
 

@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.store.base import Item
+from langgraph.store.memory import InMemoryStore
 
-pytest.importorskip("langgraph.store.base")
-
-from langgraph.store.base import Item  # noqa: E402
-from langgraph.store.memory import InMemoryStore  # noqa: E402
-
-from demiarch_store import AsyncProjectStore, InvalidValue  # noqa: E402
-from demiarch_store.integrations.langgraph import DemiarchStore, SyncCallOnLoop  # noqa: E402
+from demiarch_store import AsyncProjectStore, InvalidValue
+from demiarch_store.integrations.langgraph import DemiarchStore, SyncCallOnLoop
 
 pytestmark = pytest.mark.anyio
 

@@ -35,7 +35,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ..config import load_config
-from ..errors import InvalidValue
+from ..errors import InvalidValue, ProjectNotFound
 from ..project import AsyncProjectStore
 from ..records import GraphBlob, GraphCheckpoint, GraphWrite
 from ..store import Store
@@ -89,13 +89,14 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
         *,
         project_id: str | None = None,
         projects_dir: Path | str | None = None,
+        create: bool = True,
         serde: SerializerProtocol | None = None,
     ) -> AsyncIterator[DemiarchSaver]:
         """Open a project and yield a saver on it; close the project on exit.
 
         Either ``path``, a database file (created if missing, like ``from_conn_string``), or
-        ``project_id`` (an existing project) in ``projects_dir`` (the default directory if
-        not given).
+        ``project_id`` in ``projects_dir`` (the default directory if not given), created with
+        that ID if it does not exist and ``create`` is true.
         """
         if (path is None) == (project_id is None):
             raise InvalidValue(
@@ -112,7 +113,13 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
         )
         async with Store(config) as store:
             assert project_id is not None
-            yield cls(await store.open_project(project_id), serde=serde)
+            try:
+                project = await store.open_project(project_id)
+            except ProjectNotFound:
+                if not create:
+                    raise
+                project = await store.create_project(name=project_id, project_id=project_id)
+            yield cls(project, serde=serde)
 
     # -- reading ------------------------------------------------------------------------------
 
