@@ -1654,57 +1654,56 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
             self._s.defer(Op(drop, unused, many=True))
 
     async def threads(self) -> builtins.list[GraphThread]:
-        """Return every thread with its checkpoint count, stored bytes and latest step."""
+        """Return every thread with its checkpoint count, stored bytes (checkpoints, metadata,
+        channel values and writes) and the step of its newest root checkpoint."""
         t, b, w = self.table, schema.lg_blobs, schema.lg_writes
-        sql = self.sql(
-            "threads",
-            lambda: (
+        newest = t.alias("newest")
+
+        def build() -> ClauseElement:
+            latest_step = (
+                select(newest.c.step)
+                .where(
+                    newest.c.thread_id == t.c.thread_id,
+                    newest.c.checkpoint_ns == bindparam("root"),
+                )
+                .order_by(newest.c.checkpoint_id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            return (
                 select(
                     t.c.thread_id,
                     func.count(),
                     func.coalesce(func.sum(func.length(t.c.checkpoint)), 0)
                     + func.coalesce(func.sum(func.length(t.c.metadata)), 0),
                     func.max(t.c.checkpoint_id),
+                    latest_step,
                 )
                 .group_by(t.c.thread_id)
                 .order_by(t.c.thread_id)
-            ),
-        )
-        sizes = {
-            name: self.sql(
+            )
+
+        extra: dict[str, int] = {}
+        for x in (b, w):
+            sizes = self.sql(
                 f"sizes:{x.name}",
                 lambda x=x: select(  # type: ignore[misc]
                     x.c.thread_id, func.coalesce(func.sum(func.length(x.c.value)), 0)
                 ).group_by(x.c.thread_id),
             )
-            for name, x in (("blobs", b), ("writes", w))
-        }
-        step = self.sql(
-            "latest_step",
-            lambda: (
-                select(t.c.step)
-                .where(t.c.thread_id == bindparam("thread"), t.c.checkpoint_ns == "")
-                .order_by(t.c.checkpoint_id.desc())
-                .limit(1)
-            ),
-        )
-        extra: dict[str, int] = {}
-        for size_sql in sizes.values():
-            for tid, n in await self._s.fetch(size_sql, {}):
+            for tid, n in await self._s.fetch(sizes, {}):
                 extra[tid] = extra.get(tid, 0) + int(n)
-        out = []
-        for tid, count, size, newest in await self._s.fetch(sql, {}):
-            steps = await self._s.fetch(step, {"thread": tid})
-            out.append(
-                GraphThread(
-                    thread_id=tid,
-                    checkpoints=int(count),
-                    size_bytes=int(size) + extra.get(tid, 0),
-                    latest_step=steps[0][0] if steps else None,
-                    latest_checkpoint_id=newest,
-                )
+        rows = await self._s.fetch(self.sql("threads", build), {"root": ""})
+        return [
+            GraphThread(
+                thread_id=tid,
+                checkpoints=int(count),
+                size_bytes=int(size) + extra.get(tid, 0),
+                latest_step=step,
+                latest_checkpoint_id=last,
             )
-        return out
+            for tid, count, size, last, step in rows
+        ]
 
 
 def _bytes(value: object, name: str) -> bytes:
