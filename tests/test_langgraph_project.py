@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,6 @@ async def test_show_lists_threads_with_counts_sizes_and_latest_step(
     argv = ["--projects-dir", str(config.projects_dir), "show", project_id]
     capsys.readouterr()
     assert await _cli(argv + ["--json"]) == 0
-    import json
-
     facts = json.loads(capsys.readouterr().out)
     threads = {t["thread_id"]: t for t in facts["langgraph_threads"]}
     assert set(threads) == {"alpha", "beta"}
@@ -112,7 +112,5 @@ async def test_show_lists_threads_with_counts_sizes_and_latest_step(
 
 
 async def _cli(argv: list[str]) -> int:
-    import asyncio
-
     # The command line runs its own event loop: give it a thread of its own.
     return await asyncio.wait_for(asyncio.to_thread(main, argv), timeout=60)
