@@ -1,11 +1,11 @@
 """A child process for the LangGraph concurrency and fault tests.
 
-    python tests/langgraph_child.py DB turns PREFIX THREADS TURNS
-        runs THREADS LangGraph threads named PREFIX-<n> concurrently, TURNS turns each, and
-        prints one JSON line: {"threads": ..., "turns": ...}
-    python tests/langgraph_child.py DB loop THREAD_ID STEPS
-        runs (or resumes) a graph that counts to STEPS one superstep at a time, printing
-        "step <n>" after each committed checkpoint; the parent kills it with SIGKILL.
+python tests/langgraph_child.py DB turns PREFIX THREADS TURNS
+    runs THREADS LangGraph threads named PREFIX-<n> concurrently, TURNS turns each, and
+    prints one JSON line: {"threads": ..., "turns": ...}
+python tests/langgraph_child.py DB loop THREAD_ID STEPS
+    runs (or resumes) a graph that counts to STEPS one superstep at a time, printing
+    "step <n>" after each committed checkpoint; the parent kills it with SIGKILL.
 """
 
 from __future__ import annotations
