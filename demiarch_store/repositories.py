@@ -1399,6 +1399,22 @@ def _graph_text(value: object, name: str) -> str:
     return _text(value, name)
 
 
+_LOAD = """WITH page AS ({page})
+SELECT 0, page.* FROM page
+UNION ALL
+SELECT 1, w.*, NULL, NULL FROM lg_writes AS w JOIN page ON w.thread_id = page.thread_id
+  AND w.checkpoint_ns = page.checkpoint_ns AND w.checkpoint_id = page.checkpoint_id
+UNION ALL
+SELECT 2, b.*, NULL, NULL, NULL, NULL, NULL FROM lg_blobs AS b
+WHERE (b.thread_id, b.checkpoint_ns, b.channel, b.version) IN (
+  SELECT page.thread_id, page.checkpoint_ns, v.key, v.value
+  FROM page, json_each(page.channel_versions) AS v)"""
+"""A page of checkpoints (``{page}``, a SELECT of whole rows) with their writes and the channel
+values they refer to, in one query: kind 0 rows are checkpoints, 1 writes, 2 channel values,
+each padded to the checkpoint's 11 columns. (``json_each`` is SQLite's; PostgreSQL spells it
+``jsonb_each_text``.)"""
+
+
 class GraphCheckpointRepository(Repository[GraphCheckpoint]):
     """LangGraph checkpoints by thread, namespace and ID (newest first), with their writes and
     channel values: deleting, pruning or copying a thread here covers all three tables."""
@@ -1508,6 +1524,58 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
         that order) pages on; ``filter`` compares top-level metadata keys (see
         ``json_equals``).
         """
+        page, params = self._page(
+            thread_id, checkpoint_ns, checkpoint_id, before, after_key, filter, limit
+        )
+        return await self._rows(page, params)  # type: ignore[arg-type]
+
+    async def load(
+        self,
+        thread_id: str | None = None,
+        checkpoint_ns: str | None = None,
+        *,
+        checkpoint_id: str | None = None,
+        before: str | None = None,
+        after_key: GraphKey | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> tuple[builtins.list[GraphCheckpoint], builtins.list[GraphWrite], builtins.list[GraphBlob]]:
+        """Return what ``list`` returns with the checkpoints' writes (by checkpoint, task path,
+        task ID and index) and the channel values they refer to, in one query."""
+        page, params = self._page(
+            thread_id, checkpoint_ns, checkpoint_id, before, after_key, filter, limit
+        )
+        rows = await self._s.fetch(_LOAD.format(page=page), params)  # type: ignore[arg-type]
+        checkpoints: builtins.list[GraphCheckpoint] = []
+        writes: builtins.list[GraphWrite] = []
+        blobs: builtins.list[GraphBlob] = []
+        load_c, load_w, load_b = self._load, GraphWriteRepository._load, GraphBlobRepository._load
+        try:
+            for row in rows:
+                kind = row[0]
+                if kind == 0:
+                    checkpoints.append(load_c(row[1:12]))
+                elif kind == 1:
+                    writes.append(load_w(row[1:10]))
+                else:
+                    blobs.append(load_b(row[1:7]))
+        except _UNLOADABLE as exc:
+            raise self._s.damaged(self.noun, exc) from None
+        checkpoints.sort(
+            key=lambda c: (c.checkpoint_id, c.thread_id, c.checkpoint_ns), reverse=True
+        )
+        return checkpoints, writes, blobs
+
+    def _page(
+        self,
+        thread_id: str | None,
+        checkpoint_ns: str | None,
+        checkpoint_id: str | None,
+        before: str | None,
+        after_key: GraphKey | None,
+        filter: Mapping[str, Any] | None,
+        limit: int | None,
+    ) -> tuple[str, builtins.list[Any]]:
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         for column, value in (
@@ -1533,7 +1601,7 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
         sql += " ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC"
         if limit is not None:
             sql += f" LIMIT {_limit(limit)}"
-        return await self._rows(sql, params)  # type: ignore[arg-type]
+        return sql, params
 
     async def delete_thread(self, thread_id: str) -> None:
         """Delete, at commit, a thread's checkpoints, writes and channel values."""

@@ -46,7 +46,7 @@ __all__ = ["DemiarchSaver", "DemiarchStore", "SyncCallOnLoop"]
 T = TypeVar("T")
 
 PAGE_SIZE = 200
-"""Checkpoints ``alist`` reads per snapshot: three queries a page, whatever its size."""
+"""Checkpoints ``alist`` reads per query (with their writes and channel values)."""
 
 
 class DemiarchSaver(BaseCheckpointSaver[str]):
@@ -57,9 +57,10 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
     (``graph.invoke()``) may be called from any other thread, and run there.
 
     Channel values are stored once per channel version (``lg_blobs``): a value that did not
-    change between steps is not written again. ``alist`` reads a page of checkpoints, their
-    writes and their channel values in three queries. Writes of LangGraph's special channels
-    (error, interrupt, resume, scheduled) replace earlier ones; other writes are kept once.
+    change between steps is not written again. ``aget_tuple`` is one query; ``alist`` reads a
+    page of checkpoints with their writes and channel values in one query. Writes of
+    LangGraph's special channels (error, interrupt, resume, scheduled) replace earlier ones;
+    other writes are kept once.
 
     Example::
 
@@ -130,14 +131,12 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "")
         async with self.project.read() as r:
-            row = await r.lg_checkpoints.find(thread_id, ns, get_checkpoint_id(config))
-            if row is None:
-                return None
-            writes = await r.lg_writes.list(thread_id, ns, row.checkpoint_id)
-            checkpoint = self._checkpoint(row)
-            keys = [(thread_id, ns, ch, str(v)) for ch, v in checkpoint["channel_versions"].items()]
-            blobs = await r.lg_blobs.get_many(keys)
-        return self._tuple(row, checkpoint, blobs, writes)
+            rows, writes, blobs = await r.lg_checkpoints.load(
+                thread_id, ns, checkpoint_id=get_checkpoint_id(config), limit=1
+            )
+        if not rows:
+            return None
+        return self._tuple(rows[0], self._checkpoint(rows[0]), blobs, writes)
 
     async def alist(
         self,
@@ -162,7 +161,7 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
         while left is None or left > 0:
             size = PAGE_SIZE if left is None or rest else min(left, PAGE_SIZE)
             async with self.project.read() as r:
-                rows = await r.lg_checkpoints.list(
+                rows, writes, blobs = await r.lg_checkpoints.load(
                     thread_id,
                     ns,
                     checkpoint_id=checkpoint_id,
@@ -171,19 +170,8 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
                     filter=simple,
                     limit=size,
                 )
-                if not rows:
-                    return
-                keep = [x for x in rows if _matches(x.metadata, rest)] if rest else rows
-                checkpoints = [self._checkpoint(x) for x in keep]
-                writes = await r.lg_writes.of_checkpoints(
-                    [(x.thread_id, x.checkpoint_ns, x.checkpoint_id) for x in keep]
-                )
-                wanted = {
-                    (x.thread_id, x.checkpoint_ns, ch, str(v))
-                    for x, c in zip(keep, checkpoints, strict=True)
-                    for ch, v in c["channel_versions"].items()
-                }
-                blobs = await r.lg_blobs.get_many(sorted(wanted))
+            if not rows:
+                return
             last = rows[-1]
             after = (last.checkpoint_id, last.thread_id, last.checkpoint_ns)
             by_checkpoint: dict[tuple[str, str, str], list[GraphWrite]] = {}
@@ -191,7 +179,10 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
                 key = (w.thread_id, w.checkpoint_ns, w.checkpoint_id)
                 by_checkpoint.setdefault(key, []).append(w)
             values = {(b.thread_id, b.checkpoint_ns, b.channel, b.version): b for b in blobs}
-            for row, checkpoint in zip(keep, checkpoints, strict=True):
+            for row in rows:
+                if rest and not _matches(row.metadata, rest):
+                    continue
+                checkpoint = self._checkpoint(row)
                 key = (row.thread_id, row.checkpoint_ns, row.checkpoint_id)
                 mine = [
                     values[k]
