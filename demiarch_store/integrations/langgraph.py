@@ -54,7 +54,8 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
 
     ``DemiarchSaver(project)`` takes an open ``AsyncProjectStore``; create it on the event loop
     that opened the project. Every async method runs on that loop; the sync methods
-    (``graph.invoke()``) may be called from any other thread, and run there.
+    (``graph.invoke()``) may be called from any other thread, and run on that loop while the
+    thread waits (on the loop's own thread they raise ``SyncCallOnLoop``).
 
     Channel values are stored once per channel version (``lg_blobs``): a value that did not
     change between steps is not written again. ``aget_tuple`` is one query; ``alist`` reads a
