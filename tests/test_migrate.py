@@ -505,7 +505,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9999"
-down_revision = "0004"
+down_revision = "HEAD"
 branch_labels = None
 depends_on = None
 
@@ -526,7 +526,9 @@ def _scripts_with_failing_revision(tmp_path: Path) -> str:
     shipped = Path(str(files("demiarch_store.migrations")))
     scripts = tmp_path / "scripts"
     shutil.copytree(shipped, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "9999_fails.py").write_text(textwrap.dedent(FAILING_REVISION))
+    # On top of whatever the head is, so a new revision never makes it a second head.
+    failing = textwrap.dedent(FAILING_REVISION).replace('"HEAD"', f'"{HEAD_REVISION}"')
+    (scripts / "versions" / "9999_fails.py").write_text(failing)
     return str(scripts)
 
 
