@@ -37,14 +37,17 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Throughput and latency against raw sqlite3, aiosqlite and SQLAlchemy; a few minutes.
-# Writes benchmarks/results/{results.json,results.md,throughput.png}.
+# Throughput and latency against raw sqlite3, aiosqlite and SQLAlchemy, then DemiarchSaver against
+# LangGraph's AsyncSqliteSaver; a few minutes each.
+# Writes benchmarks/results/{results.json,results.md,throughput.png,langgraph.json,langgraph.md}.
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.langgraph
 
 # A smoke run in seconds (results in benchmarks/results/quick/, not committed).
 bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/quick
+	$(PY) -m benchmarks.langgraph --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -541,6 +541,7 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
         records = await r.projects.list(limit=1)
         calls = await r.llm_calls.count()
         cost = await r.llm_calls.total_cost()
+        threads = await r.lg_checkpoints.threads()
     counts = await project._on_reader(_count_rows, action="counting rows")
     record = records[0] if records else None
     return {
@@ -557,6 +558,7 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
         "tables": counts,
         "llm_calls": calls,
         "cost_usd": cost,
+        "langgraph_threads": [dataclasses.asdict(t) for t in threads],
     }
 
 
@@ -592,6 +594,19 @@ def _render_facts(state: State, facts: Mapping[str, Any]) -> None:
     for name, count in facts["tables"].items():
         rows.add_row(name, f"{count:,}")
     state.show(rows)
+    if facts.get("langgraph_threads"):
+        state.out.print()
+        graph = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        graph.add_column("LangGraph thread")
+        graph.add_column("Checkpoints", justify="right")
+        graph.add_column("Size", justify="right")
+        graph.add_column("Latest step", justify="right")
+        for t in facts["langgraph_threads"]:
+            step = "-" if t["latest_step"] is None else str(t["latest_step"])
+            graph.add_row(
+                Text(t["thread_id"]), f"{t['checkpoints']:,}", _size(t["size_bytes"]), step
+            )
+        state.show(graph)
 
 
 @cli.command("show", short_help="Show a project: schema, sizes, LLM costs, rows per table.")
@@ -599,7 +614,8 @@ def _render_facts(state: State, facts: Mapping[str, Any]) -> None:
 @json_option
 @pass_state
 def show_command(state: State, project_id: str, as_json: bool) -> None:
-    """Show a project: schema revision, file and WAL size, LLM costs, rows per table."""
+    """Show a project: schema revision, file and WAL size, LLM costs, rows per table, and its
+    LangGraph threads (checkpoints, stored size, latest step)."""
     facts = state.run(_show(state, project_id))
     if as_json:
         _emit_json(facts)

@@ -13,7 +13,13 @@ __all__ = [
     "CodeArtifact",
     "Conversation",
     "CostTotal",
+    "GraphBlob",
+    "GraphCheckpoint",
+    "GraphThread",
+    "GraphWrite",
     "LLMCall",
+    "MemoryItem",
+    "MemoryVector",
     "Message",
     "Plugin",
     "ProjectRecord",
@@ -177,3 +183,81 @@ class SessionRecord:
     started_at: datetime
     last_active_at: datetime
     ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCheckpoint:
+    """A LangGraph checkpoint: the serialized checkpoint without its channel values."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    run_id: str | None
+    step: int | None
+    checkpoint_type: str
+    checkpoint: bytes
+    metadata: JSONValue
+    channel_versions: JSONValue
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GraphBlob:
+    """One version of a LangGraph channel's value (``value`` is ``None`` for an empty channel)."""
+
+    thread_id: str
+    checkpoint_ns: str
+    channel: str
+    version: str
+    value_type: str
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphWrite:
+    """A LangGraph pending write: a task's write to a channel, after a checkpoint."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    task_id: str
+    idx: int
+    channel: str
+    task_path: str
+    value_type: str
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphThread:
+    """A LangGraph thread at a glance: its checkpoints, their stored size and latest step."""
+
+    thread_id: str
+    checkpoints: int
+    size_bytes: int
+    latest_step: int | None
+    latest_checkpoint_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """A long-term memory document: a JSON value under a namespace and key."""
+
+    namespace: str
+    key: str
+    value: JSONValue
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    ttl_minutes: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryVector:
+    """The embedding of one field of a memory item (float32, little-endian)."""
+
+    namespace: str
+    key: str
+    field: str
+    embedding: bytes

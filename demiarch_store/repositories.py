@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    tuple_,
     type_coerce,
     update,
 )
@@ -44,7 +45,13 @@ from .records import (
     CodeArtifact,
     Conversation,
     CostTotal,
+    GraphBlob,
+    GraphCheckpoint,
+    GraphThread,
+    GraphWrite,
     LLMCall,
+    MemoryItem,
+    MemoryVector,
     Message,
     Plugin,
     ProjectRecord,
@@ -61,7 +68,12 @@ __all__ = [
     "CheckpointRepository",
     "CodeGenerationRepository",
     "ConversationRepository",
+    "GraphBlobRepository",
+    "GraphCheckpointRepository",
+    "GraphWriteRepository",
     "LLMCallRepository",
+    "MemoryItemRepository",
+    "MemoryVectorRepository",
     "MessageRepository",
     "PluginRepository",
     "ProjectRepository",
@@ -1329,6 +1341,791 @@ class SessionRepository(Repository[SessionRecord]):
         return await self._rows(sql, {"since": _micros(active_since, _MIN_MICROS)})
 
 
+# -- LangGraph: checkpoints, channel values, pending writes; long-term memory ------------------
+
+GraphKey = tuple[str, str, str]
+"""A checkpoint's key: ``(thread_id, checkpoint_ns, checkpoint_id)``."""
+BlobKey = tuple[str, str, str, str]
+"""A channel value's key: ``(thread_id, checkpoint_ns, channel, version)``."""
+
+
+def _rows_in(columns: Sequence[str], keys: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """Return ``(c1, c2, ...) IN (VALUES (?, ?), ...)`` and its parameters for ``keys``.
+
+    The list is padded to a power of two with its last key, so a handful of statement texts
+    serve every page size (and stay in the connections' statement caches).
+    """
+    n = 1 << max(0, len(keys) - 1).bit_length()
+    padded = list(keys) + [keys[-1]] * (n - len(keys))
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    sql = f"({', '.join(columns)}) IN (VALUES {', '.join([row] * n)})"
+    return sql, [v for key in padded for v in key]
+
+
+def _json_path(key: str) -> str:
+    """Return the SQL/JSON path of a top-level key, quoted (any text may be a key)."""
+    return '$."' + _text(key, "filter key").replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def json_equals(column: str, filter: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """Return ``?``-style conditions that a JSON column's top-level keys equal scalar values.
+
+    ``None`` matches a missing key or JSON null; ``True``/``False`` match JSON booleans only;
+    numbers and strings match equal numbers and strings. A ``dict`` or ``list`` value is an
+    ``InvalidValue`` here (callers compare those themselves).
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    for key, value in filter.items():
+        path = _json_path(key)
+        if value is None:
+            where.append(f"json_extract({column}, ?) IS NULL")
+            params.append(path)
+        elif isinstance(value, bool):
+            where.append(f"json_type({column}, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif isinstance(value, int | float | str):
+            where.append(f"json_extract({column}, ?) = ?")
+            params += [path, _text(value, "filter value") if isinstance(value, str) else value]
+        else:
+            raise InvalidValue(
+                f"filter on {key!r} compares a {type(value).__name__}",
+                hint="filter on strings, numbers, booleans or None",
+            )
+    return where, params
+
+
+def _graph_text(value: object, name: str) -> str:
+    return _text(value, name)
+
+
+_LOAD = """WITH page AS ({page})
+SELECT 0, page.* FROM page
+UNION ALL
+SELECT 1, w.*, NULL, NULL FROM lg_writes AS w JOIN page ON w.thread_id = page.thread_id
+  AND w.checkpoint_ns = page.checkpoint_ns AND w.checkpoint_id = page.checkpoint_id
+UNION ALL
+SELECT 2, b.*, NULL, NULL, NULL, NULL, NULL FROM lg_blobs AS b
+WHERE (b.thread_id, b.checkpoint_ns, b.channel, b.version) IN (
+  SELECT page.thread_id, page.checkpoint_ns, v.key, v.value
+  FROM page, json_each(page.channel_versions) AS v)"""
+"""A page of checkpoints (``{page}``, a SELECT of whole rows) with their writes and the channel
+values they refer to, in one query: kind 0 rows are checkpoints, 1 writes, 2 channel values,
+each padded to the checkpoint's 11 columns. (``json_each`` is SQLite's; PostgreSQL spells it
+``jsonb_each_text``.)"""
+
+
+class GraphCheckpointRepository(Repository[GraphCheckpoint]):
+    """LangGraph checkpoints by thread, namespace and ID (newest first), with their writes and
+    channel values: deleting, pruning or copying a thread here covers all three tables."""
+
+    table = schema.lg_checkpoints
+    record_type = GraphCheckpoint
+    noun = "LangGraph checkpoint"
+    _KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
+
+    async def put(
+        self,
+        *,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        checkpoint_type: str,
+        checkpoint: bytes,
+        parent_checkpoint_id: str | None = None,
+        metadata: Any = None,
+        channel_versions: Any = None,
+        run_id: str | None = None,
+        step: int | None = None,
+    ) -> GraphCheckpoint:
+        """Store a checkpoint at commit, replacing one with the same key."""
+        record = self._make(
+            _graph_text(thread_id, "thread_id"),
+            _graph_text(checkpoint_ns, "checkpoint_ns"),
+            _graph_text(checkpoint_id, "checkpoint_id"),
+            None if parent_checkpoint_id is None else _text(parent_checkpoint_id, "parent"),
+            None if run_id is None else _text(run_id, "run_id"),
+            step if isinstance(step, int) and not isinstance(step, bool) else None,
+            _text(checkpoint_type, "checkpoint_type", max_len=32),
+            _bytes(checkpoint, "checkpoint"),
+            metadata,
+            channel_versions,
+            utcnow(),
+        )
+        t = self.table
+
+        def build() -> ClauseElement:
+            stmt = sqlite.insert(t)
+            keys = set(self._KEY)
+            return stmt.on_conflict_do_update(
+                index_elements=list(self._KEY),
+                set_={c.name: stmt.excluded[c.name] for c in t.columns if c.name not in keys},
+            )
+
+        sql = self.sql("upsert", build, positional=True)
+        self._s.defer(Op(sql, self._codec.bind_record(record)))
+        return record  # type: ignore[no-any-return]
+
+    async def get(
+        self, thread_id: str, checkpoint_ns: str = "", checkpoint_id: str | None = None
+    ) -> GraphCheckpoint:
+        """Return a checkpoint (the newest of the namespace if no ID is given) or ``NotFound``."""
+        found = await self.find(thread_id, checkpoint_ns, checkpoint_id)
+        if found is None:
+            raise self._s.not_found("no LangGraph checkpoint with this thread, namespace and ID")
+        return found
+
+    async def find(
+        self, thread_id: str, checkpoint_ns: str = "", checkpoint_id: str | None = None
+    ) -> GraphCheckpoint | None:
+        """Return a checkpoint (the newest of the namespace if no ID is given), or ``None``."""
+        t = self.table
+        params = {"thread": _graph_text(thread_id, "thread_id"), "ns": checkpoint_ns}
+        if checkpoint_id is None:
+            sql = self.sql(
+                "newest",
+                lambda: (
+                    select(t)
+                    .where(
+                        t.c.thread_id == bindparam("thread"), t.c.checkpoint_ns == bindparam("ns")
+                    )
+                    .order_by(t.c.checkpoint_id.desc())
+                    .limit(1)
+                ),
+            )
+        else:
+            sql = self.sql(
+                "find",
+                lambda: select(t).where(
+                    t.c.thread_id == bindparam("thread"),
+                    t.c.checkpoint_ns == bindparam("ns"),
+                    t.c.checkpoint_id == bindparam("id"),
+                ),
+            )
+            params["id"] = _graph_text(checkpoint_id, "checkpoint_id")
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def list(  # type: ignore[override]
+        self,
+        thread_id: str | None = None,
+        checkpoint_ns: str | None = None,
+        *,
+        checkpoint_id: str | None = None,
+        before: str | None = None,
+        after_key: GraphKey | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[GraphCheckpoint]:
+        """Return checkpoints newest first: ``(checkpoint_id, thread_id, checkpoint_ns)``
+        descending, in one query.
+
+        ``before`` keeps IDs below it; ``after_key`` (the last key of the previous page, in
+        that order) pages on; ``filter`` compares top-level metadata keys (see
+        ``json_equals``).
+        """
+        page, params = self._page(
+            thread_id, checkpoint_ns, checkpoint_id, before, after_key, filter, limit
+        )
+        return await self._rows(page, params)  # type: ignore[arg-type]
+
+    async def load(
+        self,
+        thread_id: str | None = None,
+        checkpoint_ns: str | None = None,
+        *,
+        checkpoint_id: str | None = None,
+        before: str | None = None,
+        after_key: GraphKey | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> tuple[builtins.list[GraphCheckpoint], builtins.list[GraphWrite], builtins.list[GraphBlob]]:
+        """Return what ``list`` returns with the checkpoints' writes (by checkpoint, task path,
+        task ID and index) and the channel values they refer to, in one query."""
+        page, params = self._page(
+            thread_id, checkpoint_ns, checkpoint_id, before, after_key, filter, limit
+        )
+        rows = await self._s.fetch(_LOAD.format(page=page), params)  # type: ignore[arg-type]
+        checkpoints: builtins.list[GraphCheckpoint] = []
+        writes: builtins.list[GraphWrite] = []
+        blobs: builtins.list[GraphBlob] = []
+        load_c, load_w, load_b = self._load, GraphWriteRepository._load, GraphBlobRepository._load
+        try:
+            for row in rows:
+                kind = row[0]
+                if kind == 0:
+                    checkpoints.append(load_c(row[1:12]))
+                elif kind == 1:
+                    writes.append(load_w(row[1:10]))
+                else:
+                    blobs.append(load_b(row[1:7]))
+        except _UNLOADABLE as exc:
+            raise self._s.damaged(self.noun, exc) from None
+        checkpoints.sort(
+            key=lambda c: (c.checkpoint_id, c.thread_id, c.checkpoint_ns), reverse=True
+        )
+        return checkpoints, writes, blobs
+
+    def _page(
+        self,
+        thread_id: str | None,
+        checkpoint_ns: str | None,
+        checkpoint_id: str | None,
+        before: str | None,
+        after_key: GraphKey | None,
+        filter: Mapping[str, Any] | None,
+        limit: int | None,
+    ) -> tuple[str, builtins.list[Any]]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        for column, value in (
+            ("thread_id", thread_id),
+            ("checkpoint_ns", checkpoint_ns),
+            ("checkpoint_id", checkpoint_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(_text(value, column))
+        if before is not None:
+            where.append("checkpoint_id < ?")
+            params.append(_text(before, "before"))
+        if after_key is not None:
+            where.append("(checkpoint_id, thread_id, checkpoint_ns) < (?, ?, ?)")
+            params += [_text(v, "after_key") for v in after_key]
+        if filter:
+            more, values = json_equals("metadata", filter)
+            where += more
+            params += values
+        base = self.sql("select", lambda: select(self.table), positional=True)
+        sql = base + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC"
+        if limit is not None:
+            sql += f" LIMIT {_limit(limit)}"
+        return sql, params
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete, at commit, a thread's checkpoints, writes and channel values."""
+        params = {"thread": _graph_text(thread_id, "thread_id")}
+        for t in (schema.lg_writes, schema.lg_blobs, self.table):
+            sql = self.sql(
+                f"delete_thread:{t.name}",
+                lambda t=t: t.delete().where(t.c.thread_id == bindparam("thread")),  # type: ignore[misc]
+            )
+            self._s.defer(Op(sql, params))
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> None:
+        """Delete, at commit, the checkpoints made by these runs, with their writes."""
+        runs = [(_text(r, "run_id"),) for r in run_ids]
+        if not runs:
+            return
+        t, w = self.table, schema.lg_writes
+        writes = self.sql(
+            "delete_run_writes",
+            lambda: w.delete().where(
+                tuple_(w.c.thread_id, w.c.checkpoint_ns, w.c.checkpoint_id).in_(
+                    select(t.c.thread_id, t.c.checkpoint_ns, t.c.checkpoint_id).where(
+                        t.c.run_id == bindparam("run")
+                    )
+                )
+            ),
+            positional=True,
+        )
+        checkpoints = self.sql(
+            "delete_runs",
+            lambda: t.delete().where(t.c.run_id == bindparam("run")),
+            positional=True,
+        )
+        self._s.defer(Op(writes, runs, many=True))
+        self._s.defer(Op(checkpoints, runs, many=True))
+
+    async def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy, at commit, a thread's checkpoints, writes and channel values to another thread
+        (rows the target already holds with the same keys are kept)."""
+        params = {
+            "source": _graph_text(source_thread_id, "source_thread_id"),
+            "target": _graph_text(target_thread_id, "target_thread_id"),
+        }
+        for t in (self.table, schema.lg_blobs, schema.lg_writes):
+
+            def build(t: Table = t) -> ClauseElement:
+                columns = [bindparam("target") if c.name == "thread_id" else c for c in t.columns]
+                source = select(*columns).where(t.c.thread_id == bindparam("source"))
+                return (
+                    sqlite.insert(t)
+                    .from_select([c.name for c in t.columns], source)
+                    .on_conflict_do_nothing()
+                )
+
+            self._s.defer(Op(self.sql(f"copy:{t.name}", build), params))
+
+    async def prune(self, thread_ids: Iterable[str], *, keep_latest: bool = True) -> None:
+        """Delete, at commit, all but the newest checkpoint of each namespace of these threads
+        (every checkpoint if ``keep_latest`` is false), with their writes, and the channel
+        values no kept checkpoint refers to."""
+        threads = [_graph_text(tid, "thread_id") for tid in thread_ids]
+        if not threads:
+            return
+        if not keep_latest:
+            for tid in threads:
+                await self.delete_thread(tid)
+            return
+        t = self.table
+        for target in (schema.lg_writes, t):
+
+            def build(x: Table = target) -> ClauseElement:
+                n = t.alias("newest")
+                newest = (
+                    select(func.max(n.c.checkpoint_id))
+                    .where(n.c.thread_id == x.c.thread_id, n.c.checkpoint_ns == x.c.checkpoint_ns)
+                    .scalar_subquery()
+                )
+                return x.delete().where(
+                    x.c.thread_id == bindparam("thread"), x.c.checkpoint_id < newest
+                )
+
+            sql = self.sql(f"prune:{target.name}", build, positional=True)
+            self._s.defer(Op(sql, [(tid,) for tid in threads], many=True))
+        # The channel values still referred to: those of the checkpoints kept (a read, so
+        # this unit holds the writer from here to its commit).
+        b = schema.lg_blobs
+        kept = self.sql(
+            "kept_versions",
+            lambda: select(t.c.thread_id, t.c.checkpoint_ns, t.c.channel_versions).where(
+                t.c.thread_id == bindparam("thread")
+            ),
+        )
+        stored = self.sql(
+            "blob_keys",
+            lambda: select(b.c.checkpoint_ns, b.c.channel, b.c.version).where(
+                b.c.thread_id == bindparam("thread")
+            ),
+        )
+        drop = self.sql(
+            "drop_blob",
+            lambda: b.delete().where(
+                b.c.thread_id == bindparam("thread"),
+                b.c.checkpoint_ns == bindparam("ns"),
+                b.c.channel == bindparam("channel"),
+                b.c.version == bindparam("version"),
+            ),
+        )
+        unused = []
+        for tid in threads:
+            wanted = set()
+            for _, ns, versions in await self._s.fetch(kept, {"thread": tid}):
+                for channel, version in (json.loads(versions) if versions else {}).items():
+                    wanted.add((ns, channel, str(version)))
+            for ns, channel, version in await self._s.fetch(stored, {"thread": tid}):
+                if (ns, channel, version) not in wanted:
+                    unused.append({"thread": tid, "ns": ns, "channel": channel, "version": version})
+        if unused:
+            self._s.defer(Op(drop, unused, many=True))
+
+    async def threads(self) -> builtins.list[GraphThread]:
+        """Return every thread with its checkpoint count, stored bytes (checkpoints, metadata,
+        channel values and writes) and the step of its newest root checkpoint."""
+        t, b, w = self.table, schema.lg_blobs, schema.lg_writes
+        newest = t.alias("newest")
+
+        def build() -> ClauseElement:
+            latest_step = (
+                select(newest.c.step)
+                .where(
+                    newest.c.thread_id == t.c.thread_id,
+                    newest.c.checkpoint_ns == bindparam("root"),
+                )
+                .order_by(newest.c.checkpoint_id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            return (
+                select(
+                    t.c.thread_id,
+                    func.count(),
+                    func.coalesce(func.sum(func.length(t.c.checkpoint)), 0)
+                    + func.coalesce(func.sum(func.length(t.c.metadata)), 0),
+                    func.max(t.c.checkpoint_id),
+                    latest_step,
+                )
+                .group_by(t.c.thread_id)
+                .order_by(t.c.thread_id)
+            )
+
+        extra: dict[str, int] = {}
+        for x in (b, w):
+            sizes = self.sql(
+                f"sizes:{x.name}",
+                lambda x=x: select(  # type: ignore[misc]
+                    x.c.thread_id, func.coalesce(func.sum(func.length(x.c.value)), 0)
+                ).group_by(x.c.thread_id),
+            )
+            for tid, n in await self._s.fetch(sizes, {}):
+                extra[tid] = extra.get(tid, 0) + int(n)
+        rows = await self._s.fetch(self.sql("threads", build), {"root": ""})
+        return [
+            GraphThread(
+                thread_id=tid,
+                checkpoints=int(count),
+                size_bytes=int(size) + extra.get(tid, 0),
+                latest_step=step,
+                latest_checkpoint_id=last,
+            )
+            for tid, count, size, last, step in rows
+        ]
+
+
+def _bytes(value: object, name: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidValue(f"{name} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+class GraphWriteRepository(Repository[GraphWrite]):
+    """LangGraph pending writes: per checkpoint, task and index."""
+
+    table = schema.lg_writes
+    record_type = GraphWrite
+    noun = "LangGraph write"
+
+    async def put_many(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        task_id: str,
+        writes: Iterable[tuple[int, str, str, bytes | None]],
+        *,
+        task_path: str = "",
+    ) -> None:
+        """Store, at commit, a task's writes ``(idx, channel, value_type, value)``.
+
+        A write with a negative index (LangGraph's special channels: error, interrupt, resume,
+        scheduled) replaces an earlier one at that index; any other is kept once: writing
+        the same task and index again changes nothing.
+        """
+        head = (
+            _graph_text(thread_id, "thread_id"),
+            _graph_text(checkpoint_ns, "checkpoint_ns"),
+            _graph_text(checkpoint_id, "checkpoint_id"),
+            _graph_text(task_id, "task_id"),
+        )
+        path = _graph_text(task_path, "task_path")
+        replace: builtins.list[tuple[Any, ...]] = []
+        keep: builtins.list[tuple[Any, ...]] = []
+        for idx, channel, value_type, value in writes:
+            if type(idx) is not int:
+                raise InvalidValue(f"idx must be an integer, not {type(idx).__name__}")
+            row = (*head, idx, _graph_text(channel, "channel"), path, value_type, value)
+            (replace if idx < 0 else keep).append(row)
+        t = self.table
+        if keep:
+            sql = self.sql(
+                "insert_keep", lambda: sqlite.insert(t).on_conflict_do_nothing(), positional=True
+            )
+            self._s.defer(Op(sql, keep, many=True) if len(keep) > 1 else Op(sql, keep[0]))
+        if replace:
+
+            def build() -> ClauseElement:
+                stmt = sqlite.insert(t)
+                return stmt.on_conflict_do_update(
+                    index_elements=[c.name for c in t.primary_key.columns],
+                    set_={
+                        n: stmt.excluded[n] for n in ("channel", "task_path", "value_type", "value")
+                    },
+                )
+
+            sql = self.sql("insert_replace", build, positional=True)
+            self._s.defer(Op(sql, replace, many=True))
+
+    async def list(  # type: ignore[override]
+        self, thread_id: str, checkpoint_ns: str, checkpoint_id: str
+    ) -> builtins.list[GraphWrite]:
+        """Return the writes of one checkpoint, by task path, task ID and index."""
+        t = self.table
+        sql = self.sql(
+            "of_checkpoint",
+            lambda: (
+                select(t)
+                .where(
+                    t.c.thread_id == bindparam("thread"),
+                    t.c.checkpoint_ns == bindparam("ns"),
+                    t.c.checkpoint_id == bindparam("id"),
+                )
+                .order_by(t.c.task_path, t.c.task_id, t.c.idx)
+            ),
+        )
+        params = {"thread": thread_id, "ns": checkpoint_ns, "id": checkpoint_id}
+        return await self._rows(sql, params)
+
+    async def of_checkpoints(self, keys: Sequence[GraphKey]) -> builtins.list[GraphWrite]:
+        """Return the writes of several checkpoints in one query, by checkpoint, task path,
+        task ID and index."""
+        if not keys:
+            return []
+        base = self.sql("select", lambda: select(self.table), positional=True)
+        where, params = _rows_in(("thread_id", "checkpoint_ns", "checkpoint_id"), keys)
+        sql = f"{base} WHERE {where} ORDER BY thread_id, checkpoint_ns, checkpoint_id, "
+        sql += "task_path, task_id, idx"
+        return await self._rows(sql, params)  # type: ignore[arg-type]
+
+
+class GraphBlobRepository(Repository[GraphBlob]):
+    """LangGraph channel values, one row per channel version (stored once)."""
+
+    table = schema.lg_blobs
+    record_type = GraphBlob
+    noun = "LangGraph channel value"
+
+    async def put_many(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        blobs: Iterable[tuple[str, str, str, bytes | None]],
+    ) -> None:
+        """Store, at commit, channel values ``(channel, version, value_type, value)``; a version
+        already stored is kept as it is."""
+        head = (_graph_text(thread_id, "thread_id"), _graph_text(checkpoint_ns, "checkpoint_ns"))
+        rows = [
+            (*head, _graph_text(channel, "channel"), _graph_text(version, "version"), vt, value)
+            for channel, version, vt, value in blobs
+        ]
+        if not rows:
+            return
+        t = self.table
+        sql = self.sql(
+            "insert_keep", lambda: sqlite.insert(t).on_conflict_do_nothing(), positional=True
+        )
+        self._s.defer(Op(sql, rows, many=True) if len(rows) > 1 else Op(sql, rows[0]))
+
+    async def get_many(self, keys: Sequence[BlobKey]) -> builtins.list[GraphBlob]:
+        """Return the stored values among ``keys`` in one query (in no particular order)."""
+        if not keys:
+            return []
+        base = self.sql("select", lambda: select(self.table), positional=True)
+        where, params = _rows_in(("thread_id", "checkpoint_ns", "channel", "version"), keys)
+        return await self._rows(f"{base} WHERE {where}", params)  # type: ignore[arg-type]
+
+    async def list(  # type: ignore[override]
+        self, thread_id: str, checkpoint_ns: str | None = None
+    ) -> builtins.list[GraphBlob]:
+        """Return a thread's stored channel values (of one namespace if given)."""
+        t = self.table
+        sql = self.sql(
+            "of_thread",
+            lambda: (
+                select(t)
+                .where(t.c.thread_id == bindparam("thread"))
+                .order_by(t.c.checkpoint_ns, t.c.channel, t.c.version)
+            ),
+        )
+        rows = await self._rows(sql, {"thread": thread_id})
+        return [r for r in rows if checkpoint_ns is None or r.checkpoint_ns == checkpoint_ns]
+
+
+def _prefix_where(prefix: str | None) -> tuple[str, builtins.list[Any]]:
+    """Return the condition that ``namespace`` is ``prefix`` or below it (labels joined by
+    ``.``), and its parameters."""
+    if not prefix:
+        return "1 = 1", []
+    return "(namespace = ? OR namespace LIKE ? ESCAPE '\\')", [
+        prefix,
+        _like_escape(prefix) + ".%",
+    ]
+
+
+class MemoryItemRepository(Repository[MemoryItem]):
+    """Long-term memory: JSON documents by namespace and key, with an optional time to live.
+
+    Reads never return an item whose ``expires_at`` has passed; ``sweep`` deletes them.
+    """
+
+    table = schema.memory_items
+    record_type = MemoryItem
+    noun = "memory item"
+
+    async def put(
+        self, namespace: str, key: str, value: Any, *, ttl_minutes: float | None = None
+    ) -> MemoryItem:
+        """Store a document at commit, replacing the one at this namespace and key (whose
+        ``created_at`` is kept); with ``ttl_minutes`` it expires that long after its last
+        write or refreshing read."""
+        now = utcnow()
+        if ttl_minutes is not None:
+            if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, int | float):
+                raise InvalidValue("ttl_minutes must be a number of minutes")
+            if not 0 < ttl_minutes < 1e12:
+                raise InvalidValue("ttl_minutes must be positive", hint=f"got {ttl_minutes!r}")
+        expires = None if ttl_minutes is None else now + timedelta(minutes=ttl_minutes)
+        record = self._make(
+            _text(namespace, "namespace"),
+            _text(key, "key"),
+            value,
+            now,
+            now,
+            expires,
+            None if ttl_minutes is None else float(ttl_minutes),
+        )
+        t = self.table
+
+        def build() -> ClauseElement:
+            stmt = sqlite.insert(t)
+            return stmt.on_conflict_do_update(
+                index_elements=["namespace", "key"],
+                set_={
+                    n: stmt.excluded[n]
+                    for n in ("value", "updated_at", "expires_at", "ttl_minutes")
+                },
+            )
+
+        self._s.defer(
+            Op(self.sql("upsert", build, positional=True), self._codec.bind_record(record))
+        )
+        return record  # type: ignore[no-any-return]
+
+    async def delete(self, namespace: str, key: str) -> None:  # type: ignore[override]
+        """Delete a document at commit (nothing happens if there is none)."""
+        t = self.table
+        sql = self.sql(
+            "delete_key",
+            lambda: t.delete().where(t.c.namespace == bindparam("ns"), t.c.key == bindparam("key")),
+        )
+        self._s.defer(Op(sql, {"ns": _text(namespace, "namespace"), "key": _text(key, "key")}))
+
+    async def get(self, namespace: str, key: str) -> MemoryItem:  # type: ignore[override]
+        """Return the document at this namespace and key, or raise ``NotFound``."""
+        found = await self.get_many([(namespace, key)])
+        if not found:
+            raise self._s.not_found("no memory item at this namespace and key")
+        return found[0]
+
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]], *, now: datetime | None = None
+    ) -> builtins.list[MemoryItem]:
+        """Return the live documents among ``(namespace, key)`` pairs, in one query."""
+        if not keys:
+            return []
+        base = self.sql("select", lambda: select(self.table), positional=True)
+        where, params = _rows_in(("namespace", "key"), keys)
+        sql = f"{base} WHERE {where} AND (expires_at IS NULL OR expires_at > ?)"
+        params.append(to_micros(now or utcnow()))
+        return await self._rows(sql, params)  # type: ignore[arg-type]
+
+    async def search(
+        self,
+        prefix: str | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        now: datetime | None = None,
+    ) -> builtins.list[MemoryItem]:
+        """Return the live documents at or below ``prefix``, most recently updated first.
+
+        ``filter`` compares top-level keys of the value to strings, numbers, booleans or None.
+        """
+        where, params = _prefix_where(prefix)
+        clauses = [where, "(expires_at IS NULL OR expires_at > ?)"]
+        params.append(to_micros(now or utcnow()))
+        if filter:
+            more, values = json_equals("value", filter)
+            clauses += more
+            params += values
+        base = self.sql("select", lambda: select(self.table), positional=True)
+        sql = f"{base} WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC, namespace, key"
+        sql += f" LIMIT {_limit(limit)} OFFSET {_count(offset, 'offset')}"
+        return await self._rows(sql, params)  # type: ignore[arg-type]
+
+    async def namespaces(
+        self, prefix: str | None = None, *, now: datetime | None = None
+    ) -> builtins.list[str]:
+        """Return the distinct namespaces holding live documents at or below ``prefix``."""
+        where, params = _prefix_where(prefix)
+        params.append(to_micros(now or utcnow()))
+        sql = (
+            "SELECT DISTINCT namespace FROM memory_items WHERE "
+            f"{where} AND (expires_at IS NULL OR expires_at > ?) ORDER BY namespace"
+        )
+        return [row[0] for row in await self._s.fetch(sql, params)]  # type: ignore[arg-type]
+
+    async def refresh(
+        self, keys: Iterable[tuple[str, str]], *, now: datetime | None = None
+    ) -> None:
+        """Restart, at commit, the time to live of these documents (those that have one)."""
+        t = self.table
+        sql = self.sql(
+            "refresh",
+            lambda: (
+                update(t)
+                .where(
+                    t.c.namespace == bindparam("ns"),
+                    t.c.key == bindparam("key"),
+                    t.c.ttl_minutes.is_not(None),
+                )
+                .values(
+                    expires_at=bindparam("now", type_=BigInteger)
+                    + type_coerce(t.c.ttl_minutes * 60_000_000, BigInteger)
+                )
+            ),
+        )
+        stamp = to_micros(now or utcnow())
+        rows = [{"ns": ns, "key": key, "now": stamp} for ns, key in keys]
+        if rows:
+            self._s.defer(Op(sql, rows, many=True))
+
+    async def count_expired(self, *, now: datetime | None = None) -> int:
+        """Return how many documents have expired and wait for ``sweep``."""
+        t = self.table
+        sql = self.sql(
+            "count_expired",
+            lambda: select(func.count()).where(t.c.expires_at <= bindparam("now")),
+        )
+        return int((await self._s.fetch(sql, {"now": to_micros(now or utcnow())}))[0][0])
+
+    async def sweep(self, *, now: datetime | None = None) -> None:
+        """Delete, at commit, the documents that have expired (with their embeddings)."""
+        t = self.table
+        sql = self.sql("sweep", lambda: t.delete().where(t.c.expires_at <= bindparam("now")))
+        self._s.defer(Op(sql, {"now": to_micros(now or utcnow())}))
+
+
+class MemoryVectorRepository(Repository[MemoryVector]):
+    """Embeddings of memory items, one per indexed field; deleted with their item."""
+
+    table = schema.memory_vectors
+    record_type = MemoryVector
+    noun = "memory embedding"
+
+    async def replace(self, namespace: str, key: str, vectors: Iterable[tuple[str, bytes]]) -> None:
+        """Replace, at commit, an item's embeddings with ``(field, embedding)`` pairs."""
+        t = self.table
+        params = {"ns": _text(namespace, "namespace"), "key": _text(key, "key")}
+        clear = self.sql(
+            "clear",
+            lambda: t.delete().where(t.c.namespace == bindparam("ns"), t.c.key == bindparam("key")),
+        )
+        self._s.defer(Op(clear, params))
+        rows = [(namespace, key, _text(f, "field"), _bytes(v, "embedding")) for f, v in vectors]
+        if rows:
+            sql = self.sql("insert", lambda: insert(t), positional=True)
+            self._s.defer(Op(sql, rows, many=True))
+
+    async def under(
+        self, prefix: str | None = None, *, now: datetime | None = None
+    ) -> builtins.list[MemoryVector]:
+        """Return the embeddings of the live items at or below ``prefix``."""
+        where, params = _prefix_where(prefix)
+        params.append(to_micros(now or utcnow()))
+        sql = (
+            "SELECT namespace, key, field, embedding FROM memory_vectors WHERE "
+            f"{where} AND EXISTS (SELECT 1 FROM memory_items i WHERE i.namespace = "
+            "memory_vectors.namespace AND i.key = memory_vectors.key AND "
+            "(i.expires_at IS NULL OR i.expires_at > ?))"
+        )
+        return await self._rows(sql, params)  # type: ignore[arg-type]
+
+
 class Repositories:
     """The repositories of a unit of work or snapshot: ``tx.messages``, ``r.conversations``."""
 
@@ -1371,6 +2168,26 @@ class Repositories:
     @cached_property
     def sessions(self) -> SessionRepository:
         return SessionRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def lg_checkpoints(self) -> GraphCheckpointRepository:
+        return GraphCheckpointRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def lg_writes(self) -> GraphWriteRepository:
+        return GraphWriteRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def lg_blobs(self) -> GraphBlobRepository:
+        return GraphBlobRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def memory_items(self) -> MemoryItemRepository:
+        return MemoryItemRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def memory_vectors(self) -> MemoryVectorRepository:
+        return MemoryVectorRepository(self)  # type: ignore[arg-type]
 
 
 class _Cached:

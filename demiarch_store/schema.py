@@ -18,7 +18,9 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -46,7 +48,12 @@ __all__ = [
     "conversations",
     "from_nanos",
     "json_document",
+    "lg_blobs",
+    "lg_checkpoints",
+    "lg_writes",
     "llm_calls",
+    "memory_items",
+    "memory_vectors",
     "messages",
     "metadata",
     "plugins",
@@ -59,7 +66,7 @@ __all__ = [
     "utcnow",
 ]
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 """The Alembic revision the tables below describe (a test checks it is Alembic's head)."""
 
 MICROS_PER_DAY = 86_400_000_000
@@ -357,3 +364,86 @@ sessions = Table(
     Index(None, "agent_id"),
 )
 """User sessions: started, touched while active, ended."""
+
+
+# -- LangGraph: checkpoints, their writes and channel values; long-term memory (0004) ---------
+
+lg_checkpoints = Table(
+    "lg_checkpoints",
+    metadata,
+    Column("thread_id", Text, nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("parent_checkpoint_id", Text, nullable=True),
+    Column("run_id", Text, nullable=True),
+    Column("step", Integer, nullable=True),
+    Column("checkpoint_type", String(32), nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),
+    Column("metadata", json_document(), nullable=True),
+    Column("channel_versions", json_document(), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id"),
+    Index(None, "run_id"),
+)
+"""LangGraph checkpoints (``DemiarchSaver``): the serialized checkpoint without its channel
+values, which live in ``lg_blobs``; ``run_id`` and ``step`` are copied out of the metadata."""
+
+lg_blobs = Table(
+    "lg_blobs",
+    metadata,
+    Column("thread_id", Text, nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("value_type", String(32), nullable=False),
+    Column("value", LargeBinary, nullable=True),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "channel", "version"),
+)
+"""LangGraph channel values, one per channel version: a value that did not change between
+checkpoints is stored once."""
+
+lg_writes = Table(
+    "lg_writes",
+    metadata,
+    Column("thread_id", Text, nullable=False),
+    Column("checkpoint_ns", Text, nullable=False),
+    Column("checkpoint_id", Text, nullable=False),
+    Column("task_id", Text, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("task_path", Text, nullable=False),
+    Column("value_type", String(32), nullable=False),
+    Column("value", LargeBinary, nullable=True),
+    PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+)
+"""LangGraph pending writes: what the tasks of a step wrote, linked to the checkpoint before it."""
+
+memory_items = Table(
+    "memory_items",
+    metadata,
+    Column("namespace", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", json_document(), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=True),
+    Column("ttl_minutes", Float, nullable=True),
+    PrimaryKeyConstraint("namespace", "key"),
+    Index(None, "expires_at"),
+)
+"""Long-term memory (``DemiarchStore``): JSON documents by namespace (labels joined with
+``.``) and key, with an optional time to live."""
+
+memory_vectors = Table(
+    "memory_vectors",
+    metadata,
+    Column("namespace", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("embedding", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("namespace", "key", "field"),
+    ForeignKeyConstraint(
+        ["namespace", "key"], ["memory_items.namespace", "memory_items.key"], ondelete="CASCADE"
+    ),
+)
+"""Embeddings of memory items (float32, little-endian), one per indexed field."""

@@ -119,6 +119,8 @@ def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
     assert "demiarch_store/migrations/versions/0001_initial.py" in names
     assert "demiarch_store/migrations/versions/0002_agent_schema.py" in names
     assert "demiarch_store/migrations/versions/0003_json_text_affinity.py" in names
+    assert "demiarch_store/migrations/versions/0004_langgraph.py" in names
+    assert "demiarch_store/integrations/langgraph.py" in names
     assert "demiarch_store/py.typed" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
