@@ -25,6 +25,8 @@ from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
 from .records import (
     Agent,
+    AgentSession,
+    AgentState,
     CheckpointRecord,
     CodeArtifact,
     Conversation,
@@ -41,6 +43,8 @@ from .transaction import Snapshot, Transaction
 
 __all__ = [
     "Agent",
+    "AgentSession",
+    "AgentState",
     "AsyncProjectStore",
     "BackupError",
     "BundleError",

@@ -142,10 +142,22 @@ def _seed_0003(conn: sqlite3.Connection, n: int) -> None:
     conn.execute(f"INSERT INTO agents VALUES ('j{n}', 'zero', NULL, 'idle', '-0.0', '1e5', 1, 1)")
 
 
+def _seed_0005(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute(f"INSERT INTO conversations VALUES ('s{n}', NULL, NULL, {n}, {n})")
+    conn.execute(
+        f"INSERT INTO agent_sessions VALUES ('s{n}', 'adk', 'app', 'u{n}', 'sess{n}', 's{n}', "
+        f"'{{\"k\": 1.0}}', {n}, {n})"
+    )
+    conn.execute(
+        f"INSERT INTO agent_states VALUES ('t{n}', 'adk', 'user', 'app', 'u{n}', '{{}}', {n})"
+    )
+
+
 SEEDS: dict[str, Callable[[sqlite3.Connection, int], None]] = {
     "0001": _seed_0001,
     "0002": _seed_0002,
     "0003": _seed_0003,
+    "0005": _seed_0005,
 }
 
 
@@ -489,8 +501,8 @@ FAILING_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "9999"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -511,14 +523,16 @@ def _scripts_with_failing_revision(tmp_path: Path) -> str:
     shipped = Path(str(files("demiarch_store.migrations")))
     scripts = tmp_path / "scripts"
     shutil.copytree(shipped, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0004_fails.py").write_text(textwrap.dedent(FAILING_REVISION))
+    (scripts / "versions" / "9999_fails.py").write_text(
+        textwrap.dedent(FAILING_REVISION).replace("{head}", HEAD_REVISION)
+    )
     return str(scripts)
 
 
 def test_a_failing_chain_rolls_back_every_step(tmp_path: Path) -> None:
-    """0001 -> 0002 -> 0003 succeed, 0004 fails: the database is back at 0001, not at 0003."""
+    """Every step from 0001 to head succeeds, 9999 fails: the database is back at 0001."""
     scripts = _scripts_with_failing_revision(tmp_path)
-    assert known_revisions(scripts)[-1] == "0004"
+    assert known_revisions(scripts)[-1] == "9999"
     path = new_file(tmp_path / "db.sqlite")
     run_migrations(path, project=None, target="0001")
     seed(path, "0001", 0)
@@ -528,10 +542,10 @@ def test_a_failing_chain_rolls_back_every_step(tmp_path: Path) -> None:
     with pytest.raises(MigrationError) as info:
         run_migrations(path, project="p1", target="head", script_location=scripts)
     message = str(info.value)
-    assert "failed at revision '0004'" in message and "'p1'" in message
+    assert "failed at revision '9999'" in message and "'p1'" in message
     assert revision_of(path) == "0001"
-    assert schema_of(path) == schema  # no agents table from 0002, no notes from 0004
-    assert dump(path) == before  # the titles 0004 changed are back
+    assert schema_of(path) == schema  # no agents table from 0002, no notes from 9999
+    assert dump(path) == before  # the titles 9999 changed are back
     (backup,) = (tmp_path / "db.sqlite.backups").iterdir()
     assert dump(backup) == before
     assert str(backup) in message  # the error says where the copy is

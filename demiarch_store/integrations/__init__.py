@@ -1,0 +1,1 @@
+"""Optional integrations with agent frameworks: each module imports its framework."""
