@@ -21,10 +21,10 @@ from agents import (
     set_tracing_disabled,
 )
 from agents.memory import Session
+from canned_models import INPUT_TOKENS, OUTPUT_TOKENS, CannedModel, get_weather
 
 from demiarch_store import AsyncProjectStore, InvalidValue, StoreError
 from demiarch_store.integrations.openai_agents import FRAMEWORK, DemiarchSession, ModelPrice
-from tests.canned_models import INPUT_TOKENS, OUTPUT_TOKENS, CannedModel, get_weather
 
 pytestmark = pytest.mark.anyio
 set_tracing_disabled(True)  # no trace export: no network
