@@ -25,7 +25,9 @@ from demiarch_store.integrations.openai_agents import DemiarchSession, ModelPric
 class RuleModel(Model):
     """Asks for the weather tool when the user mentions the weather, else answers in words."""
 
-    async def get_response(self, instructions: Any, input: Any, *args: Any, **kw: Any) -> Any:
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kw: Any
+    ) -> Any:
         last = input[-1]
         if last.get("type") == "function_call_output":
             output: Any = self._text(f"It is {last['output']}.")
