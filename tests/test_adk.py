@@ -355,3 +355,34 @@ async def test_runner_end_to_end(project: AsyncProjectStore) -> None:
     assert got.state == {"user:lang": "en"}
     assert llm.calls == 3
     assert got.events[-1].usage_metadata.prompt_token_count == INPUT_TOKENS
+
+
+async def test_sessions_are_part_of_backups_bundles_and_checks(store: Any, tmp_path: Path) -> None:
+    from demiarch_store.integrations.openai_agents import DemiarchSession
+
+    project = await store.create_project(name="both")
+    adk = DemiarchSessionService(project)
+    session = await adk.create_session(app_name=APP, user_id=USER, state={"app:k": 1})
+    await adk.append_event(
+        session, Event(author="user", actions=EventActions(state_delta={"a": 2}))
+    )
+    await DemiarchSession("sdk", project).add_items([{"role": "user", "content": "hi"}])
+    report = await project.check(full=True)
+    assert report.ok, report.problems
+    backup = await project.backup()
+    bundle = await store.export_project(project.id, tmp_path / "out")
+    async with project.transaction() as tx:  # lose everything, then get it back
+        for conv in await tx.conversations.list():
+            await tx.conversations.delete(conv.id)
+
+    async def check(target: AsyncProjectStore) -> None:
+        got = await DemiarchSessionService(target).get_session(
+            app_name=APP, user_id=USER, session_id=session.id
+        )
+        assert got is not None and got.state == {"a": 2, "app:k": 1} and len(got.events) == 1
+        items = await DemiarchSession("sdk", target).get_items()
+        assert items == [{"role": "user", "content": "hi"}]
+
+    await check(await store.restore_project(project.id, backup))
+    await store.delete_project(project.id)
+    await check(await store.import_project(bundle))
