@@ -41,10 +41,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # Writes benchmarks/results/{results.json,results.md,throughput.png}.
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.sessions
 
 # A smoke run in seconds (results in benchmarks/results/quick/, not committed).
 bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/quick
+	$(PY) -m benchmarks.sessions --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info
