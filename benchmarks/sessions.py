@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import logging
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -215,12 +214,16 @@ async def main(quick: bool, out: Path) -> None:
                     runs=[round(r["turns_per_s"], 1) for r in runs],
                 )
                 results.append(cell)
-                print(f"{suite[:10]} c={concurrency:<3} {system:<24} "
-                      f"{cell['turns_per_s']:8.1f} turns/s  errors {cell['errors']}", flush=True)  # fmt: skip
+                rate = cell["turns_per_s"]
+                print(f"{suite[:10]} c={concurrency:<3} {system:<24} {rate:8.1f}/s", flush=True)
+    write(out, results)
+    print(table(results))
+
+
+def write(out: Path, results: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sessions.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "sessions.md").write_text(table(results))
-    print(table(results))
 
 
 def table(results: list[dict[str, Any]]) -> str:
