@@ -45,3 +45,15 @@ def test_adk_session_example() -> None:
     assert "a new session of the same user sees: {'user:language': 'en'}" in out
     assert "conversation first: 6 messages ['user', 'assistant', 'assistant', 'assistant'" in out
     assert "conversation second: 0 messages []" in out
+
+
+def shown_in_readme(example: str) -> str:
+    """The output the README shows after its mention of ``example``."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    after = readme[readme.index(f"`examples/{example}` (run by") :]
+    return after[after.index("```text\n") + 8 : after.index("```\n", after.index("```text\n") + 8)]
+
+
+def test_the_readme_shows_the_examples_real_output() -> None:
+    for example in ("openai_agents_session.py", "adk_session.py"):
+        assert run_example(example) == shown_in_readme(example)
