@@ -43,6 +43,7 @@ class _Home:
         self.projects: dict[str, AsyncProjectStore] = {}
         self.root = Path(tempfile.mkdtemp(prefix="sdk-harness-"))
         self.constructed = 0
+        self.tests: set[str] = set()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the home loop and wait (from a thread that is not the home loop's)."""
@@ -93,6 +94,7 @@ class HarnessSession:
             session_id, HOME.project(db_path), session_settings=session_settings
         )
         HOME.constructed += 1
+        HOME.tests.add(os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0])
 
     @property
     def session_id(self) -> str:
@@ -131,4 +133,5 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     report = os.environ.get("DEMIARCH_HARNESS_REPORT")
     HOME.close()
     if report:
-        Path(report).write_text(f"{HOME.constructed} {len(HOME.projects)}\n")
+        lines = [f"{HOME.constructed} {len(HOME.projects)}", *sorted(HOME.tests)]
+        Path(report).write_text("\n".join(lines) + "\n")

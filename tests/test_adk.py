@@ -386,3 +386,32 @@ async def test_sessions_are_part_of_backups_bundles_and_checks(store: Any, tmp_p
     await check(await store.restore_project(project.id, backup))
     await store.delete_project(project.id)
     await check(await store.import_project(bundle))
+
+
+def test_the_command_line_shows_the_sessions(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from demiarch_store import Store, StoreConfig
+    from demiarch_store.integrations.openai_agents import DemiarchSession
+
+    async def make() -> str:
+        async with Store(StoreConfig(projects_dir=tmp_path)) as store:
+            project = await store.create_project(name="agents")
+            adk = DemiarchSessionService(project)
+            session = await adk.create_session(app_name=APP, user_id=USER, state={"user:x": 1})
+            await adk.append_event(session, Event(author="user"))
+            await DemiarchSession("sdk", project).add_items([{"role": "user", "content": "hi"}])
+            return project.id
+
+    project_id = asyncio.run(make())
+    out = subprocess.run(
+        [sys.executable, "-m", "demiarch_store", "--projects-dir", str(tmp_path), "show",
+         project_id, "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    tables = json.loads(out.stdout)["tables"]
+    assert tables["agent_sessions"] == 2 and tables["agent_states"] == 1
+    assert tables["conversations"] == 2 and tables["messages"] == 2

@@ -88,18 +88,15 @@ def extract_tests(archive: Path, dest: Path) -> Path:
     return root
 
 
-def test_the_sdk_session_tests_pass_against_demiarch_session(tmp_path: Path) -> None:
+def run_sdk_tests(tmp_path: Path, *args: str) -> tuple[list[str], int, list[str]]:
+    """Run the SDK's tests ``args`` with the harness; return the tests run, the sessions built,
+    and the tests that built one."""
     wanted = version(SDK)
     cache = Path(os.environ.get("DEMIARCH_SDK_CACHE", Path(sys.prefix) / "sdk-sdists"))
     root = extract_tests(sdist(cache, wanted), tmp_path / "sdk")
     ini = tmp_path / "pytest.ini"
     ini.write_text(INI)
     junit, report = tmp_path / "junit.xml", tmp_path / "harness.txt"
-    deselect = [
-        arg
-        for name in EXCLUDED
-        for arg in ("--deselect", f"{FILES[0]}::{name}")
-    ]
     env = {
         **os.environ,
         "PYTHONPATH": str(HERE),  # for the plugin; the SDK's `tests` package is under root
@@ -109,7 +106,7 @@ def test_the_sdk_session_tests_pass_against_demiarch_session(tmp_path: Path) -> 
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(root),
          "-p", "sdk_session_harness", "-p", "no:cacheprovider", "-q",
-         f"--junitxml={junit}", *deselect, *FILES],
+         f"--junitxml={junit}", *args],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
@@ -118,8 +115,38 @@ def test_the_sdk_session_tests_pass_against_demiarch_session(tmp_path: Path) -> 
     counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
     assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
     ran = [case.get("name", "") for case in suite.iter("testcase")]
-    assert len(ran) == counts["tests"] >= 50, counts
+    assert len(ran) == counts["tests"], counts
+    first, *users = report.read_text().splitlines()
+    constructed, projects = map(int, first.split())
+    assert projects <= constructed
+    return ran, constructed, users
+
+
+def test_the_sdk_session_tests_pass_against_demiarch_session(tmp_path: Path) -> None:
+    deselect = [arg for name in EXCLUDED for arg in ("--deselect", f"{FILES[0]}::{name}")]
+    ran, constructed, users = run_sdk_tests(tmp_path, *deselect, *FILES)
+    assert len(ran) >= 50
     assert not {name.split("[")[0] for name in ran} & set(EXCLUDED)
     # The SDK's tests did get our sessions: the harness built them, on real project files.
-    constructed, projects = map(int, report.read_text().split())
-    assert constructed >= 50 and projects >= 40, (constructed, projects)
+    assert constructed >= 50 and len(users) >= 40, (constructed, len(users))
+
+
+RUNNER_FILES = [
+    "tests/test_agent_runner.py",
+    "tests/test_agent_runner_streamed.py",
+    "tests/test_max_turns.py",
+    "tests/test_tool_batch_failure_history.py",
+    "tests/test_native_tool_failure_history.py",
+    "tests/test_tool_failure_boundaries.py",
+    "tests/test_soft_cancel.py",
+    "tests/test_run_impl_resume_paths.py",
+]
+
+
+def test_the_sdk_runner_tests_with_sessions_pass_against_demiarch_session(tmp_path: Path) -> None:
+    """The SDK's Runner tests about sessions (selected by name); those that build a
+    SQLiteSession get a DemiarchSession, the others use the SDK's in-memory sessions."""
+    ran, constructed, users = run_sdk_tests(tmp_path, "-k", "session or Session", *RUNNER_FILES)
+    assert len(ran) >= 150
+    assert len(users) >= 15, users
+    assert all(u.startswith(tuple(RUNNER_FILES)) for u in users), users
