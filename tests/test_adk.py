@@ -415,3 +415,25 @@ def test_the_command_line_shows_the_sessions(tmp_path: Path) -> None:
     tables = json.loads(out.stdout)["tables"]
     assert tables["agent_sessions"] == 2 and tables["agent_states"] == 1
     assert tables["conversations"] == 2 and tables["messages"] == 2
+
+
+@pytest.mark.parametrize("cached", [0, 2, 10_000])
+async def test_events_handed_out_are_copies(project: AsyncProjectStore, cached: int) -> None:
+    service = DemiarchSessionService(project, cached_events=cached)
+    session = await service.create_session(app_name=APP, user_id=USER, session_id="s")
+    texts = [f"event {i}" for i in range(5)]
+    for text in texts:
+        content = types.Content(role="user", parts=[types.Part(text=text)])
+        await service.append_event(session, Event(author="user", content=content))
+    session.events[0].content.parts[0].text = "changed by the caller"  # type: ignore[union-attr]
+    for _ in range(2):
+        got = await service.get_session(app_name=APP, user_id=USER, session_id="s")
+        assert got is not None
+        assert [e.content.parts[0].text for e in got.events] == texts  # type: ignore[union-attr]
+        got.events[1].content.parts[0].text = "changed too"  # type: ignore[union-attr]
+    # Another service (another process's view) reads the same events from the file.
+    other = await DemiarchSessionService(project).get_session(
+        app_name=APP, user_id=USER, session_id="s"
+    )
+    assert other is not None
+    assert [e.content.parts[0].text for e in other.events] == texts  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from pydantic_core import to_jsonable_python
 
 from ..errors import ConstraintViolation
 from ..project import AsyncProjectStore
-from ..records import AgentSession, AgentState
+from ..records import AgentSession, AgentState, Message
 from ..schema import EPOCH, to_micros
 
 __all__ = ["FRAMEWORK", "DemiarchSessionService"]
@@ -90,14 +91,19 @@ class DemiarchSessionService(BaseSessionService):
 
     Args:
         project: An open ``AsyncProjectStore``; it stays the caller's to close.
+        cached_events: How many parsed events to keep. A stored event never changes (its
+            message is only ever appended or deleted), so ``get_session`` parses each one once
+            and hands out copies: parsing is most of the cost of reading a long session.
 
     Behaves as ADK's own services do: a duplicate session ID raises ``AlreadyExistsError``;
     ``get_session`` returns ``None`` for an unknown session; appending to a session that was
     changed in storage since it was read raises ``StaleSessionError``.
     """
 
-    def __init__(self, project: AsyncProjectStore) -> None:
+    def __init__(self, project: AsyncProjectStore, *, cached_events: int = 10_000) -> None:
         self.project = project
+        self._cached_events = cached_events
+        self._events: OrderedDict[str, Event] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"DemiarchSessionService(project={self.project.id!r})"
@@ -188,7 +194,7 @@ class DemiarchSessionService(BaseSessionService):
                 messages = await r.messages.last(record.conversation_id, recent)
             else:
                 messages = await r.messages.list(record.conversation_id)
-        events = [Event.model_validate_json(m.content) for m in messages]
+        events = [self._event(m) for m in messages]
         if after:
             events = [e for e in events if e.timestamp >= after]
             if recent is not None:
@@ -201,6 +207,22 @@ class DemiarchSessionService(BaseSessionService):
             events=events,
             last_update_time=_seconds(record.updated_at),
         )
+
+    def _event(self, message: Message) -> Event:
+        """Return a copy of the event a message holds, parsing it only the first time."""
+        event = self._events.get(message.id)
+        if event is None:
+            event = Event.model_validate_json(message.content)
+            self._remember(message.id, event)
+        else:
+            self._events.move_to_end(message.id)
+        return event.model_copy(deep=True)
+
+    def _remember(self, message_id: str, event: Event) -> None:
+        if self._cached_events > 0:
+            self._events[message_id] = event
+            if len(self._events) > self._cached_events:
+                self._events.popitem(last=False)
 
     async def list_sessions(
         self, *, app_name: str, user_id: str | None = None
@@ -280,6 +302,7 @@ class DemiarchSessionService(BaseSessionService):
                 await tx.agent_sessions.update_state(record.id, state, updated_at=when)
             else:
                 await tx.agent_sessions.touch(record.id, updated_at=when)
-            await tx.messages.append(record.conversation_id, role=role, content=content)
+            message = await tx.messages.append(record.conversation_id, role=role, content=content)
+        self._remember(message.id, event.model_copy(deep=True))
         session.last_update_time = _seconds(when)
         return self._commit_event_to_session(session, event)
