@@ -81,7 +81,9 @@ async def test_64_adk_sessions_at_once(project: AsyncProjectStore) -> None:
     assert len(listed) == 64
 
 
-def spawn(db: Path, tag: str, sessions: int, turns: int, *extra: str) -> subprocess.Popen[str]:
+def spawn(
+    db: Path, tag: str, sessions: int | str, turns: int, *extra: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(db), tag, str(sessions), str(turns), *extra],
         stdout=subprocess.PIPE,
@@ -117,6 +119,29 @@ async def test_four_processes_on_one_project(tmp_path: Path) -> None:
                 assert mine == expected(f"p{k}", f"s{i}", turns)
             for a, b in zip(items[::2], items[1::2], strict=True):
                 assert a.endswith(":user") and b == a.replace(":user", ":assistant")
+
+
+async def test_pops_in_three_processes_never_return_the_same_item(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    items = [{"role": "user", "content": f"item {i}"} for i in range(300)]
+    async with AsyncProjectStore(db) as project:
+        await DemiarchSession("shared", project).add_items(items)
+    children = [spawn(db, "pop", "shared", 4) for _ in range(3)]
+    popped: list[str] = []
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=240)
+            assert child.returncode == 0, err
+            assert out.endswith("done\n")
+            popped += [line.removeprefix("popped ") for line in out.splitlines()[:-1]]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate(timeout=30)
+    assert sorted(popped) == sorted(i["content"] for i in items)  # each exactly once
+    async with AsyncProjectStore(db) as project:
+        assert await DemiarchSession("shared", project).get_items() == []
 
 
 def read_acks(child: subprocess.Popen[str], want: int, timeout: float) -> list[str]:
