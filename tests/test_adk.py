@@ -81,6 +81,17 @@ async def test_contract_list_sessions_all_users(service: DemiarchSessionService)
     assert [(s.id, s.user_id) for s in two] == [("session2a", "user2")]
     every = (await service.list_sessions(app_name=APP, user_id=None)).sessions
     assert sorted(s.id for s in every) == ["session1a", "session1b", "session2a"]
+    # Shared state merges in: the user's own only, the app's everywhere.
+    await service.create_session(
+        app_name=APP, user_id="user2", session_id="s2b", state={"user:lang": "fr", "app:v": 1}
+    )
+    for listed in (
+        (await service.list_sessions(app_name=APP, user_id="user2")).sessions,
+        (await service.list_sessions(app_name=APP)).sessions,
+    ):
+        for s in listed:
+            lang = {"user:lang": "fr"} if s.user_id == "user2" else {}
+            assert {k: v for k, v in s.state.items() if ":" in k} == {**lang, "app:v": 1}
 
 
 async def test_contract_list_sessions_ordered_by_last_update_time(

@@ -231,11 +231,14 @@ class DemiarchSessionService(BaseSessionService):
         async with self.project.read() as r:
             records = await r.agent_sessions.list(FRAMEWORK, app_name=app_name, user_id=user_id)
             app_state = _state(await r.agent_states.find(FRAMEWORK, "app", app_name=app_name))
-            users = {
-                s.user_id: _state(s)
-                for s in await r.agent_states.list(FRAMEWORK, scope="user", app_name=app_name)
-                if user_id is None or s.user_id == user_id
-            }
+            if user_id is None:
+                shared = await r.agent_states.list(FRAMEWORK, scope="user", app_name=app_name)
+            else:
+                one = await r.agent_states.find(
+                    FRAMEWORK, "user", app_name=app_name, user_id=user_id
+                )
+                shared = [] if one is None else [one]
+            users = {s.user_id: _state(s) for s in shared}
         records.sort(key=lambda s: (s.updated_at, s.user_id, s.session_id))
         return ListSessionsResponse(
             sessions=[
