@@ -293,3 +293,14 @@ def test_importing_the_store_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_items_read_back_as_json_reads_them(project: AsyncProjectStore) -> None:
+    """Messages others wrote: JSON with spaces around is an item, text after JSON is not."""
+    session = DemiarchSession("s", project)
+    await session.add_items([user("mine")])
+    assert session.conversation_id is not None
+    async with project.transaction() as tx:
+        for content in (' {"role": "user", "content": "padded"}\n', '{"a": 1} and more', "1, 2"):
+            await tx.messages.append(session.conversation_id, role="note", content=content)
+    assert await session.get_items() == [user("mine"), user("padded")]

@@ -284,11 +284,23 @@ def _row(item: Any) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 def _decode(messages: Sequence[Any]) -> list[TResponseInputItem]:
     items: list[TResponseInputItem] = []
     for message in messages:
+        content = message.content
+        # What add_items wrote is exactly one JSON text: decode it in one C call (this runs for
+        # every item read); anything else takes json.loads' general path.
         try:
-            items.append(json.loads(message.content))
+            item, end = _raw_decode(content)
         except ValueError:
-            continue  # not an item: a message someone else appended to the conversation
+            end = -1
+        if end != len(content):
+            try:
+                item = json.loads(content)
+            except ValueError:
+                continue  # not an item: a message someone else appended to the conversation
+        items.append(item)
     return items
