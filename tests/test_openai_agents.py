@@ -127,8 +127,9 @@ async def test_bad_items_are_refused_and_nothing_is_written(project: AsyncProjec
     session = DemiarchSession("s", project)
     await session.add_items([user("ok")])
     for bad in ({"role": "user", "content": object()}, {"x": float("nan")}):
-        with pytest.raises(InvalidValue, match="cannot be stored as JSON"):
+        with pytest.raises(InvalidValue, match="cannot be stored as JSON") as info:
             await session.add_items([user("first"), bad])
+        assert project.id in str(info.value) and "nothing was added" in str(info.value)
     assert await session.get_items() == [user("ok")]
     with pytest.raises(InvalidValue, match="session_id"):
         DemiarchSession("", project)

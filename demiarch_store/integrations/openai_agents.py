@@ -86,7 +86,8 @@ class DemiarchSession:
             raise InvalidValue(
                 "session_id must be a non-empty string of at most 512 characters",
                 project=getattr(project, "id", None),
-                hint=f"got {type(session_id).__name__}",
+                path=getattr(project, "path", None),
+                hint=f"got {type(session_id).__name__}; pass the SDK's session ID as text",
             )
         self.session_id = session_id
         self.project = project
@@ -155,7 +156,7 @@ class DemiarchSession:
         self._check_loop()
         if not items:
             return
-        rows = [_row(item) for item in items]
+        rows = [_row(item, self.project) for item in items]
         for attempt in range(2):
             try:
                 async with self.project.transaction() as tx:
@@ -267,14 +268,16 @@ def _model_name(result: RunResultBase) -> str:
     return type(model).__name__ if model is not None else "default"
 
 
-def _row(item: Any) -> dict[str, str]:
+def _row(item: Any, project: AsyncProjectStore) -> dict[str, str]:
     """Return the message for an item: its JSON text, and its role or type as the role."""
     try:
         content = json.dumps(item, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidValue(
             f"a session item cannot be stored as JSON: {type(exc).__name__}",
-            hint="pass the SDK's input items (JSON-compatible dicts)",
+            project=project.id,
+            path=project.path,
+            hint="pass the SDK's input items (JSON-compatible dicts); nothing was added",
         ) from exc
     role = "item"
     if isinstance(item, Mapping):
