@@ -144,6 +144,44 @@ async def test_pops_in_three_processes_never_return_the_same_item(tmp_path: Path
         assert await DemiarchSession("shared", project).get_items() == []
 
 
+async def test_four_processes_of_adk_sessions_share_app_state(tmp_path: Path) -> None:
+    """Shared state is read and written in one unit of work: no process's keys are lost."""
+    db = tmp_path / "db.sqlite"
+    async with AsyncProjectStore(db):
+        pass
+    sessions, turns = 6, 10
+    children = [spawn(db, "adk", f"u{k}", sessions, str(turns)) for k in range(4)]
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=240)
+            assert child.returncode == 0, err
+            assert out == "done\n"
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate(timeout=30)
+    async with AsyncProjectStore(db) as project:
+        service = DemiarchSessionService(project)
+        listed = (await service.list_sessions(app_name="app")).sessions
+        assert len(listed) == 4 * sessions
+        for k in range(4):
+            for i in range(sessions):
+                got = await service.get_session(app_name="app", user_id=f"u{k}", session_id=f"s{i}")
+                assert got is not None
+                assert [e.invocation_id for e in got.events] == [
+                    f"u{k}:{i}:{n}" for n in range(turns)
+                ]
+                assert got.state["n"] == turns - 1
+                assert {key: v for key, v in got.state.items() if key.startswith("user:")} == {
+                    f"user:{j}": turns - 1 for j in range(sessions)
+                }
+                app = {key: v for key, v in got.state.items() if key.startswith("app:")}
+                assert app == {
+                    f"app:u{m}-{j}": turns - 1 for m in range(4) for j in range(sessions)
+                }
+
+
 def read_acks(child: subprocess.Popen[str], want: int, timeout: float) -> list[str]:
     assert child.stdout is not None
     lines: list[str] = []
