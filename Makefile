@@ -43,11 +43,13 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.langgraph
+	$(PY) -m benchmarks.sessions
 
 # A smoke run in seconds (results in benchmarks/results/quick/, not committed).
 bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/quick
 	$(PY) -m benchmarks.langgraph --quick --out benchmarks/results/quick
+	$(PY) -m benchmarks.sessions --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

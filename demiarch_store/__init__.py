@@ -28,6 +28,8 @@ from .legacy import LegacyImportReport
 from .project import AsyncProjectStore
 from .records import (
     Agent,
+    AgentSession,
+    AgentState,
     CheckpointRecord,
     CodeArtifact,
     Conversation,
@@ -50,6 +52,8 @@ from .transaction import Snapshot, Transaction
 
 __all__ = [
     "Agent",
+    "AgentSession",
+    "AgentState",
     "AsyncProjectStore",
     "BackupError",
     "BundleError",

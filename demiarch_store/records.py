@@ -9,6 +9,8 @@ from typing import Any
 
 __all__ = [
     "Agent",
+    "AgentSession",
+    "AgentState",
     "CheckpointRecord",
     "CodeArtifact",
     "Conversation",
@@ -261,3 +263,36 @@ class MemoryVector:
     key: str
     field: str
     embedding: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSession:
+    """An agent framework's session (OpenAI Agents SDK, Google ADK): one conversation.
+
+    ``framework`` with ``app_name``, ``user_id`` and ``session_id`` is the framework's key for
+    it (the Agents SDK uses ``""`` for the app and the user); the session's items or events are
+    the messages of ``conversation_id``.
+    """
+
+    id: str
+    framework: str
+    app_name: str
+    user_id: str
+    session_id: str
+    conversation_id: str
+    state: JSONValue
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """State an agent framework shares between sessions: an app's or one user's in an app."""
+
+    id: str
+    framework: str
+    scope: str
+    app_name: str
+    user_id: str
+    state: JSONValue
+    updated_at: datetime

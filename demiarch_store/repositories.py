@@ -41,6 +41,8 @@ from .ids import new_record_id, new_record_ids
 from .pool import Op
 from .records import (
     Agent,
+    AgentSession,
+    AgentState,
     CheckpointRecord,
     CodeArtifact,
     Conversation,
@@ -65,6 +67,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentRepository",
+    "AgentSessionRepository",
+    "AgentStateRepository",
     "CheckpointRepository",
     "CodeGenerationRepository",
     "ConversationRepository",
@@ -599,6 +603,12 @@ class MessageRepository(Repository[Message]):
         rows = await self._rows(sql, {"conv": conversation_id, "limit": _limit(n)})
         rows.reverse()
         return rows
+
+    async def clear(self, conversation_id: str) -> None:
+        """Delete, at commit, every message of a conversation (the conversation stays)."""
+        t = self.table
+        sql = self.sql("clear", lambda: t.delete().where(t.c.conversation_id == bindparam("conv")))
+        self._s.defer(Op(sql, {"conv": _text(conversation_id, "conversation_id")}))
 
     async def count(self, conversation_id: str | None = None) -> int:
         """Return the number of messages of a conversation (of all, if none is given)."""
@@ -2126,6 +2136,195 @@ class MemoryVectorRepository(Repository[MemoryVector]):
         return await self._rows(sql, params)  # type: ignore[arg-type]
 
 
+class AgentSessionRepository(Repository[AgentSession]):
+    """Agent frameworks' sessions, each one conversation (see ``integrations``)."""
+
+    table = schema.agent_sessions
+    record_type = AgentSession
+    noun = "agent session"
+
+    async def create(
+        self,
+        framework: str,
+        session_id: str,
+        *,
+        conversation_id: str,
+        app_name: str = "",
+        user_id: str = "",
+        state: Any = None,
+        created_at: datetime | None = None,
+    ) -> AgentSession:
+        """Record a session of ``conversation_id``; a key already taken fails at commit."""
+        now = utcnow() if created_at is None else _aware(created_at)
+        values = {
+            "id": new_record_id(),
+            "framework": _text(framework, "framework", max_len=32, empty=False),
+            "app_name": _text(app_name, "app_name", max_len=200),
+            "user_id": _text(user_id, "user_id", max_len=200),
+            "session_id": _text(session_id, "session_id", max_len=512, empty=False),
+            "conversation_id": _text(conversation_id, "conversation_id", empty=False),
+            "state": state,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return self._insert(values)
+
+    async def find(
+        self, framework: str, session_id: str, *, app_name: str = "", user_id: str = ""
+    ) -> AgentSession | None:
+        """Return the session with this key, or ``None``."""
+        t = self.table
+        sql = self.sql(
+            "find",
+            lambda: select(t).where(
+                t.c.framework == bindparam("framework"),
+                t.c.app_name == bindparam("app"),
+                t.c.user_id == bindparam("user"),
+                t.c.session_id == bindparam("session"),
+            ),
+        )
+        params = {"framework": framework, "app": app_name, "user": user_id, "session": session_id}
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def list(
+        self,
+        framework: str | None = None,
+        *,
+        app_name: str | None = None,
+        user_id: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> builtins.list[AgentSession]:
+        """Return sessions in creation order: all, a framework's, an app's, or one user's."""
+        if framework is None:
+            return await super().list(limit=limit, after=after)
+        t = self.table
+        where = [t.c.framework == bindparam("framework"), t.c.id > bindparam("after")]
+        key = "list_fw"
+        if app_name is not None:
+            where.append(t.c.app_name == bindparam("app"))
+            key += "_app"
+        if user_id is not None:
+            where.append(t.c.user_id == bindparam("user"))
+            key += "_user"
+        sql = self.sql(
+            key, lambda: select(t).where(*where).order_by(t.c.id).limit(bindparam("limit"))
+        )
+        params: dict[str, Any] = {
+            "framework": framework,
+            "after": after or "",
+            "limit": _limit(limit),
+        }
+        if app_name is not None:
+            params["app"] = app_name
+        if user_id is not None:
+            params["user"] = user_id
+        return await self._rows(sql, params)
+
+    async def update_state(
+        self, id: str, state: Any, *, updated_at: datetime | None = None
+    ) -> None:
+        """Replace a session's state and mark it updated (``NotFound`` at commit)."""
+        when = utcnow() if updated_at is None else _aware(updated_at)
+        self._update(id, {"state": state, "updated_at": when})
+
+    async def touch(self, id: str, *, updated_at: datetime | None = None) -> None:
+        """Mark a session updated (``NotFound`` at commit)."""
+        self._update(id, {"updated_at": utcnow() if updated_at is None else _aware(updated_at)})
+
+
+class AgentStateRepository(Repository[AgentState]):
+    """State shared between an agent framework's sessions: an app's, or a user's in an app."""
+
+    table = schema.agent_states
+    record_type = AgentState
+    noun = "agent state"
+
+    async def find(
+        self, framework: str, scope: str, *, app_name: str, user_id: str = ""
+    ) -> AgentState | None:
+        """Return the state with this key, or ``None``."""
+        t = self.table
+        sql = self.sql(
+            "find",
+            lambda: select(t).where(
+                t.c.framework == bindparam("framework"),
+                t.c.scope == bindparam("scope"),
+                t.c.app_name == bindparam("app"),
+                t.c.user_id == bindparam("user"),
+            ),
+        )
+        params = {"framework": framework, "scope": scope, "app": app_name, "user": user_id}
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def list(
+        self,
+        framework: str | None = None,
+        *,
+        scope: str | None = None,
+        app_name: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> builtins.list[AgentState]:
+        """Return states in creation order: all, or a framework's of one scope in one app."""
+        if framework is None:
+            return await super().list(limit=limit, after=after)
+        if scope is None or app_name is None:
+            raise InvalidValue("listing a framework's states needs its scope and app_name")
+        t = self.table
+        sql = self.sql(
+            "list_app",
+            lambda: (
+                select(t)
+                .where(
+                    t.c.framework == bindparam("framework"),
+                    t.c.scope == bindparam("scope"),
+                    t.c.app_name == bindparam("app"),
+                    t.c.id > bindparam("after"),
+                )
+                .order_by(t.c.id)
+                .limit(bindparam("limit"))
+            ),
+        )
+        params = {
+            "framework": framework,
+            "scope": scope,
+            "app": app_name,
+            "after": after or "",
+            "limit": _limit(limit),
+        }
+        return await self._rows(sql, params)
+
+    async def put(
+        self,
+        framework: str,
+        scope: str,
+        state: Any,
+        *,
+        app_name: str,
+        user_id: str = "",
+        updated_at: datetime | None = None,
+    ) -> AgentState:
+        """Set the state with this key, creating it if needed (read first: use in a unit)."""
+        when = utcnow() if updated_at is None else _aware(updated_at)
+        found = await self.find(framework, scope, app_name=app_name, user_id=user_id)
+        if found is not None:
+            self._update(found.id, {"state": state, "updated_at": when})
+            return AgentState(found.id, framework, scope, app_name, user_id, state, when)
+        values = {
+            "id": new_record_id(),
+            "framework": _text(framework, "framework", max_len=32, empty=False),
+            "scope": _text(scope, "scope", max_len=16, empty=False),
+            "app_name": _text(app_name, "app_name", max_len=200),
+            "user_id": _text(user_id, "user_id", max_len=200),
+            "state": state,
+            "updated_at": when,
+        }
+        return self._insert(values)
+
+
 class Repositories:
     """The repositories of a unit of work or snapshot: ``tx.messages``, ``r.conversations``."""
 
@@ -2188,6 +2387,14 @@ class Repositories:
     @cached_property
     def memory_vectors(self) -> MemoryVectorRepository:
         return MemoryVectorRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def agent_sessions(self) -> AgentSessionRepository:
+        return AgentSessionRepository(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def agent_states(self) -> AgentStateRepository:
+        return AgentStateRepository(self)  # type: ignore[arg-type]
 
 
 class _Cached:

@@ -42,6 +42,8 @@ __all__ = [
     "MICROS_PER_DAY",
     "Money",
     "Timestamp",
+    "agent_sessions",
+    "agent_states",
     "agents",
     "checkpoints",
     "code_generation",
@@ -66,7 +68,7 @@ __all__ = [
     "utcnow",
 ]
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 """The Alembic revision the tables below describe (a test checks it is Alembic's head)."""
 
 MICROS_PER_DAY = 86_400_000_000
@@ -447,3 +449,43 @@ memory_vectors = Table(
     ),
 )
 """Embeddings of memory items (float32, little-endian), one per indexed field."""
+
+# -- Agent frameworks' sessions: OpenAI Agents SDK, Google ADK (0005) ------------------------
+
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("framework", String(32), nullable=False),
+    Column("app_name", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("session_id", String(512), nullable=False),
+    Column(
+        "conversation_id",
+        _ID,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("state", json_document(), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("framework", "app_name", "user_id", "session_id"),
+)
+"""Agent frameworks' sessions (OpenAI Agents SDK, Google ADK): each is one conversation, whose
+messages are the session's items or events. Deleting the conversation deletes the session."""
+
+agent_states = Table(
+    "agent_states",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("framework", String(32), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("app_name", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("state", json_document(), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("framework", "scope", "app_name", "user_id"),
+)
+"""State an agent framework shares between sessions: an app's (``scope="app"``, ``user_id=""``)
+or one user's in an app (``scope="user"``), as ADK's ``app:`` and ``user:`` state keys."""

@@ -156,11 +156,23 @@ def _seed_0004(conn: sqlite3.Connection, n: int) -> None:
     conn.execute(f"INSERT INTO memory_vectors VALUES ('users.u{n}', 'k', '$', X'0000803f')")
 
 
+def _seed_0005(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute(f"INSERT INTO conversations VALUES ('s{n}', NULL, NULL, {n}, {n})")
+    conn.execute(
+        f"INSERT INTO agent_sessions VALUES ('s{n}', 'adk', 'app', 'u{n}', 'sess{n}', 's{n}', "
+        f"'{{\"k\": 1.0}}', {n}, {n})"
+    )
+    conn.execute(
+        f"INSERT INTO agent_states VALUES ('t{n}', 'adk', 'user', 'app', 'u{n}', '{{}}', {n})"
+    )
+
+
 SEEDS: dict[str, Callable[[sqlite3.Connection, int], None]] = {
     "0001": _seed_0001,
     "0002": _seed_0002,
     "0003": _seed_0003,
     "0004": _seed_0004,
+    "0005": _seed_0005,
 }
 
 

@@ -20,7 +20,7 @@ def test_quickstart_prints_what_the_readme_shows() -> None:
     lines = out.stdout.splitlines()
     assert lines[1] == "101 user hello ['tool', 'tool']"
     assert lines[2].startswith("NotFound: no message with id 'no-such-id' (project '")
-    assert lines[3].endswith(" my app ok 233472")
+    assert lines[3].endswith(" my app ok 262144")
 
 
 def test_demo_writes_every_agent_turn(tmp_path: Path) -> None:
