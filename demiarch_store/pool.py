@@ -38,7 +38,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic as _monotonic
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
@@ -155,7 +154,6 @@ class Worker:
         # Read epoch of a reader (see Pool.acquire_reader); unused on the writer.
         self.holders = 0
         self.epoch_gen = -1
-        self.epoch_start = 0.0
         self.epoch_wal: bytes | None = None
         self.begun = False
         self.epoch_serial = 0
@@ -551,7 +549,7 @@ class WalIndex:
     SQLite rewrites this 48-byte header on every commit of any connection in any process (its
     change counter, last frame, frame checksum and salts). While it is unchanged, a read
     transaction begun after it was read still shows the database as it is now: that is what
-    lets a read epoch take new snapshots past ``read_share_window`` without ever being stale.
+    lets a read epoch take new snapshots without ever being stale.
     The checkpoint's progress (``nBackfill``) follows the header's two copies: with the last
     frame, it tells how much of the WAL waits to be copied (``uncopied``).
 
@@ -689,7 +687,6 @@ class Pool:
         self._idle.set()
         self._closed = False
         self._deadline = config.busy_deadline
-        self._share_window = config.read_share_window
         self._here = config.inline_reads
         self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
         self._here_task = 0
@@ -1277,8 +1274,9 @@ class Pool:
     # backup), or *shared*: ``project.read()`` snapshots that overlap in time join one read
     # transaction (an *epoch*) on one reader, so their queries reach the thread in one batch.
     # Every snapshot still sees one consistent state for its whole block. A snapshot joins an
-    # epoch only if nothing has finished on the writer since the epoch began and the epoch is
-    # younger than config.read_share_window; so it sees every unit acknowledged before it started.
+    # epoch only if nothing has finished on the writer since the epoch began and the WAL-index
+    # header is what it was then (no process has committed since); so it sees every write
+    # acknowledged before it started, by this process or any other.
 
     def _new_reader(self) -> Worker | None:
         """Return a new reader worker if the pool may open one (not yet connected)."""
@@ -1348,15 +1346,18 @@ class Pool:
         if not self._shared:
             return None
         gen = self.writer.completed
-        now = _monotonic()  # what loop.time() returns, without its frame
+        header = self._wal_index.header()
+        if header is None:
+            return None
         for worker in self._shared:
-            if worker.epoch_gen != gen or worker.holders >= _EPOCH_MAX_HOLDERS:
+            # Only if no process has committed since the epoch began (its snapshot may be
+            # older than a commit acknowledged since, in this process or another).
+            if (
+                worker.epoch_gen != gen
+                or worker.epoch_wal != header
+                or worker.holders >= _EPOCH_MAX_HOLDERS
+            ):
                 continue
-            if now - worker.epoch_start >= self._share_window:
-                # Past the window only if no process has committed since the epoch began.
-                wal = worker.epoch_wal
-                if wal is None or wal != self._wal_index.header():
-                    continue
             worker.holders += 1
             return worker
         return None
@@ -1380,7 +1381,6 @@ class Pool:
     def _start_epoch(self, worker: Worker) -> None:
         worker.holders = 1
         worker.epoch_gen = self.writer.completed
-        worker.epoch_start = _monotonic()
         # Read before the epoch's transaction begins on the reader thread, so the snapshot it
         # takes there includes at least every commit this header shows.
         worker.epoch_wal = self._wal_index.refresh()
