@@ -41,7 +41,8 @@ WORKLOADS = {
     "W2": "point read by primary key (10,000 rows)",
     "W3": "90% W2 reads, 10% W1 writes",
     "W4": "1,000-row batch insert (ops = batches)",
-    "W5": "read-then-write unit of work",
+    "W5": "unit of work: read by ID, then write",
+    "W6": "unit of work: query read (last message), then write",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -344,6 +345,9 @@ def targets(cells: list[Cell], more: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": worst >= 0.9,
             }
         )
+    for w in ("W5", "W6"):
+        for c in (1, 16):
+            ratio(f"{w} @{c} vs sqlite3 (same reads and writes)", w, c, 0.5)
     w5 = [c for c in cells if c.system == "demiarch" and c.workload == "W5"]
     if w5:
         errors = sum(c.errors for c in w5)
@@ -497,13 +501,16 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
     import matplotlib.ticker
 
     panels = [(w, "NORMAL") for w in WORKLOADS] + [("W1", "FULL")]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
+    columns = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(4.7 * columns, 8.5))
     styles = {
         "demiarch": ("demiarch-store", "C0", "o-"),
         "aiosqlite": ("aiosqlite, shared conn + Lock", "C1", "s-"),
         "sqlalchemy": ("SQLAlchemy async engine", "C2", "^-"),
     }
-    for ax, (w, sync) in zip(axes.flat, panels, strict=True):
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (w, sync) in zip(axes.flat, panels, strict=False):
         mine = [c for c in cells if c.workload == w and c.synchronous == sync]
         for system, (label, color, style) in styles.items():
             pts = sorted((c.concurrency, c.ops_per_s) for c in mine if c.system == system)

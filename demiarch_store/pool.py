@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
@@ -51,7 +52,7 @@ from .health import (
     optimize_on_close,
 )
 
-__all__ = ["ELSEWHERE", "Op", "Pool", "RowMissing", "Worker"]
+__all__ = ["ELSEWHERE", "UNFINISHED", "Op", "Pool", "RowMissing", "Worker"]
 
 log = logging.getLogger("demiarch_store")
 
@@ -85,6 +86,11 @@ _HERE_STREAK: Final = 4
 _GROUP_ROWS: Final = 2000
 """A group commit takes queued units until it holds this many rows (a unit is never split):
 a transaction of tens of thousands of rows outgrows SQLite's page cache and runs slower."""
+_HERE_QUERY_SECONDS: Final = 0.002
+"""The longest a unit of work's query runs in place (``Pool.interact_here``) before it is
+interrupted and run on the writer's thread instead."""
+_HERE_QUERY_STEPS: Final = 1000
+"""SQLite virtual-machine steps between two looks at the clock while a query runs in place."""
 _HERE_ROWS: Final = 16
 _HERE_TEXT: Final = 64 * 1024
 """The largest unit ``Pool.commit_here`` takes: rows inserted, and characters of their text."""
@@ -511,6 +517,9 @@ def _resolve(fut: asyncio.Future[None], outcome: object) -> None:
 _PENDING: Final = object()
 ELSEWHERE: Final = object()
 """What ``Pool.read_here`` returns when the read must go to the reader's thread."""
+UNFINISHED: Final = object()
+"""What ``Pool.interact_here`` returns when the unit began in place but its query must run on
+the writer's thread (it ran too long on the loop)."""
 
 
 class _Mapped:
@@ -691,6 +700,8 @@ class Pool:
         self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
         self._here_task = 0
         self._here_streak = 0
+        self._here_until = 0.0
+        self._here_interrupted = False
         self._reader_busy_ms = _open_busy_ms(config)
         self._wal_index = WalIndex(path)
         self._upkeep_commits = 0
@@ -903,8 +914,14 @@ class Pool:
 
     def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
         """Run ``interactive_job`` for the unit holding the writer on this thread, or return
-        ``ELSEWHERE``. Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``); errors
-        propagate untranslated, as from the thread."""
+        ``ELSEWHERE`` (nothing done) or ``UNFINISHED`` (the unit is begun and its writes sent,
+        but its query ran past ``_HERE_QUERY_SECONDS``: run the query alone on the thread).
+
+        Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``), and its query never runs long
+        on the loop: a progress handler interrupts it there (a read, so SQLite keeps the
+        transaction; the unit holds the write lock, so the thread's run of it reads the same
+        rows). Errors propagate untranslated, as from the thread.
+        """
         conn = self._here_conn(holding=True)
         if conn is None:
             return ELSEWHERE
@@ -912,7 +929,29 @@ class Pool:
             if not self._begin_here(conn):
                 return ELSEWHERE
             start = 1  # begun: the job only opens the unit's savepoint
-        return interactive_job(conn, start, ops, sql, params, self._deadline, self)
+        interactive_job(conn, start, ops, None, None, self._deadline, self)
+        if sql is None:
+            return None
+        self._here_until = perf_counter() + _HERE_QUERY_SECONDS
+        self._here_interrupted = False
+        conn.set_progress_handler(self._here_overdue, _HERE_QUERY_STEPS)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            if not self._here_interrupted:
+                raise
+            if not conn.in_transaction:  # never for a read; all the same, never go on without
+                raise _chain_lost(self) from None
+            return UNFINISHED
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    def _here_overdue(self) -> int:
+        """SQLite's progress handler for a query run in place: nonzero interrupts it."""
+        if perf_counter() < self._here_until:
+            return 0
+        self._here_interrupted = True
+        return 1
 
     def end_here(self, ops: list[Op]) -> object:
         """Commit the unit holding the writer on this thread (it is alone in its transaction),

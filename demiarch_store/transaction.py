@@ -13,6 +13,7 @@ from typing import Any
 from .errors import CorruptDatabase, NotFound, StoreError
 from .pool import (
     ELSEWHERE,
+    UNFINISHED,
     Op,
     Pool,
     Worker,
@@ -145,14 +146,15 @@ class Transaction(Session):
         self._ops.append(op)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        return await self._interact(sql, params)  # type: ignore[no-any-return]
+        # Every query of a unit may run in place while the writer's thread is idle
+        # (Pool.interact_here): the unit holds the writer, so nothing else uses it meanwhile.
+        return await self._interact(sql, params, here=True)  # type: ignore[no-any-return]
 
     async def flush(self) -> None:
         """Send the writes so far to the database now (errors surface here, not at commit)."""
         await self._interact(None, None)
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
-        # A read by primary key may run in place when the unit is alone (Pool.interact_here).
         return await self._interact(sql, {"id": id}, here=True)  # type: ignore[no-any-return]
 
     async def _interact(
@@ -174,7 +176,9 @@ class Transaction(Session):
         try:
             if here and small_unit(ops):
                 rows = pool.interact_here(start, ops, sql, params)
-                if rows is not ELSEWHERE:
+                if rows is UNFINISHED:
+                    start, ops = 0, []  # begun and flushed in place; the query goes on below
+                elif rows is not ELSEWHERE:
                     return rows
             return await pool.writer.submit(
                 interactive_job, start, ops, sql, params, pool.config.busy_deadline, pool

@@ -42,7 +42,7 @@ def test_harness_runs_in_quick_mode(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     systems = {(c["system"], c["workload"], c["synchronous"]) for c in doc["cells"]}
-    for workload in ("W1", "W2", "W3", "W4", "W5"):
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6"):
         for system in ("demiarch", "sqlite3", "aiosqlite", "sqlalchemy"):
             assert (system, workload, "NORMAL") in systems
     assert ("demiarch", "W1", "FULL") in systems and ("sqlite3", "W1", "FULL") in systems
