@@ -681,6 +681,9 @@ class Pool:
         # A chain: units that read (they hold the writer in turn) sharing one transaction.
         self._handing_on = False
         self._tx_open = False
+        self._bare = False
+        """The open transaction was begun in place by the unit holding the writer, without a
+        savepoint (``interact_here``): that unit ends it alone, no unit chains after it."""
         self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
         self._chain_start = 0.0
         self._chainable: set[asyncio.Future[None]] = set()
@@ -928,7 +931,10 @@ class Pool:
         if start == 2:
             if not self._begin_here(conn):
                 return ELSEWHERE
-            start = 1  # begun: the job only opens the unit's savepoint
+            # Begun here, alone: no savepoint (it would cost SQLite a statement journal), since
+            # no unit will chain after this one (see _end_held); a failure undoes it all.
+            self._bare = True
+            start = 0
         interactive_job(conn, start, ops, None, None, self._deadline, self)
         if sql is None:
             return None
@@ -961,12 +967,12 @@ class Pool:
             return ELSEWHERE
         try:
             self._loop_settings(conn)
-            own = end_held_job(conn, ops, False, True, True, self)
+            own = end_held_job(conn, ops, False, True, True, self, not self._bare)
         except Exception as exc:  # the transaction failed: nothing of it stays
             own = exc
             with contextlib.suppress(sqlite3.Error):
                 _rollback_if_active(conn)
-        self._tx_open = False
+        self._tx_open = self._bare = False
         self._writer_busy = False
         self._pump()
         self._committed_here()
@@ -1033,19 +1039,20 @@ class Pool:
             # this happens before the next holder's BEGIN).
             if started:
                 writer.post(_rollback_if_active)
-            self._tx_open = False
+            self._tx_open = self._bare = False
             ack.set_result(None)
             self.release_writer()
             return ack
-        nxt = self._next_chained()
+        nxt = None if self._bare else self._next_chained()
         if nxt is not None:
             nxt.set_result(None)  # first, so its first job joins this batch
             end = writer.submit(end_held_job, ops, failed, started, False, self)
             self._chain.append((end, ack))
             return ack
         members, self._chain = self._chain, []
-        self._tx_open = False
-        end = writer.submit(end_held_job, ops, failed, started, True, self)
+        savepoint = not self._bare
+        self._tx_open = self._bare = False
+        end = writer.submit(end_held_job, ops, failed, started, True, self, savepoint)
         members.append((end, ack))
         end.add_done_callback(functools.partial(self._chain_done, members))
         return ack
@@ -1640,11 +1647,13 @@ def end_held_job(
     started: bool,
     commit: bool,
     pool: Pool,
+    savepoint: bool = True,
 ) -> BaseException | None:
     """End a unit of a chain: flush its last statements (or undo it), and commit if asked.
 
     Returns the unit's own error (its savepoint undone, the transaction going on); raises if
-    the transaction itself failed.
+    the transaction itself failed, or if the unit has no savepoint (``savepoint=False``: it is
+    alone in its transaction, which its error ends).
     """
     own: BaseException | None = None
     try:
@@ -1655,12 +1664,16 @@ def end_held_job(
                 try:
                     run_ops(conn, ops)
                 except Exception as exc:  # a value SQLite cannot bind fails this unit only
-                    if not conn.in_transaction:
-                        raise
+                    if not savepoint or not conn.in_transaction:
+                        raise  # (without a savepoint: alone, the unit's error ends it all)
                     own, failed = exc, True
-            if failed:
-                conn.execute("ROLLBACK TO held")
-            conn.execute("RELEASE held")
+            if savepoint:
+                if failed:
+                    conn.execute("ROLLBACK TO held")
+                conn.execute("RELEASE held")
+            elif failed:
+                _rollback_if_active(conn)  # alone in its transaction: undo it all
+                return None
         if commit:
             conn.execute("COMMIT")
     except BaseException:

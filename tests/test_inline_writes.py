@@ -288,9 +288,12 @@ async def test_a_lone_unit_that_reads_runs_alike_in_place_and_on_the_thread(eith
         assert await tx.messages.get(sent.id) == sent  # its own write, flushed
         more = await tx.messages.append(loaded.id, role="user", content="again")
     steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
-    assert steps == [(where, s) for s in ("BEGIN", "SAVEPOINT", "SELECT", "INSERT", "SELECT")] + [
-        (where, s) for s in ("INSERT", "RELEASE", "COMMIT")
-    ]
+    # Begun in place, the unit is alone in its transaction: no savepoint (SQLite would keep a
+    # statement journal for it). On the thread, units may chain: a savepoint each.
+    held = ["BEGIN", "SELECT", "INSERT", "SELECT", "INSERT", "COMMIT"]
+    if not inline:
+        held = held[:1] + ["SAVEPOINT"] + held[1:-1] + ["RELEASE", "COMMIT"]
+    assert steps == [(where, s) for s in held]
     assert _where(seen, "COMMIT") == [where]
     async with project.read() as r:
         assert [m.id for m in await r.messages.list(conv.id)] == [sent.id, more.id]
@@ -461,11 +464,13 @@ async def test_units_that_read_with_a_query_run_alike_in_place_and_on_the_thread
         Decimal("2.75"),
     ]
     steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
-    unit = ["BEGIN", "SAVEPOINT", "INSERT", "SELECT", "INSERT", "RELEASE", "COMMIT"]
-    extra = {4: ["SELECT"], 5: ["SELECT"]}  # two queries in those units
+    unit = ["BEGIN", "INSERT", "SELECT", "INSERT", "COMMIT"]  # in place: no savepoint
+    if not inline:
+        unit = ["BEGIN", "SAVEPOINT", "INSERT", "SELECT", "INSERT", "RELEASE", "COMMIT"]
     expected = []
     for n in range(6):
-        expected += unit[:4] + extra.get(n, []) + unit[4:]
+        at = unit.index("SELECT") + 1
+        expected += unit[:at] + (["SELECT"] if n in (4, 5) else []) + unit[at:]
     assert [s for _, s in steps] == expected
     assert {w for w, _ in steps} == {where}
     async with project.read() as r:
@@ -496,13 +501,11 @@ async def test_a_query_that_runs_long_in_place_finishes_on_the_thread(
     steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
     assert steps == [
         (LOOP, "BEGIN"),
-        (LOOP, "SAVEPOINT"),
         (LOOP, "INSERT"),
         (LOOP, "SELECT"),  # the count, interrupted
         (THREAD, "SELECT"),  # the count again, on the thread
         (LOOP, "SELECT"),  # the last message, in place again
         (LOOP, "INSERT"),
-        (LOOP, "RELEASE"),
         (LOOP, "COMMIT"),
     ]
     async with project.read() as r:
@@ -511,3 +514,54 @@ async def test_a_query_that_runs_long_in_place_finishes_on_the_thread(
     assert not pool._writer_busy and not pool._tx_open
     conn = await pool.writer.submit(lambda conn: conn)
     assert conn.execute("SELECT count(*) FROM messages").fetchone() == (3002,)  # no handler left
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["commits", "refused"])
+async def test_a_unit_begun_in_place_ends_alone_on_the_thread(
+    project: AsyncProjectStore, fails: bool
+) -> None:
+    """A unit that began its transaction in place has no savepoint; when it ends on the thread
+    (its last writes are too many for the loop) while other units wait for the writer, none of
+    them chains into its transaction: it commits alone, or, refused, leaves nothing and the
+    others go on."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    go, begun = asyncio.Event(), asyncio.Event()
+
+    async def big() -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)  # begins in place
+            begun.set()
+            await go.wait()
+            target = "no-such-conversation" if fails else conv.id
+            await tx.messages.append_many(target, [{"role": "tool", "content": "x"}] * 20)
+
+    async def small(i: int) -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
+            await tx.messages.append(conv.id, role="user", content=f"small {i}")
+
+    async with asyncio.timeout(30):
+        first = asyncio.create_task(big())
+        await begun.wait()
+        others = [asyncio.create_task(small(i)) for i in range(3)]
+        await asyncio.sleep(0.01)  # they wait for the writer
+        go.set()
+        if fails:
+            with pytest.raises(ConstraintViolation):
+                await first
+        else:
+            await first
+        await asyncio.gather(*others)
+    steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
+    steps = [s for i, s in enumerate(steps) if i == 0 or s != steps[i - 1]]  # executemany: one
+    ended = (THREAD, "ROLLBACK") if fails else (THREAD, "COMMIT")
+    assert steps[:4] == [(LOOP, "BEGIN"), (LOOP, "SELECT"), (THREAD, "INSERT"), ended]
+    assert (THREAD, "SAVEPOINT") not in steps[:4] and (LOOP, "SAVEPOINT") not in steps
+    async with project.read() as r:
+        contents = [m.content for m in await r.messages.list(conv.id)]
+    assert contents.count("x") == (0 if fails else 20)
+    assert sorted(c for c in contents if c != "x") == [f"small {i}" for i in range(3)]
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open and not pool._chain and not pool._bare
