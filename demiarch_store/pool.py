@@ -361,6 +361,8 @@ def _point_run(batch: list[_Item], start: int) -> int:
 
 def small_unit(ops: list[Op]) -> bool:
     """Whether a unit only inserts, and few rows with little text (see ``Pool.commit_here``)."""
+    if not ops:
+        return True
     if len(ops) > _HERE_ROWS:
         return False
     rows = text = 0
@@ -591,6 +593,10 @@ class WalIndex:
             _MAPPED.setdefault(key, _Mapped()).users += 1
         self._key = key
 
+    def mapped(self) -> bool:
+        """Whether the file is mapped (mapping it first if it is not yet, see ``refresh``)."""
+        return self._map is not None or self.refresh() is not None
+
     def header(self) -> bytes | None:
         """Return the header, or None if the file is not mapped (yet)."""
         m = self._map
@@ -693,10 +699,11 @@ class Pool:
         # project has written a WAL's worth, so no commit waits for a checkpoint.
         self._checkpointer: Worker | None = None
         self._checkpointing = False
+        self._backstop = False
         self._upkeeping = False
         self._in_flight = 0
-        self._idle: asyncio.Event = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None
+        """Set by ``close`` while it waits for the work in flight to end."""
         self._closed = False
         self._deadline = config.busy_deadline
         self._here = config.inline_reads
@@ -707,6 +714,7 @@ class Pool:
         self._here_interrupted = False
         self._reader_busy_ms = _open_busy_ms(config)
         self._wal_index = WalIndex(path)
+        self._wal_path = f"{path}-wal"
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
@@ -731,7 +739,9 @@ class Pool:
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()
+        if self._in_flight:
+            self._idle = self._loop.create_future()
+            await self._idle
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -781,14 +791,12 @@ class Pool:
         """Count a unit of work or read as in flight (``close`` waits for it)."""
         if self._closed:
             self.check_open()
-        if not self._in_flight:
-            self._idle.clear()
         self._in_flight += 1
 
     def leave(self) -> None:
         self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+        if self._in_flight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -856,7 +864,7 @@ class Pool:
                 if holding
                 else (self._in_flight != 1 or self._queue or self._writer_busy)
             )
-            or self._wal_index.refresh() is None
+            or not self._wal_index.mapped()
         ):
             return None
         return self.writer.idle_connection()
@@ -910,10 +918,20 @@ class Pool:
         return True
 
     def _committed_here(self) -> None:
-        self._checkpoint_due()
-        if self._wal_index.frames() >= _BACKSTOP_FRAMES:
-            self.writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
+        frames = self._wal_index.frames()
+        if frames >= _CHECKPOINT_FRAMES:  # (frames not yet copied are never more)
+            self._checkpoint_due()
+        if not self._backstop and frames >= _BACKSTOP_FRAMES:
+            # What the automatic checkpoint would have run; one at a time (each is a job the
+            # units behind it wait for, on the writer's thread).
+            self._backstop = True
+            self.writer.call(_checkpoint_passive, self._backstop_done)
         self._upkeep()
+
+    def _backstop_done(self, _result: Any, exc: BaseException | None) -> None:
+        self._backstop = False
+        if exc is not None and not isinstance(exc, StoreClosed):
+            log.debug("backstop checkpoint of %s failed: %r", self.path, exc)
 
     def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
         """Run ``interactive_job`` for the unit holding the writer on this thread, or return
@@ -974,7 +992,8 @@ class Pool:
                 _rollback_if_active(conn)
         self._tx_open = self._bare = False
         self._writer_busy = False
-        self._pump()
+        if self._queue:
+            self._pump()
         self._committed_here()
         if own is not None:
             raise self.translate(own, "committing a transaction")
@@ -1112,6 +1131,14 @@ class Pool:
         if outcome is not None:
             raise self.translate(outcome, "committing a transaction") from None
 
+    def take_writer(self) -> bool:
+        """Hold the writer now if it is free and nobody waits (what ``acquire_writer`` does
+        then, without its future); False if the caller must ``await acquire_writer()``."""
+        if self._writer_busy or self._handing_on or self._queue:
+            return False
+        self._writer_busy = True
+        return True
+
     async def acquire_writer(self, *, chain: bool = False) -> None:
         """Hold the writer for an interactive unit of work (FIFO with grouped units).
 
@@ -1166,6 +1193,8 @@ class Pool:
         if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
             self._upkeep_due = now + UPKEEP_SECONDS
+            if _file_size(self._wal_path) <= self.config.wal_checkpoint_bytes:
+                return  # what idle_checkpoint looks at first: no job (no hop) for a small WAL
             self._upkeeping = True  # no background checkpoint meanwhile (see _checkpoint_due)
             self._writer.call(idle_checkpoint, self._upkeep_done, self)
 
@@ -1680,6 +1709,13 @@ def end_held_job(
         _rollback_if_active(conn)
         raise
     return own
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _restore_writer(conn: sqlite3.Connection) -> None:

@@ -166,9 +166,12 @@ class Transaction(Session):
         if not self._held:
             if here and pool.yield_due():
                 await asyncio.sleep(0)  # (reads in place never suspend; nothing is held yet)
-            t0 = perf_counter()
-            await pool.acquire_writer(chain=True)
-            pool.counters.pool_wait.add(perf_counter() - t0)
+            if pool.take_writer():
+                pool.counters.pool_wait.add(0.0)
+            else:
+                t0 = perf_counter()
+                await pool.acquire_writer(chain=True)
+                pool.counters.pool_wait.add(perf_counter() - t0)
             self._held = True
             start = pool.start_held()
         ops = self._ops[self._flushed :]
