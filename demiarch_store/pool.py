@@ -30,7 +30,7 @@ import os
 import queue
 import random
 import sqlite3
-import sys
+import struct
 import threading
 import time
 import urllib.parse
@@ -363,6 +363,20 @@ def small_unit(ops: list[Op]) -> bool:
     """Whether a unit only inserts, and few rows with little text (see ``Pool.commit_here``)."""
     if not ops:
         return True
+    if len(ops) == 1 and not ops[0].many:  # one row (an append, a record): the common case
+        sql, params = ops[0].sql, ops[0].params
+        if not sql.startswith("INSERT INTO ") or isinstance(params, dict):
+            return small_unit_slow(ops)
+        text = 0
+        for value in params:
+            if type(value) is str or type(value) is bytes:
+                text += len(value)
+        return text <= _HERE_TEXT
+    return small_unit_slow(ops)
+
+
+def small_unit_slow(ops: list[Op]) -> bool:
+    """``small_unit`` for any statements."""
     if len(ops) > _HERE_ROWS:
         return False
     rows = text = 0
@@ -535,6 +549,9 @@ class _Mapped:
         self.users = 0
 
 
+_u32: Final[Callable[[Any, int], tuple[int]]] = struct.Struct("=I").unpack_from
+"""A 32-bit unsigned integer in this machine's byte order (the WAL index's), at an offset."""
+
 _MAPPED: dict[tuple[int, int], _Mapped] = {}
 """By the database file's device and inode: every open pool of this process on it."""
 _MAPPED_LOCK = threading.Lock()
@@ -605,7 +622,7 @@ class WalIndex:
     def frames(self) -> int:
         """Return the frames in the WAL (the header's ``mxFrame``), 0 if not mapped."""
         m = self._map
-        return 0 if m is None else int.from_bytes(m[16:20], sys.byteorder)
+        return 0 if m is None else _u32(m, 16)[0]
 
     def uncopied(self) -> int:
         """Return the frames of the WAL a checkpoint has not copied into the database yet.
@@ -619,8 +636,7 @@ class WalIndex:
                 return 0
             m = self._map
             assert m is not None
-        done = int.from_bytes(m[96:100], sys.byteorder)
-        return max(0, int.from_bytes(m[16:20], sys.byteorder) - done)
+        return max(0, _u32(m, 16)[0] - _u32(m, 96)[0])
 
     def refresh(self) -> bytes | None:
         """Map the file if it is not mapped yet (it appears with WAL mode); return the header."""
@@ -1518,7 +1534,7 @@ class Pool:
 
     def yield_due(self) -> bool:
         """For an operation run in place: whether the task should now yield to the event loop."""
-        task = id(asyncio.current_task())
+        task = id(asyncio.current_task(self._loop))
         if task != self._here_task:
             self._here_task, self._here_streak = task, 1
             return False
