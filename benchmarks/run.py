@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import extras
+from . import extras, queries
 from .systems import ASYNC_SYSTEMS, MESSAGE, RawSqlite
 
 WORKLOADS = {
@@ -392,6 +392,15 @@ def targets(cells: list[Cell], more: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": d["discovery_s"] < 1,
             }
         )
+    for row in more.get("queries", []):
+        out.append(
+            {
+                "target": f"unit of work: {row['query']}, then append, @{row['tasks']} vs sqlite3",
+                "want": ">= 0.5x",
+                "got": f"{row['ratio_sqlite3']:.2f}x",
+                "met": row["ratio_sqlite3"] >= 0.5,
+            }
+        )
     if "many_open" in more:
         m = more["many_open"]
         bound = m["projects"] * (2 + m["max_readers"])
@@ -478,6 +487,21 @@ def write_markdown(
         f"**{m['rss_mb']:.1f} MB** more RSS ({m['rss_kb_per_project']:.0f} KB per project); "
         f"{m['threads_left_after_close']} threads left after close",
     ]
+    if more.get("queries"):
+        lines += [
+            "",
+            "Units of work that read with a query, then append a message (raw `sqlite3`: the same "
+            "SQL in one `BEGIN IMMEDIATE` transaction, runs interleaved with the store's):",
+            "",
+            "| query, then `messages.append` | tasks | demiarch-store ops/s | raw sqlite3 ops/s "
+            "| vs raw sqlite3 |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for row in more["queries"]:
+            lines.append(
+                f"| `{row['query']}` | {row['tasks']} | {row['demiarch_ops_per_s']:,.0f} "
+                f"| {row['sqlite3_ops_per_s']:,.0f} | **{row['ratio_sqlite3']:.2f}x** |"
+            )
     lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in checks:
         met = "yes" if t["met"] else "NO"
@@ -578,6 +602,10 @@ async def main_async(args: argparse.Namespace) -> int:
         more["open"], project_file = await extras.open_at_head(work / "open", s.open_repeats)
         more["discovery"] = await extras.discovery(work / "discovery", s.discovery_projects, 3)
         more["many_open"] = await extras.many_open(work / "many", project_file, s.open_projects)
+        if not args.skip_queries:
+            more["queries"] = await queries.query_units(
+                work / "queries", template, conv, duration=s.duration, repeats=s.repeats
+            )
     print()
     print(f"open a project at head: {more['open']['open_at_head_ms']:.2f} ms (median)")
     d = more["discovery"]
@@ -587,6 +615,12 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{m['projects']} projects open: {m['threads']} threads ({m['connections']} connections), "
         f"{m['rss_mb']:.1f} MB RSS; {m['threads_left_after_close']} threads left after close"
     )
+    for row in more.get("queries", []):
+        print(
+            f"unit of work: {row['query']:<32} then append @{row['tasks']:<2} "
+            f"{row['demiarch_ops_per_s']:>8,.0f}/s  "
+            f"raw sqlite3 {row['sqlite3_ops_per_s']:>8,.0f}/s  {row['ratio_sqlite3']:.2f}x"
+        )
 
     # Ratios again in the final table, now that every cell is known.
     print("\n" + HEADER)
@@ -639,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projects", type=int, help="projects for the discovery figure")
     parser.add_argument("--open-projects", type=int, help="projects held open at once")
     parser.add_argument("--skip-throughput", action="store_true", help="only the extra figures")
+    parser.add_argument(
+        "--skip-queries", action="store_true", help="without the units that read with a query"
+    )
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--workdir", help="where the temporary databases go")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
