@@ -163,9 +163,10 @@ class StoreConfig:
     idle, its ``BEGIN IMMEDIATE ... COMMIT`` runs in place on the writer's connection: the hop
     to the thread and back costs several times what SQLite spends on it. It never waits there:
     a write lock held by another process sends the unit to the thread (which retries as
-    always), and the WAL is checkpointed on a connection of its own. A unit that reads by ID,
-    then inserts, holds the writer: while the writer's thread is idle, its ``get(id)`` and its
-    commit run in place the same way, however many units wait their turn. Only with
+    always), and the WAL is checkpointed on a connection of its own. A unit that reads, then
+    inserts, holds the writer: while the writer's thread is idle, its reads (``get(id)`` and
+    every query; one past 2 ms is interrupted and run on the thread) and its commit run in
+    place the same way, however many units wait their turn. Only with
     ``synchronous = "NORMAL"`` (a ``FULL`` commit waits for the disk). A task yields to the
     event loop at least once every four operations run in place. ``False`` commits every unit
     on the writer's thread.
