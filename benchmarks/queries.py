@@ -76,7 +76,10 @@ async def _capture(project: Any, conv: str) -> dict[str, tuple[str, Any]]:
         Transaction.fetch = original  # type: ignore[method-assign]
 
 
-async def _rate(op: Callable[[], Awaitable[Any]], tasks: int, duration: float) -> float:
+async def _rate(
+    op: Callable[[], Awaitable[Any]], tasks: int, duration: float
+) -> tuple[float, float]:
+    """Return operations a second, and CPU seconds (every thread of the process) per operation."""
     done = 0
     stop = False
 
@@ -86,22 +89,24 @@ async def _rate(op: Callable[[], Awaitable[Any]], tasks: int, duration: float) -
             await op()
             done += 1
 
+    cpu = time.process_time()
     start = time.perf_counter()
     running = [asyncio.create_task(task()) for _ in range(tasks)]
     await asyncio.sleep(duration)
     stop = True
     await asyncio.gather(*running)
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / max(1, done)
 
 
-def _raw_rate(op: Callable[[], Any], duration: float) -> float:
+def _raw_rate(op: Callable[[], Any], duration: float) -> tuple[float, float]:
     done = 0
+    cpu = time.process_time()
     start = time.perf_counter()
     end = start + duration
     while time.perf_counter() < end:
         op()
         done += 1
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / max(1, done)
 
 
 async def query_units(
@@ -152,8 +157,8 @@ async def query_units(
                     raw_runs.append(_raw_rate(raw_unit, duration))
                     gc.collect()
                     store_runs.append(await _rate(unit, tasks, duration))
-                ops = sorted(store_runs)[len(store_runs) // 2]
-                base = sorted(raw_runs)[len(raw_runs) // 2]
+                ops, cpu = sorted(store_runs)[len(store_runs) // 2]
+                base, base_cpu = sorted(raw_runs)[len(raw_runs) // 2]
                 rows.append(
                     {
                         "query": name,
@@ -161,6 +166,8 @@ async def query_units(
                         "demiarch_ops_per_s": ops,
                         "sqlite3_ops_per_s": base,
                         "ratio_sqlite3": ops / base,
+                        "demiarch_cpu_us": cpu * 1e6,
+                        "sqlite3_cpu_us": base_cpu * 1e6,
                     }
                 )
     raw.close()

@@ -78,6 +78,9 @@ class Cell:
     first_error: str | None = None
     ratio_sqlite3: float | None = None
     ratio_aiosqlite: float | None = None
+    cpu_us: float | None = None
+    """CPU time of the whole process (every thread) per operation, in microseconds: what the
+    machine's load moves less than throughput."""
 
 
 def _cell(
@@ -89,6 +92,7 @@ def _cell(
     errors: int,
     first_error: str | None,
     seconds: float,
+    cpu: float = 0.0,
 ) -> Cell:
     lat.sort()
     n = len(lat)
@@ -108,6 +112,7 @@ def _cell(
         pct(0.99),
         errors,
         first_error,
+        cpu_us=cpu / n * 1e6 if n else None,
     )
 
 
@@ -138,6 +143,7 @@ def measure_sync(op: Callable[[str], Any], keys: Iterator[str], duration: float)
     lat: list[float] = []
     errors, first = 0, None
     clock = time.perf_counter
+    cpu = time.process_time()
     start = clock()
     end = start + duration
     while True:
@@ -151,7 +157,7 @@ def measure_sync(op: Callable[[str], Any], keys: Iterator[str], duration: float)
             first = first or repr(exc)
         else:
             lat.append(clock() - t0)
-    return lat, errors, first, clock() - start
+    return lat, errors, first, clock() - start, time.process_time() - cpu
 
 
 async def measure_async(
@@ -175,12 +181,13 @@ async def measure_async(
             else:
                 lat.append(clock() - t0)
 
+    cpu = time.process_time()
     start = clock()
     tasks = [asyncio.create_task(task()) for _ in range(conc)]
     await asyncio.sleep(duration)
     stop = True
     await asyncio.gather(*tasks)
-    return lat, errors[0], first[0] if first else None, clock() - start
+    return lat, errors[0], first[0] if first else None, clock() - start, time.process_time() - cpu
 
 
 def _median(cells: list[Cell]) -> Cell:
@@ -487,6 +494,32 @@ def write_markdown(
         f"**{m['rss_mb']:.1f} MB** more RSS ({m['rss_kb_per_project']:.0f} KB per project); "
         f"{m['threads_left_after_close']} threads left after close",
     ]
+    cpu_rows = [
+        (c, by.get(("sqlite3", c.workload, c.synchronous, 1)))
+        for c in cells
+        if c.system == "demiarch"
+        and c.synchronous == "NORMAL"
+        and c.workload in ("W1", "W4", "W5", "W6")
+        and c.cpu_us
+    ]
+    if cpu_rows:
+        lines += [
+            "",
+            "CPU time per operation, every thread of the process (the store's loop, writer and "
+            "checkpointer threads; raw `sqlite3`'s one), which the machine's load moves less "
+            "than throughput:",
+            "",
+            "| workload | tasks | demiarch-store CPU us/op | raw sqlite3 CPU us/op "
+            "| raw / store |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for c, raw in cpu_rows:
+            if raw is None or not raw.cpu_us or not c.cpu_us:
+                continue
+            lines.append(
+                f"| {c.workload} | {c.concurrency} | {c.cpu_us:,.0f} | {raw.cpu_us:,.0f} "
+                f"| **{raw.cpu_us / c.cpu_us:.2f}x** |"
+            )
     if more.get("queries"):
         lines += [
             "",
@@ -494,13 +527,15 @@ def write_markdown(
             "SQL in one `BEGIN IMMEDIATE` transaction, runs interleaved with the store's):",
             "",
             "| query, then `messages.append` | tasks | demiarch-store ops/s | raw sqlite3 ops/s "
-            "| vs raw sqlite3 |",
-            "|---|--:|--:|--:|--:|",
+            "| vs raw sqlite3 | CPU us/op: store / raw (raw / store) |",
+            "|---|--:|--:|--:|--:|--:|",
         ]
         for row in more["queries"]:
+            cpu, raw_cpu = row["demiarch_cpu_us"], row["sqlite3_cpu_us"]
             lines.append(
                 f"| `{row['query']}` | {row['tasks']} | {row['demiarch_ops_per_s']:,.0f} "
-                f"| {row['sqlite3_ops_per_s']:,.0f} | **{row['ratio_sqlite3']:.2f}x** |"
+                f"| {row['sqlite3_ops_per_s']:,.0f} | **{row['ratio_sqlite3']:.2f}x** "
+                f"| {cpu:,.0f} / {raw_cpu:,.0f} ({raw_cpu / cpu:.2f}x) |"
             )
     lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in checks:

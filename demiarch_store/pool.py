@@ -883,7 +883,9 @@ class Pool:
             or not self._wal_index.mapped()
         ):
             return None
-        return self.writer.idle_connection()
+        writer = self._writer
+        assert writer is not None
+        return writer.idle_connection()
 
     def commit_here(self, conn: sqlite3.Connection, ops: list[Op]) -> object:
         """Commit a small write-only unit on this thread, or return ``ELSEWHERE``.
@@ -916,7 +918,8 @@ class Pool:
 
     def _loop_settings(self, conn: sqlite3.Connection) -> None:
         """Give the writer's connection its settings for the loop (see ``commit_here``)."""
-        writer = self.writer
+        writer = self._writer
+        assert writer is not None
         if writer.restore is None:
             writer.restore = _restore_writer  # even if a pragma below fails
             conn.execute("PRAGMA busy_timeout = 0")
@@ -924,7 +927,8 @@ class Pool:
 
     def _begin_here(self, conn: sqlite3.Connection) -> bool:
         """``BEGIN IMMEDIATE`` on the loop; False (nothing begun) if another holds the lock."""
-        self._loop_settings(conn)
+        if self._writer is None or self._writer.restore is None:
+            self._loop_settings(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -934,14 +938,17 @@ class Pool:
         return True
 
     def _committed_here(self) -> None:
-        frames = self._wal_index.frames()
+        m = self._wal_index._map
+        frames = 0 if m is None else _u32(m, 16)[0]
         if frames >= _CHECKPOINT_FRAMES:  # (frames not yet copied are never more)
             self._checkpoint_due()
         if not self._backstop and frames >= _BACKSTOP_FRAMES:
             # What the automatic checkpoint would have run; one at a time (each is a job the
             # units behind it wait for, on the writer's thread).
             self._backstop = True
-            self.writer.call(_checkpoint_passive, self._backstop_done)
+            writer = self._writer
+            assert writer is not None
+            writer.call(_checkpoint_passive, self._backstop_done)
         self._upkeep()
 
     def _backstop_done(self, _result: Any, exc: BaseException | None) -> None:
@@ -949,7 +956,9 @@ class Pool:
         if exc is not None and not isinstance(exc, StoreClosed):
             log.debug("backstop checkpoint of %s failed: %r", self.path, exc)
 
-    def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
+    def interact_here(
+        self, start: int, ops: list[Op], sql: str | None, params: Any, bounded: bool = True
+    ) -> Any:
         """Run ``interactive_job`` for the unit holding the writer on this thread, or return
         ``ELSEWHERE`` (nothing done) or ``UNFINISHED`` (the unit is begun and its writes sent,
         but its query ran past ``_HERE_QUERY_SECONDS``: run the query alone on the thread).
@@ -957,7 +966,8 @@ class Pool:
         Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``), and its query never runs long
         on the loop: a progress handler interrupts it there (a read, so SQLite keeps the
         transaction; the unit holds the write lock, so the thread's run of it reads the same
-        rows). Errors propagate untranslated, as from the thread.
+        rows). ``bounded=False``: a read of one row by primary key, which cannot run long, runs
+        without the handler. Errors propagate untranslated, as from the thread.
         """
         conn = self._here_conn(holding=True)
         if conn is None:
@@ -969,9 +979,12 @@ class Pool:
             # no unit will chain after this one (see _end_held); a failure undoes it all.
             self._bare = True
             start = 0
-        interactive_job(conn, start, ops, None, None, self._deadline, self)
+        if start or ops:
+            interactive_job(conn, start, ops, None, None, self._deadline, self)
         if sql is None:
             return None
+        if not bounded:
+            return conn.execute(sql, params).fetchall()
         self._here_until = perf_counter() + _HERE_QUERY_SECONDS
         self._here_interrupted = False
         conn.set_progress_handler(self._here_overdue, _HERE_QUERY_STEPS)
@@ -1001,7 +1014,15 @@ class Pool:
             return ELSEWHERE
         try:
             self._loop_settings(conn)
-            own = end_held_job(conn, ops, False, True, True, self, not self._bare)
+            if self._bare:  # alone, no savepoint: what end_held_job does for it
+                if not conn.in_transaction:
+                    raise _chain_lost(self)  # (never write outside the unit's transaction)
+                if ops:
+                    run_ops(conn, ops)
+                conn.execute("COMMIT")
+                own = None
+            else:
+                own = end_held_job(conn, ops, False, True, True, self)
         except Exception as exc:  # the transaction failed: nothing of it stays
             own = exc
             with contextlib.suppress(sqlite3.Error):
@@ -1027,7 +1048,7 @@ class Pool:
         if self._tx_open:
             return 1
         self._tx_open = True
-        self._chain_start = self._loop.time()
+        self._chain_start = time.monotonic()  # (what loop.time() returns, without its frame)
         return 2
 
     async def commit_held(self, ops: list[Op]) -> None:
@@ -1056,7 +1077,7 @@ class Pool:
             queue_
             and queue_[0] in self._chainable
             and len(self._chain) < _CHAIN_MAX
-            and self._loop.time() - self._chain_start < _CHAIN_MAX_AGE
+            and time.monotonic() - self._chain_start < _CHAIN_MAX_AGE
         ):
             head = queue_.popleft()
             assert isinstance(head, asyncio.Future)

@@ -155,10 +155,18 @@ class Transaction(Session):
         await self._interact(None, None)
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
-        return await self._interact(sql, {"id": id}, here=True)  # type: ignore[no-any-return]
+        # One row by primary key: cannot run long in place, so no progress handler for it.
+        return await self._interact(  # type: ignore[no-any-return]
+            sql, {"id": id}, here=True, bounded=False
+        )
 
     async def _interact(
-        self, sql: str | None, params: Mapping[str, Any] | None, *, here: bool = False
+        self,
+        sql: str | None,
+        params: Mapping[str, Any] | None,
+        *,
+        here: bool = False,
+        bounded: bool = True,
     ) -> Any:
         self._check()
         pool = self._pool
@@ -177,8 +185,8 @@ class Transaction(Session):
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
         try:
-            if here and small_unit(ops):
-                rows = pool.interact_here(start, ops, sql, params)
+            if here and (not ops or small_unit(ops)):
+                rows = pool.interact_here(start, ops, sql, params, bounded)
                 if rows is UNFINISHED:
                     start, ops = 0, []  # begun and flushed in place; the query goes on below
                 elif rows is not ELSEWHERE:
