@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import extras
+from . import extras, queries
 from .systems import ASYNC_SYSTEMS, MESSAGE, RawSqlite
 
 WORKLOADS = {
@@ -41,7 +41,8 @@ WORKLOADS = {
     "W2": "point read by primary key (10,000 rows)",
     "W3": "90% W2 reads, 10% W1 writes",
     "W4": "1,000-row batch insert (ops = batches)",
-    "W5": "read-then-write unit of work",
+    "W5": "unit of work: read by ID, then write",
+    "W6": "unit of work: query read (last message), then write",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,6 +78,9 @@ class Cell:
     first_error: str | None = None
     ratio_sqlite3: float | None = None
     ratio_aiosqlite: float | None = None
+    cpu_us: float | None = None
+    """CPU time of the whole process (every thread) per operation, in microseconds: what the
+    machine's load moves less than throughput."""
 
 
 def _cell(
@@ -88,6 +92,7 @@ def _cell(
     errors: int,
     first_error: str | None,
     seconds: float,
+    cpu: float = 0.0,
 ) -> Cell:
     lat.sort()
     n = len(lat)
@@ -107,6 +112,7 @@ def _cell(
         pct(0.99),
         errors,
         first_error,
+        cpu_us=cpu / n * 1e6 if n else None,
     )
 
 
@@ -137,6 +143,7 @@ def measure_sync(op: Callable[[str], Any], keys: Iterator[str], duration: float)
     lat: list[float] = []
     errors, first = 0, None
     clock = time.perf_counter
+    cpu = time.process_time()
     start = clock()
     end = start + duration
     while True:
@@ -150,7 +157,7 @@ def measure_sync(op: Callable[[str], Any], keys: Iterator[str], duration: float)
             first = first or repr(exc)
         else:
             lat.append(clock() - t0)
-    return lat, errors, first, clock() - start
+    return lat, errors, first, clock() - start, time.process_time() - cpu
 
 
 async def measure_async(
@@ -174,12 +181,13 @@ async def measure_async(
             else:
                 lat.append(clock() - t0)
 
+    cpu = time.process_time()
     start = clock()
     tasks = [asyncio.create_task(task()) for _ in range(conc)]
     await asyncio.sleep(duration)
     stop = True
     await asyncio.gather(*tasks)
-    return lat, errors[0], first[0] if first else None, clock() - start
+    return lat, errors[0], first[0] if first else None, clock() - start, time.process_time() - cpu
 
 
 def _median(cells: list[Cell]) -> Cell:
@@ -344,6 +352,9 @@ def targets(cells: list[Cell], more: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": worst >= 0.9,
             }
         )
+    for w in ("W5", "W6"):
+        for c in (1, 16):
+            ratio(f"{w} @{c} vs sqlite3 (same reads and writes)", w, c, 0.5)
     w5 = [c for c in cells if c.system == "demiarch" and c.workload == "W5"]
     if w5:
         errors = sum(c.errors for c in w5)
@@ -386,6 +397,15 @@ def targets(cells: list[Cell], more: dict[str, Any]) -> list[dict[str, Any]]:
                 "want": "< 1 s",
                 "got": f"{d['discovery_s']:.3f} s",
                 "met": d["discovery_s"] < 1,
+            }
+        )
+    for row in more.get("queries", []):
+        out.append(
+            {
+                "target": f"unit of work: {row['query']}, then append, @{row['tasks']} vs sqlite3",
+                "want": ">= 0.5x",
+                "got": f"{row['ratio_sqlite3']:.2f}x",
+                "met": row["ratio_sqlite3"] >= 0.5,
             }
         )
     if "many_open" in more:
@@ -474,6 +494,49 @@ def write_markdown(
         f"**{m['rss_mb']:.1f} MB** more RSS ({m['rss_kb_per_project']:.0f} KB per project); "
         f"{m['threads_left_after_close']} threads left after close",
     ]
+    cpu_rows = [
+        (c, by.get(("sqlite3", c.workload, c.synchronous, 1)))
+        for c in cells
+        if c.system == "demiarch"
+        and c.synchronous == "NORMAL"
+        and c.workload in ("W1", "W4", "W5", "W6")
+        and c.cpu_us
+    ]
+    if cpu_rows:
+        lines += [
+            "",
+            "CPU time per operation, every thread of the process (the store's loop, writer and "
+            "checkpointer threads; raw `sqlite3`'s one), which the machine's load moves less "
+            "than throughput:",
+            "",
+            "| workload | tasks | demiarch-store CPU us/op | raw sqlite3 CPU us/op "
+            "| raw / store |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for c, raw in cpu_rows:
+            if raw is None or not raw.cpu_us or not c.cpu_us:
+                continue
+            lines.append(
+                f"| {c.workload} | {c.concurrency} | {c.cpu_us:,.0f} | {raw.cpu_us:,.0f} "
+                f"| **{raw.cpu_us / c.cpu_us:.2f}x** |"
+            )
+    if more.get("queries"):
+        lines += [
+            "",
+            "Units of work that read with a query, then append a message (raw `sqlite3`: the same "
+            "SQL in one `BEGIN IMMEDIATE` transaction, runs interleaved with the store's):",
+            "",
+            "| query, then `messages.append` | tasks | demiarch-store ops/s | raw sqlite3 ops/s "
+            "| vs raw sqlite3 | CPU us/op: store / raw (raw / store) |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
+        for row in more["queries"]:
+            cpu, raw_cpu = row["demiarch_cpu_us"], row["sqlite3_cpu_us"]
+            lines.append(
+                f"| `{row['query']}` | {row['tasks']} | {row['demiarch_ops_per_s']:,.0f} "
+                f"| {row['sqlite3_ops_per_s']:,.0f} | **{row['ratio_sqlite3']:.2f}x** "
+                f"| {cpu:,.0f} / {raw_cpu:,.0f} ({raw_cpu / cpu:.2f}x) |"
+            )
     lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in checks:
         met = "yes" if t["met"] else "NO"
@@ -497,13 +560,16 @@ def plot(cells: list[Cell], path: Path, title: str) -> None:
     import matplotlib.ticker
 
     panels = [(w, "NORMAL") for w in WORKLOADS] + [("W1", "FULL")]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
+    columns = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(4.7 * columns, 8.5))
     styles = {
         "demiarch": ("demiarch-store", "C0", "o-"),
         "aiosqlite": ("aiosqlite, shared conn + Lock", "C1", "s-"),
         "sqlalchemy": ("SQLAlchemy async engine", "C2", "^-"),
     }
-    for ax, (w, sync) in zip(axes.flat, panels, strict=True):
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (w, sync) in zip(axes.flat, panels, strict=False):
         mine = [c for c in cells if c.workload == w and c.synchronous == sync]
         for system, (label, color, style) in styles.items():
             pts = sorted((c.concurrency, c.ops_per_s) for c in mine if c.system == system)
@@ -571,6 +637,10 @@ async def main_async(args: argparse.Namespace) -> int:
         more["open"], project_file = await extras.open_at_head(work / "open", s.open_repeats)
         more["discovery"] = await extras.discovery(work / "discovery", s.discovery_projects, 3)
         more["many_open"] = await extras.many_open(work / "many", project_file, s.open_projects)
+        if not args.skip_queries:
+            more["queries"] = await queries.query_units(
+                work / "queries", template, conv, duration=s.duration, repeats=s.repeats
+            )
     print()
     print(f"open a project at head: {more['open']['open_at_head_ms']:.2f} ms (median)")
     d = more["discovery"]
@@ -580,6 +650,12 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{m['projects']} projects open: {m['threads']} threads ({m['connections']} connections), "
         f"{m['rss_mb']:.1f} MB RSS; {m['threads_left_after_close']} threads left after close"
     )
+    for row in more.get("queries", []):
+        print(
+            f"unit of work: {row['query']:<32} then append @{row['tasks']:<2} "
+            f"{row['demiarch_ops_per_s']:>8,.0f}/s  "
+            f"raw sqlite3 {row['sqlite3_ops_per_s']:>8,.0f}/s  {row['ratio_sqlite3']:.2f}x"
+        )
 
     # Ratios again in the final table, now that every cell is known.
     print("\n" + HEADER)
@@ -632,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projects", type=int, help="projects for the discovery figure")
     parser.add_argument("--open-projects", type=int, help="projects held open at once")
     parser.add_argument("--skip-throughput", action="store_true", help="only the extra figures")
+    parser.add_argument(
+        "--skip-queries", action="store_true", help="without the units that read with a query"
+    )
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--workdir", help="where the temporary databases go")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")

@@ -6,9 +6,13 @@ implements one operation per workload:
 - ``w1``: one-row write transaction (a ~300-byte message);
 - ``w2``: point read of a message by primary key;
 - ``w4``: one transaction inserting 1,000 messages;
-- ``w5``: a unit of work that reads the conversation, then appends a message to it.
+- ``w5``: a unit of work that reads the conversation by ID, then appends a message to it;
+- ``w6``: a unit of work that reads the conversation's last message with a query (``ORDER BY id
+  DESC LIMIT 1``, ``messages.last(conv, 1)``), then appends a message to it.
 
-W3 (90% reads, 10% writes) is made of ``w2`` and ``w1`` by the runner.
+W3 (90% reads, 10% writes) is made of ``w2`` and ``w1`` by the runner. The raw ``sqlite3``
+baseline is the leanest code a user would write for the same rows: an ID and a timestamp made
+in Python per row, one transaction per write, ``executemany`` of tuples for the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ _INSERT = (
 )
 _GET = "SELECT id, conversation_id, role, content, meta, created_at FROM messages WHERE id = ?"
 _GET_CONV = "SELECT id, title, meta, created_at, updated_at FROM conversations WHERE id = ?"
+_LAST = (
+    "SELECT id, conversation_id, role, content, meta, created_at FROM messages "
+    "WHERE conversation_id = ? ORDER BY id DESC LIMIT 1"
+)
 
 _counter = itertools.count()
 
@@ -78,8 +86,8 @@ class RawSqlite:
         return self.conn.execute(_GET, (key,)).fetchone()
 
     def w4(self, key: str) -> None:
-        now, conv = _micros(), self.conv
-        rows = [(baseline_id(), conv, "tool", MESSAGE, None, now) for _ in range(BATCH)]
+        conv = self.conv
+        rows = [(baseline_id(), conv, "tool", MESSAGE, None, _micros()) for _ in range(BATCH)]
         c = self.conn
         c.execute("BEGIN")
         c.executemany(_INSERT, rows)
@@ -90,6 +98,13 @@ class RawSqlite:
         c.execute("BEGIN IMMEDIATE")
         row = c.execute(_GET_CONV, (self.conv,)).fetchone()
         c.execute(_INSERT, (baseline_id(), row[0], "user", MESSAGE, None, _micros()))
+        c.execute("COMMIT")
+
+    def w6(self, key: str) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        row = c.execute(_LAST, (self.conv,)).fetchone()
+        c.execute(_INSERT, (baseline_id(), row[1], "user", MESSAGE, None, _micros()))
         c.execute("COMMIT")
 
 
@@ -128,6 +143,11 @@ class Demiarch:
         async with self.project.transaction() as tx:
             conv = await tx.conversations.get(self.conv)
             await tx.messages.append(conv.id, role="user", content=MESSAGE)
+
+    async def w6(self, key: str) -> None:
+        async with self.project.transaction() as tx:
+            (last,) = await tx.messages.last(self.conv, 1)
+            await tx.messages.append(last.conversation_id, role="user", content=MESSAGE)
 
 
 class SharedAiosqlite:
@@ -183,6 +203,16 @@ class SharedAiosqlite:
             assert row is not None
             await self.db.execute(
                 _INSERT, (baseline_id(), row[0], "user", MESSAGE, None, _micros())
+            )
+            await self.db.commit()
+
+    async def w6(self, key: str) -> None:
+        async with self.lock:
+            async with self.db.execute(_LAST, (self.conv,)) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            await self.db.execute(
+                _INSERT, (baseline_id(), row[1], "user", MESSAGE, None, _micros())
             )
             await self.db.commit()
 
@@ -247,6 +277,19 @@ class NaiveSqlAlchemy:
         c = self.conversations
         async with self.engine.begin() as conn:
             row = (await conn.execute(self.select(c).where(c.c.id == self.conv))).first()
+            assert row is not None
+            await conn.execute(self.insert, self._row("user"))
+
+    async def w6(self, key: str) -> None:
+        m = self.messages
+        last = (
+            self.select(m)
+            .where(m.c.conversation_id == self.conv)
+            .order_by(m.c.id.desc())
+            .limit(1)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(last)).first()
             assert row is not None
             await conn.execute(self.insert, self._row("user"))
 

@@ -144,16 +144,6 @@ class StoreConfig:
     slow_transaction: float = 1.0
     """Seconds after which a finished unit of work is logged at warning level."""
 
-    read_share_window: float = 0.01
-    """Seconds during which a new ``project.read()`` may join a snapshot another one began.
-
-    Sharing serves many concurrent reads per thread wake-up. A shared snapshot always includes
-    every unit this process acknowledged before the read began; a commit by *another process*
-    may take up to this long to show. Past the window a read still joins a snapshot when no
-    process has committed since it began (the WAL-index header in ``-shm`` is unchanged), so
-    ``0`` gives every ``read()`` a snapshot that includes every commit made before it.
-    """
-
     inline_reads: bool = True
     """Run a ``read()`` block's ``get(id)`` on the event loop's thread when its reader is free.
 
@@ -173,9 +163,10 @@ class StoreConfig:
     idle, its ``BEGIN IMMEDIATE ... COMMIT`` runs in place on the writer's connection: the hop
     to the thread and back costs several times what SQLite spends on it. It never waits there:
     a write lock held by another process sends the unit to the thread (which retries as
-    always), and the WAL is checkpointed on a connection of its own. A unit that reads by ID,
-    then inserts, holds the writer: while the writer's thread is idle, its ``get(id)`` and its
-    commit run in place the same way, however many units wait their turn. Only with
+    always), and the WAL is checkpointed on a connection of its own. A unit that reads, then
+    inserts, holds the writer: while the writer's thread is idle, its reads (``get(id)`` and
+    every query; one past 2 ms is interrupted and run on the thread) and its commit run in
+    place the same way, however many units wait their turn. Only with
     ``synchronous = "NORMAL"`` (a ``FULL`` commit waits for the disk). A task yields to the
     event loop at least once every four operations run in place. ``False`` commits every unit
     on the writer's thread.
@@ -196,11 +187,10 @@ class StoreConfig:
             raise InvalidValue(
                 "synchronous must be 'NORMAL' or 'FULL'", hint=f"got {self.synchronous!r}"
             )
-        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0 or self.read_share_window < 0:
+        if self.wal_checkpoint_bytes < 0 or self.slow_transaction < 0:
             raise InvalidValue(
-                "wal_checkpoint_bytes, slow_transaction and read_share_window must not be negative",
-                hint=f"got {self.wal_checkpoint_bytes}, {self.slow_transaction} and "
-                f"{self.read_share_window}",
+                "wal_checkpoint_bytes and slow_transaction must not be negative",
+                hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
             )
         if self.keep_backups < 1 or self.max_open_projects < 1:
             raise InvalidValue(

@@ -30,7 +30,7 @@ import os
 import queue
 import random
 import sqlite3
-import sys
+import struct
 import threading
 import time
 import urllib.parse
@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic as _monotonic
+from time import perf_counter
 from typing import Any, Final, NamedTuple, TypeVar
 
 from .config import StoreConfig
@@ -52,7 +52,7 @@ from .health import (
     optimize_on_close,
 )
 
-__all__ = ["ELSEWHERE", "Op", "Pool", "RowMissing", "Worker"]
+__all__ = ["ELSEWHERE", "UNFINISHED", "Op", "Pool", "RowMissing", "Worker"]
 
 log = logging.getLogger("demiarch_store")
 
@@ -86,6 +86,11 @@ _HERE_STREAK: Final = 4
 _GROUP_ROWS: Final = 2000
 """A group commit takes queued units until it holds this many rows (a unit is never split):
 a transaction of tens of thousands of rows outgrows SQLite's page cache and runs slower."""
+_HERE_QUERY_SECONDS: Final = 0.002
+"""The longest a unit of work's query runs in place (``Pool.interact_here``) before it is
+interrupted and run on the writer's thread instead."""
+_HERE_QUERY_STEPS: Final = 1000
+"""SQLite virtual-machine steps between two looks at the clock while a query runs in place."""
 _HERE_ROWS: Final = 16
 _HERE_TEXT: Final = 64 * 1024
 """The largest unit ``Pool.commit_here`` takes: rows inserted, and characters of their text."""
@@ -164,7 +169,6 @@ class Worker:
         # Read epoch of a reader (see Pool.acquire_reader); unused on the writer.
         self.holders = 0
         self.epoch_gen = -1
-        self.epoch_start = 0.0
         self.epoch_wal: bytes | None = None
         self.begun = False
         self.epoch_serial = 0
@@ -366,6 +370,22 @@ def _point_run(batch: list[_Item], start: int) -> int:
 
 def small_unit(ops: list[Op]) -> bool:
     """Whether a unit only inserts, and few rows with little text (see ``Pool.commit_here``)."""
+    if not ops:
+        return True
+    if len(ops) == 1 and not ops[0].many:  # one row (an append, a record): the common case
+        sql, params = ops[0].sql, ops[0].params
+        if not sql.startswith("INSERT INTO ") or isinstance(params, dict):
+            return small_unit_slow(ops)
+        text = 0
+        for value in params:
+            if type(value) is str or type(value) is bytes:
+                text += len(value)
+        return text <= _HERE_TEXT
+    return small_unit_slow(ops)
+
+
+def small_unit_slow(ops: list[Op]) -> bool:
+    """``small_unit`` for any statements."""
     if len(ops) > _HERE_ROWS:
         return False
     rows = text = 0
@@ -522,6 +542,9 @@ def _resolve(fut: asyncio.Future[None], outcome: object) -> None:
 _PENDING: Final = object()
 ELSEWHERE: Final = object()
 """What ``Pool.read_here`` returns when the read must go to the reader's thread."""
+UNFINISHED: Final = object()
+"""What ``Pool.interact_here`` returns when the unit began in place but its query must run on
+the writer's thread (it ran too long on the loop)."""
 
 
 class _Mapped:
@@ -534,6 +557,9 @@ class _Mapped:
         self.map: mmap.mmap | None = None
         self.users = 0
 
+
+_u32: Final[Callable[[Any, int], tuple[int]]] = struct.Struct("=I").unpack_from
+"""A 32-bit unsigned integer in this machine's byte order (the WAL index's), at an offset."""
 
 _MAPPED: dict[tuple[int, int], _Mapped] = {}
 """By the database file's device and inode: every open pool of this process on it."""
@@ -560,7 +586,7 @@ class WalIndex:
     SQLite rewrites this 48-byte header on every commit of any connection in any process (its
     change counter, last frame, frame checksum and salts). While it is unchanged, a read
     transaction begun after it was read still shows the database as it is now: that is what
-    lets a read epoch take new snapshots past ``read_share_window`` without ever being stale.
+    lets a read epoch take new snapshots without ever being stale.
     The checkpoint's progress (``nBackfill``) follows the header's two copies: with the last
     frame, it tells how much of the WAL waits to be copied (``uncopied``).
 
@@ -593,6 +619,10 @@ class WalIndex:
             _MAPPED.setdefault(key, _Mapped()).users += 1
         self._key = key
 
+    def mapped(self) -> bool:
+        """Whether the file is mapped (mapping it first if it is not yet, see ``refresh``)."""
+        return self._map is not None or self.refresh() is not None
+
     def header(self) -> bytes | None:
         """Return the header, or None if the file is not mapped (yet)."""
         m = self._map
@@ -601,7 +631,7 @@ class WalIndex:
     def frames(self) -> int:
         """Return the frames in the WAL (the header's ``mxFrame``), 0 if not mapped."""
         m = self._map
-        return 0 if m is None else int.from_bytes(m[16:20], sys.byteorder)
+        return 0 if m is None else _u32(m, 16)[0]
 
     def uncopied(self) -> int:
         """Return the frames of the WAL a checkpoint has not copied into the database yet.
@@ -615,8 +645,7 @@ class WalIndex:
                 return 0
             m = self._map
             assert m is not None
-        done = int.from_bytes(m[96:100], sys.byteorder)
-        return max(0, int.from_bytes(m[16:20], sys.byteorder) - done)
+        return max(0, _u32(m, 16)[0] - _u32(m, 96)[0])
 
     def refresh(self) -> bytes | None:
         """Map the file if it is not mapped yet (it appears with WAL mode); return the header."""
@@ -683,6 +712,9 @@ class Pool:
         # A chain: units that read (they hold the writer in turn) sharing one transaction.
         self._handing_on = False
         self._tx_open = False
+        self._bare = False
+        """The open transaction was begun in place by the unit holding the writer, without a
+        savepoint (``interact_here``): that unit ends it alone, no unit chains after it."""
         self._chain: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
         self._chain_start = 0.0
         self._chainable: set[asyncio.Future[None]] = set()
@@ -692,19 +724,22 @@ class Pool:
         # project has written a WAL's worth, so no commit waits for a checkpoint.
         self._checkpointer: Worker | None = None
         self._checkpointing = False
+        self._backstop = False
         self._upkeeping = False
         self._in_flight = 0
-        self._idle: asyncio.Event = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None
+        """Set by ``close`` while it waits for the work in flight to end."""
         self._closed = False
         self._deadline = config.busy_deadline
-        self._share_window = config.read_share_window
         self._here = config.inline_reads
         self._here_writes = config.inline_writes and config.synchronous == "NORMAL"
         self._here_task = 0
         self._here_streak = 0
+        self._here_until = 0.0
+        self._here_interrupted = False
         self._reader_busy_ms = _open_busy_ms(config)
         self._wal_index = WalIndex(path)
+        self._wal_path = f"{path}-wal"
         self._upkeep_commits = 0
         self._upkeep_due = time.monotonic() + UPKEEP_SECONDS
 
@@ -729,7 +764,9 @@ class Pool:
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()
+        if self._in_flight:
+            self._idle = self._loop.create_future()
+            await self._idle
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -779,14 +816,12 @@ class Pool:
         """Count a unit of work or read as in flight (``close`` waits for it)."""
         if self._closed:
             self.check_open()
-        if not self._in_flight:
-            self._idle.clear()
         self._in_flight += 1
 
     def leave(self) -> None:
         self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+        if self._in_flight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -854,10 +889,12 @@ class Pool:
                 if holding
                 else (self._in_flight != 1 or self._queue or self._writer_busy)
             )
-            or self._wal_index.refresh() is None
+            or not self._wal_index.mapped()
         ):
             return None
-        return self.writer.idle_connection()
+        writer = self._writer
+        assert writer is not None
+        return writer.idle_connection()
 
     def commit_here(self, conn: sqlite3.Connection, ops: list[Op]) -> object:
         """Commit a small write-only unit on this thread, or return ``ELSEWHERE``.
@@ -890,7 +927,8 @@ class Pool:
 
     def _loop_settings(self, conn: sqlite3.Connection) -> None:
         """Give the writer's connection its settings for the loop (see ``commit_here``)."""
-        writer = self.writer
+        writer = self._writer
+        assert writer is not None
         if writer.restore is None:
             writer.restore = _restore_writer  # even if a pragma below fails
             conn.execute("PRAGMA busy_timeout = 0")
@@ -898,7 +936,8 @@ class Pool:
 
     def _begin_here(self, conn: sqlite3.Connection) -> bool:
         """``BEGIN IMMEDIATE`` on the loop; False (nothing begun) if another holds the lock."""
-        self._loop_settings(conn)
+        if self._writer is None or self._writer.restore is None:
+            self._loop_settings(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -908,23 +947,73 @@ class Pool:
         return True
 
     def _committed_here(self) -> None:
-        self._checkpoint_due()
-        if self._wal_index.frames() >= _BACKSTOP_FRAMES:
-            self.writer.post(_checkpoint_passive)  # what the automatic checkpoint would have run
+        m = self._wal_index._map
+        frames = 0 if m is None else _u32(m, 16)[0]
+        if frames >= _CHECKPOINT_FRAMES:  # (frames not yet copied are never more)
+            self._checkpoint_due()
+        if not self._backstop and frames >= _BACKSTOP_FRAMES:
+            # What the automatic checkpoint would have run; one at a time (each is a job the
+            # units behind it wait for, on the writer's thread).
+            self._backstop = True
+            writer = self._writer
+            assert writer is not None
+            writer.call(_checkpoint_passive, self._backstop_done)
         self._upkeep()
 
-    def interact_here(self, start: int, ops: list[Op], sql: str | None, params: Any) -> Any:
+    def _backstop_done(self, _result: Any, exc: BaseException | None) -> None:
+        self._backstop = False
+        if exc is not None and not isinstance(exc, StoreClosed):
+            log.debug("backstop checkpoint of %s failed: %r", self.path, exc)
+
+    def interact_here(
+        self, start: int, ops: list[Op], sql: str | None, params: Any, bounded: bool = True
+    ) -> Any:
         """Run ``interactive_job`` for the unit holding the writer on this thread, or return
-        ``ELSEWHERE``. Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``); errors
-        propagate untranslated, as from the thread."""
+        ``ELSEWHERE`` (nothing done) or ``UNFINISHED`` (the unit is begun and its writes sent,
+        but its query ran past ``_HERE_QUERY_SECONDS``: run the query alone on the thread).
+
+        Its ``BEGIN IMMEDIATE`` never waits (see ``commit_here``), and its query never runs long
+        on the loop: a progress handler interrupts it there (a read, so SQLite keeps the
+        transaction; the unit holds the write lock, so the thread's run of it reads the same
+        rows). ``bounded=False``: a read of one row by primary key, which cannot run long, runs
+        without the handler. Errors propagate untranslated, as from the thread.
+        """
         conn = self._here_conn(holding=True)
         if conn is None:
             return ELSEWHERE
         if start == 2:
             if not self._begin_here(conn):
                 return ELSEWHERE
-            start = 1  # begun: the job only opens the unit's savepoint
-        return interactive_job(conn, start, ops, sql, params, self._deadline, self)
+            # Begun here, alone: no savepoint (it would cost SQLite a statement journal), since
+            # no unit will chain after this one (see _end_held); a failure undoes it all.
+            self._bare = True
+            start = 0
+        if start or ops:
+            interactive_job(conn, start, ops, None, None, self._deadline, self)
+        if sql is None:
+            return None
+        if not bounded:
+            return conn.execute(sql, params).fetchall()
+        self._here_until = perf_counter() + _HERE_QUERY_SECONDS
+        self._here_interrupted = False
+        conn.set_progress_handler(self._here_overdue, _HERE_QUERY_STEPS)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            if not self._here_interrupted:
+                raise
+            if not conn.in_transaction:  # never for a read; all the same, never go on without
+                raise _chain_lost(self) from None
+            return UNFINISHED
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    def _here_overdue(self) -> int:
+        """SQLite's progress handler for a query run in place: nonzero interrupts it."""
+        if perf_counter() < self._here_until:
+            return 0
+        self._here_interrupted = True
+        return 1
 
     def end_here(self, ops: list[Op]) -> object:
         """Commit the unit holding the writer on this thread (it is alone in its transaction),
@@ -934,14 +1023,23 @@ class Pool:
             return ELSEWHERE
         try:
             self._loop_settings(conn)
-            own = end_held_job(conn, ops, False, True, True, self)
+            if self._bare:  # alone, no savepoint: what end_held_job does for it
+                if not conn.in_transaction:
+                    raise _chain_lost(self)  # (never write outside the unit's transaction)
+                if ops:
+                    run_ops(conn, ops)
+                conn.execute("COMMIT")
+                own = None
+            else:
+                own = end_held_job(conn, ops, False, True, True, self)
         except Exception as exc:  # the transaction failed: nothing of it stays
             own = exc
             with contextlib.suppress(sqlite3.Error):
                 _rollback_if_active(conn)
-        self._tx_open = False
+        self._tx_open = self._bare = False
         self._writer_busy = False
-        self._pump()
+        if self._queue:
+            self._pump()
         self._committed_here()
         if own is not None:
             raise self.translate(own, "committing a transaction")
@@ -959,7 +1057,7 @@ class Pool:
         if self._tx_open:
             return 1
         self._tx_open = True
-        self._chain_start = self._loop.time()
+        self._chain_start = time.monotonic()  # (what loop.time() returns, without its frame)
         return 2
 
     async def commit_held(self, ops: list[Op]) -> None:
@@ -988,7 +1086,7 @@ class Pool:
             queue_
             and queue_[0] in self._chainable
             and len(self._chain) < _CHAIN_MAX
-            and self._loop.time() - self._chain_start < _CHAIN_MAX_AGE
+            and time.monotonic() - self._chain_start < _CHAIN_MAX_AGE
         ):
             head = queue_.popleft()
             assert isinstance(head, asyncio.Future)
@@ -1006,19 +1104,20 @@ class Pool:
             # this happens before the next holder's BEGIN).
             if started:
                 writer.post(_rollback_if_active)
-            self._tx_open = False
+            self._tx_open = self._bare = False
             ack.set_result(None)
             self.release_writer()
             return ack
-        nxt = self._next_chained()
+        nxt = None if self._bare else self._next_chained()
         if nxt is not None:
             nxt.set_result(None)  # first, so its first job joins this batch
             end = writer.submit(end_held_job, ops, failed, started, False, self)
             self._chain.append((end, ack))
             return ack
         members, self._chain = self._chain, []
-        self._tx_open = False
-        end = writer.submit(end_held_job, ops, failed, started, True, self)
+        savepoint = not self._bare
+        self._tx_open = self._bare = False
+        end = writer.submit(end_held_job, ops, failed, started, True, self, savepoint)
         members.append((end, ack))
         end.add_done_callback(functools.partial(self._chain_done, members))
         return ack
@@ -1078,6 +1177,14 @@ class Pool:
         if outcome is not None:
             raise self.translate(outcome, "committing a transaction") from None
 
+    def take_writer(self) -> bool:
+        """Hold the writer now if it is free and nobody waits (what ``acquire_writer`` does
+        then, without its future); False if the caller must ``await acquire_writer()``."""
+        if self._writer_busy or self._handing_on or self._queue:
+            return False
+        self._writer_busy = True
+        return True
+
     async def acquire_writer(self, *, chain: bool = False) -> None:
         """Hold the writer for an interactive unit of work (FIFO with grouped units).
 
@@ -1132,6 +1239,8 @@ class Pool:
         if commits - self._upkeep_commits >= UPKEEP_COMMITS or now >= self._upkeep_due:
             self._upkeep_commits = commits
             self._upkeep_due = now + UPKEEP_SECONDS
+            if _file_size(self._wal_path) <= self.config.wal_checkpoint_bytes:
+                return  # what idle_checkpoint looks at first: no job (no hop) for a small WAL
             self._upkeeping = True  # no background checkpoint meanwhile (see _checkpoint_due)
             self._writer.call(idle_checkpoint, self._upkeep_done, self)
 
@@ -1286,8 +1395,9 @@ class Pool:
     # backup), or *shared*: ``project.read()`` snapshots that overlap in time join one read
     # transaction (an *epoch*) on one reader, so their queries reach the thread in one batch.
     # Every snapshot still sees one consistent state for its whole block. A snapshot joins an
-    # epoch only if nothing has finished on the writer since the epoch began and the epoch is
-    # younger than config.read_share_window; so it sees every unit acknowledged before it started.
+    # epoch only if nothing has finished on the writer since the epoch began and the WAL-index
+    # header is what it was then (no process has committed since); so it sees every write
+    # acknowledged before it started, by this process or any other.
 
     def _new_reader(self) -> Worker | None:
         """Return a new reader worker if the pool may open one (not yet connected)."""
@@ -1357,15 +1467,18 @@ class Pool:
         if not self._shared:
             return None
         gen = self.writer.completed
-        now = _monotonic()  # what loop.time() returns, without its frame
+        header = self._wal_index.header()
+        if header is None:
+            return None
         for worker in self._shared:
-            if worker.epoch_gen != gen or worker.holders >= _EPOCH_MAX_HOLDERS:
+            # Only if no process has committed since the epoch began (its snapshot may be
+            # older than a commit acknowledged since, in this process or another).
+            if (
+                worker.epoch_gen != gen
+                or worker.epoch_wal != header
+                or worker.holders >= _EPOCH_MAX_HOLDERS
+            ):
                 continue
-            if now - worker.epoch_start >= self._share_window:
-                # Past the window only if no process has committed since the epoch began.
-                wal = worker.epoch_wal
-                if wal is None or wal != self._wal_index.header():
-                    continue
             worker.holders += 1
             return worker
         return None
@@ -1389,7 +1502,6 @@ class Pool:
     def _start_epoch(self, worker: Worker) -> None:
         worker.holders = 1
         worker.epoch_gen = self.writer.completed
-        worker.epoch_start = _monotonic()
         # Read before the epoch's transaction begins on the reader thread, so the snapshot it
         # takes there includes at least every commit this header shows.
         worker.epoch_wal = self._wal_index.refresh()
@@ -1452,7 +1564,7 @@ class Pool:
 
     def yield_due(self) -> bool:
         """For an operation run in place: whether the task should now yield to the event loop."""
-        task = id(asyncio.current_task())
+        task = id(asyncio.current_task(self._loop))
         if task != self._here_task:
             self._here_task, self._here_streak = task, 1
             return False
@@ -1610,11 +1722,13 @@ def end_held_job(
     started: bool,
     commit: bool,
     pool: Pool,
+    savepoint: bool = True,
 ) -> BaseException | None:
     """End a unit of a chain: flush its last statements (or undo it), and commit if asked.
 
     Returns the unit's own error (its savepoint undone, the transaction going on); raises if
-    the transaction itself failed.
+    the transaction itself failed, or if the unit has no savepoint (``savepoint=False``: it is
+    alone in its transaction, which its error ends).
     """
     own: BaseException | None = None
     try:
@@ -1625,18 +1739,29 @@ def end_held_job(
                 try:
                     run_ops(conn, ops)
                 except Exception as exc:  # a value SQLite cannot bind fails this unit only
-                    if not conn.in_transaction:
-                        raise
+                    if not savepoint or not conn.in_transaction:
+                        raise  # (without a savepoint: alone, the unit's error ends it all)
                     own, failed = exc, True
-            if failed:
-                conn.execute("ROLLBACK TO held")
-            conn.execute("RELEASE held")
+            if savepoint:
+                if failed:
+                    conn.execute("ROLLBACK TO held")
+                conn.execute("RELEASE held")
+            elif failed:
+                _rollback_if_active(conn)  # alone in its transaction: undo it all
+                return None
         if commit:
             conn.execute("COMMIT")
     except BaseException:
         _rollback_if_active(conn)
         raise
     return own
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _restore_writer(conn: sqlite3.Connection) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from . import schema
@@ -633,12 +633,15 @@ class MessageRepository(Repository[Message]):
         """
         pattern = "%" + _like_escape(_text(text, "text", empty=False)) + "%"
         t = self.table
-        # The database lowers both sides, so both are folded by the same rules.
-        like = func.lower(t.c.content).like(func.lower(bindparam("pattern")), escape="\\")
+
+        def like() -> ColumnElement[bool]:  # built once, with the SQL (see Repository.sql)
+            # The database lowers both sides, so both are folded by the same rules.
+            return func.lower(t.c.content).like(func.lower(bindparam("pattern")), escape="\\")
+
         if conversation_id is None:
             sql = self.sql(
                 "search",
-                lambda: select(t).where(like).order_by(t.c.id).limit(bindparam("limit")),
+                lambda: select(t).where(like()).order_by(t.c.id).limit(bindparam("limit")),
             )
             params: dict[str, Any] = {"pattern": pattern, "limit": _limit(limit)}
         else:
@@ -646,7 +649,7 @@ class MessageRepository(Repository[Message]):
                 "search_conv",
                 lambda: (
                     select(t)
-                    .where(t.c.conversation_id == bindparam("conv"), like)
+                    .where(t.c.conversation_id == bindparam("conv"), like())
                     .order_by(t.c.id)
                     .limit(bindparam("limit"))
                 ),
@@ -976,10 +979,10 @@ class CodeGenerationRepository(Repository[CodeArtifact]):
     async def list_latest(self) -> list[CodeArtifact]:
         """Return the newest version of every path, sorted by path."""
         t = self.table
-        newer = t.alias("newer")
-        sql = self.sql(
-            "list_latest",
-            lambda: (
+
+        def build() -> ClauseElement:  # (the alias too: built once, with the SQL)
+            newer = t.alias("newer")
+            return (
                 select(t)
                 .where(
                     ~select(newer.c.id)
@@ -987,8 +990,9 @@ class CodeGenerationRepository(Repository[CodeArtifact]):
                     .exists()
                 )
                 .order_by(t.c.path)
-            ),
-        )
+            )
+
+        sql = self.sql("list_latest", build)
         return await self._rows(sql, {})
 
 

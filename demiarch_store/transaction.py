@@ -13,6 +13,7 @@ from typing import Any
 from .errors import CorruptDatabase, NotFound, StoreError
 from .pool import (
     ELSEWHERE,
+    UNFINISHED,
     Op,
     Pool,
     Worker,
@@ -158,18 +159,27 @@ class Transaction(Session):
         self._ops.append(op)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        return await self._interact(sql, params)  # type: ignore[no-any-return]
+        # Every query of a unit may run in place while the writer's thread is idle
+        # (Pool.interact_here): the unit holds the writer, so nothing else uses it meanwhile.
+        return await self._interact(sql, params, here=True)  # type: ignore[no-any-return]
 
     async def flush(self) -> None:
         """Send the writes so far to the database now (errors surface here, not at commit)."""
         await self._interact(None, None)
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
-        # A read by primary key may run in place when the unit is alone (Pool.interact_here).
-        return await self._interact(sql, {"id": id}, here=True)  # type: ignore[no-any-return]
+        # One row by primary key: cannot run long in place, so no progress handler for it.
+        return await self._interact(  # type: ignore[no-any-return]
+            sql, {"id": id}, here=True, bounded=False
+        )
 
     async def _interact(
-        self, sql: str | None, params: Mapping[str, Any] | None, *, here: bool = False
+        self,
+        sql: str | None,
+        params: Mapping[str, Any] | None,
+        *,
+        here: bool = False,
+        bounded: bool = True,
     ) -> Any:
         self._check()
         pool = self._pool
@@ -177,17 +187,22 @@ class Transaction(Session):
         if not self._held:
             if here and pool.yield_due():
                 await asyncio.sleep(0)  # (reads in place never suspend; nothing is held yet)
-            t0 = perf_counter()
-            await pool.acquire_writer(chain=True)
-            pool.counters.pool_wait.add(perf_counter() - t0)
+            if pool.take_writer():
+                pool.counters.pool_wait.add(0.0)
+            else:
+                t0 = perf_counter()
+                await pool.acquire_writer(chain=True)
+                pool.counters.pool_wait.add(perf_counter() - t0)
             self._held = True
             start = pool.start_held()
         ops = self._ops[self._flushed :]
         self._flushed = len(self._ops)
         try:
-            if here and small_unit(ops):
-                rows = pool.interact_here(start, ops, sql, params)
-                if rows is not ELSEWHERE:
+            if here and (not ops or small_unit(ops)):
+                rows = pool.interact_here(start, ops, sql, params, bounded)
+                if rows is UNFINISHED:
+                    start, ops = 0, []  # begun and flushed in place; the query goes on below
+                elif rows is not ELSEWHERE:
                     return rows
             return await pool.writer.submit(
                 interactive_job, start, ops, sql, params, pool.config.busy_deadline, pool

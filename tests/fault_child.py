@@ -39,15 +39,19 @@ async def writer(path: Path, tag: str, seed: int) -> None:
 
         async def agent(name: str) -> None:
             # Three agents at once: their write-only units share group commits, and units
-            # that read (get first) hold the writer in turn, in place or chained on the thread.
+            # that read (a get or a query first) hold the writer in turn, in place or chained on
+            # the thread.
             async with project.transaction() as tx:
                 conv = await tx.conversations.create(title=name)
             print(f"conv {conv.id}", flush=True)
             i = 0
             while True:
                 async with project.transaction() as tx:
-                    if rng.random() < 0.3:
+                    roll = rng.random()
+                    if roll < 0.2:
                         await tx.conversations.get(conv.id)  # reads: holds the writer
+                    elif roll < 0.35:
+                        await tx.messages.last(conv.id, 1)  # a query: in place too
                     n = rng.randint(1, 4)
                     items = [
                         {"role": "user", "content": f"{name}:{i}:{k}/{n}|" * rng.randint(1, 40)}

@@ -42,7 +42,7 @@ def test_harness_runs_in_quick_mode(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     systems = {(c["system"], c["workload"], c["synchronous"]) for c in doc["cells"]}
-    for workload in ("W1", "W2", "W3", "W4", "W5"):
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6"):
         for system in ("demiarch", "sqlite3", "aiosqlite", "sqlalchemy"):
             assert (system, workload, "NORMAL") in systems
     assert ("demiarch", "W1", "FULL") in systems and ("sqlite3", "W1", "FULL") in systems
@@ -52,5 +52,7 @@ def test_harness_runs_in_quick_mode(tmp_path: Path) -> None:
     ours = [c for c in doc["cells"] if c["system"] in ("demiarch", "sqlite3")]
     assert all(c["errors"] == 0 for c in ours), [c["first_error"] for c in ours]
     assert doc["extras"]["discovery"]["projects"] == 3
+    units = doc["extras"]["queries"]  # units of work that read with each query kind, then write
+    assert len(units) == 2 * 7 and all(u["demiarch_ops_per_s"] > 0 for u in units)
     assert doc["extras"]["many_open"]["threads_left_after_close"] == 0
     assert "| target |" in (out / "results.md").read_text()

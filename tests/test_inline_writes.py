@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -287,9 +288,12 @@ async def test_a_lone_unit_that_reads_runs_alike_in_place_and_on_the_thread(eith
         assert await tx.messages.get(sent.id) == sent  # its own write, flushed
         more = await tx.messages.append(loaded.id, role="user", content="again")
     steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
-    assert steps == [(where, s) for s in ("BEGIN", "SAVEPOINT", "SELECT", "INSERT", "SELECT")] + [
-        (where, s) for s in ("INSERT", "RELEASE", "COMMIT")
-    ]
+    # Begun in place, the unit is alone in its transaction: no savepoint (SQLite would keep a
+    # statement journal for it). On the thread, units may chain: a savepoint each.
+    held = ["BEGIN", "SELECT", "INSERT", "SELECT", "INSERT", "COMMIT"]
+    if not inline:
+        held = held[:1] + ["SAVEPOINT"] + held[1:-1] + ["RELEASE", "COMMIT"]
+    assert steps == [(where, s) for s in held]
     assert _where(seen, "COMMIT") == [where]
     async with project.read() as r:
         assert [m.id for m in await r.messages.list(conv.id)] == [sent.id, more.id]
@@ -408,3 +412,156 @@ async def test_units_that_read_in_place_yield_and_a_cancel_leaves_the_writer_fre
         await tx.messages.append(conv.id, role="user", content="after")
     async with project.read() as r:
         assert await r.messages.count(conv.id) == done + 1
+
+
+async def test_units_that_read_with_a_query_run_alike_in_place_and_on_the_thread(
+    either: Store,
+) -> None:
+    """Every query a repository offers (list, last, count, search, latest, totals), read in a
+    unit of work before it writes, runs in place like a read by ID (or on the thread with
+    inline_writes=False), sees the unit's own writes and answers alike."""
+    inline = either.config.inline_writes
+    where = LOOP if inline else THREAD
+    project = await either.create_project(name="either")
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+        await tx.messages.append_many(
+            conv.id, [{"role": "user", "content": f"Needle {i}"} for i in range(3)]
+        )
+        await tx.code_generation.store("app.py", "v1")
+        await tx.checkpoints.save("run", b"s1")
+        await tx.llm_calls.record(model="m", cost_usd="0.25", input_tokens=3)
+    seen = await _trace(project)
+    answers: list[Any] = []
+    for n in range(6):
+        async with project.transaction() as tx:
+            await tx.messages.append(conv.id, role="user", content=f"needle own {n}")
+            if n == 0:
+                answers.append([m.content for m in await tx.messages.list(conv.id, limit=5)])
+            elif n == 1:
+                answers.append([m.content for m in await tx.messages.last(conv.id, 2)])
+            elif n == 2:
+                answers.append(await tx.messages.count(conv.id))
+            elif n == 3:
+                found = await tx.messages.search("NEEDLE OWN", conversation_id=conv.id)
+                answers.append([m.content for m in found])
+            elif n == 4:
+                answers.append((await tx.code_generation.latest("app.py")).content)
+                answers.append((await tx.checkpoints.latest("run")).state)
+            else:
+                totals = await tx.llm_calls.totals()
+                answers.append([(t.key, t.cost_usd, t.calls) for t in totals])
+                answers.append(await tx.llm_calls.total_cost())
+            await tx.llm_calls.record(model="m", cost_usd="0.5", conversation_id=conv.id)
+    assert answers == [
+        ["Needle 0", "Needle 1", "Needle 2", "needle own 0"],
+        ["needle own 0", "needle own 1"],
+        6,
+        ["needle own 0", "needle own 1", "needle own 2", "needle own 3"],
+        "v1",
+        b"s1",
+        [("m", Decimal("2.75"), 6)],
+        Decimal("2.75"),
+    ]
+    steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
+    unit = ["BEGIN", "INSERT", "SELECT", "INSERT", "COMMIT"]  # in place: no savepoint
+    if not inline:
+        unit = ["BEGIN", "SAVEPOINT", "INSERT", "SELECT", "INSERT", "RELEASE", "COMMIT"]
+    expected = []
+    for n in range(6):
+        at = unit.index("SELECT") + 1
+        expected += unit[:at] + (["SELECT"] if n in (4, 5) else []) + unit[at:]
+    assert [s for _, s in steps] == expected
+    assert {w for w, _ in steps} == {where}
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 9 and await r.llm_calls.count() == 7
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open
+
+
+async def test_a_query_that_runs_long_in_place_finishes_on_the_thread(
+    project: AsyncProjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit's query never runs long on the loop: SQLite's progress handler interrupts it in
+    place once it runs past its time, and it runs again on the writer's thread, in the same
+    transaction (begun, and the unit's writes sent, in place): the same answer, the unit's own
+    writes in it, committed once. A short query in the same unit still runs in place."""
+    from demiarch_store import pool as pool_module
+
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+        await tx.messages.append_many(conv.id, [{"role": "user", "content": "m"}] * 3000)
+    monkeypatch.setattr(pool_module, "_HERE_QUERY_SECONDS", 0.0)  # every look at the clock
+    seen = await _trace(project)
+    async with project.transaction() as tx:
+        own = await tx.messages.append(conv.id, role="user", content="own")
+        assert await tx.messages.count(conv.id) == 3001  # thousands of steps: interrupted
+        assert [m.id for m in await tx.messages.last(conv.id, 1)] == [own.id]  # a few steps
+        await tx.messages.append(conv.id, role="user", content="after")
+    steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
+    assert steps == [
+        (LOOP, "BEGIN"),
+        (LOOP, "INSERT"),
+        (LOOP, "SELECT"),  # the count, interrupted
+        (THREAD, "SELECT"),  # the count again, on the thread
+        (LOOP, "SELECT"),  # the last message, in place again
+        (LOOP, "INSERT"),
+        (LOOP, "COMMIT"),
+    ]
+    async with project.read() as r:
+        assert await r.messages.count(conv.id) == 3002
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open
+    conn = await pool.writer.submit(lambda conn: conn)
+    assert conn.execute("SELECT count(*) FROM messages").fetchone() == (3002,)  # no handler left
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["commits", "refused"])
+async def test_a_unit_begun_in_place_ends_alone_on_the_thread(
+    project: AsyncProjectStore, fails: bool
+) -> None:
+    """A unit that began its transaction in place has no savepoint; when it ends on the thread
+    (its last writes are too many for the loop) while other units wait for the writer, none of
+    them chains into its transaction: it commits alone, or, refused, leaves nothing and the
+    others go on."""
+    async with project.transaction() as tx:
+        conv = await tx.conversations.create(title="c")
+    seen = await _trace(project)
+    go, begun = asyncio.Event(), asyncio.Event()
+
+    async def big() -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)  # begins in place
+            begun.set()
+            await go.wait()
+            target = "no-such-conversation" if fails else conv.id
+            await tx.messages.append_many(target, [{"role": "tool", "content": "x"}] * 20)
+
+    async def small(i: int) -> None:
+        async with project.transaction() as tx:
+            await tx.conversations.get(conv.id)
+            await tx.messages.append(conv.id, role="user", content=f"small {i}")
+
+    async with asyncio.timeout(30):
+        first = asyncio.create_task(big())
+        await begun.wait()
+        others = [asyncio.create_task(small(i)) for i in range(3)]
+        await asyncio.sleep(0.01)  # they wait for the writer
+        go.set()
+        if fails:
+            with pytest.raises(ConstraintViolation):
+                await first
+        else:
+            await first
+        await asyncio.gather(*others)
+    steps = [(w, sql.split()[0]) for w, sql in seen if not sql.startswith("PRAGMA")]
+    steps = [s for i, s in enumerate(steps) if i == 0 or s != steps[i - 1]]  # executemany: one
+    ended = (THREAD, "ROLLBACK") if fails else (THREAD, "COMMIT")
+    assert steps[:4] == [(LOOP, "BEGIN"), (LOOP, "SELECT"), (THREAD, "INSERT"), ended]
+    assert (THREAD, "SAVEPOINT") not in steps[:4] and (LOOP, "SAVEPOINT") not in steps
+    async with project.read() as r:
+        contents = [m.content for m in await r.messages.list(conv.id)]
+    assert contents.count("x") == (0 if fails else 20)
+    assert sorted(c for c in contents if c != "x") == [f"small {i}" for i in range(3)]
+    pool = project.pool
+    assert not pool._writer_busy and not pool._tx_open and not pool._chain and not pool._bare

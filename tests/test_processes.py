@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lock_holder import database_claim, hold_write_lock, release_write_lock, shm_claim
 
-from demiarch_store import AsyncProjectStore, DatabaseBusy, Store, StoreConfig
+from demiarch_store import AsyncProjectStore, DatabaseBusy, NotFound, Store, StoreConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -93,9 +93,8 @@ async def _create(project: AsyncProjectStore, title: str) -> None:
         await tx.conversations.create(title=title)
 
 
-async def test_read_share_window_zero_sees_other_processes_at_once(tmp_path: Path) -> None:
-    config = StoreConfig(projects_dir=tmp_path, read_share_window=0)
-    async with AsyncProjectStore(tmp_path / "p.sqlite", config=config) as project:
+async def test_a_read_sees_another_process_commit_made_before_it_began(tmp_path: Path) -> None:
+    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:  # the default StoreConfig
         writer = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -106,7 +105,7 @@ conn.close()
         async with project.read() as first:
             assert await first.conversations.count() == 0
             # Nothing committed anywhere since: the WAL-index header is unchanged, so a new
-            # snapshot may join the first one's read transaction, past the (zero) window.
+            # snapshot may join the first one's read transaction.
             async with project.read() as joined:
                 assert joined._worker is first._worker
                 assert await joined.conversations.count() == 0
@@ -115,10 +114,75 @@ conn.close()
             )
             async with asyncio.timeout(60):
                 assert await child.wait() == 0
-            async with project.read() as second:  # begun after the other commit
+            async with project.read() as second:  # begun after the other commit, at once
                 assert second._worker is not first._worker
                 assert await second.conversations.count() == 1
             assert await first.conversations.count() == 0  # still its own snapshot
+
+
+ACK_TRIES = 200
+
+
+async def test_a_read_begun_after_another_process_acknowledged_a_write_sees_it(
+    tmp_path: Path,
+) -> None:
+    """An agent worker (another process) acknowledges a message and passes its ID on; this
+    process, with other snapshots busy all the while, opens a new read() and must find it.
+
+    A read that joined a snapshot begun before the other process's commit would not: with the
+    former default (``read_share_window`` of 10 ms) most tries here got ``NotFound``.
+    """
+    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:  # the default StoreConfig
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="worker and service")
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE / "ack_writer.py"),
+            str(project.path),
+            conv.id,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert writer.stdin is not None and writer.stdout is not None
+        stop = False
+
+        async def keep_snapshots_busy() -> None:
+            while not stop:
+                async with project.read() as r:
+                    await r.conversations.get(conv.id)
+                    await asyncio.sleep(0.001)
+
+        busy = [asyncio.create_task(keep_snapshots_busy()) for _ in range(3)]
+        missed: list[int] = []
+        try:
+            async with asyncio.timeout(120):
+                for i in range(ACK_TRIES):
+                    writer.stdin.write(b"write\n")
+                    line = await writer.stdout.readline()
+                    assert line.startswith(b"ack "), f"the writer process said {line!r}"
+                    message_id = line.split()[1].decode()
+                    async with project.read() as r:  # begun after the write was acknowledged
+                        try:
+                            await r.messages.get(message_id)
+                        except NotFound:
+                            missed.append(i)
+        finally:
+            stop = True
+            async with asyncio.timeout(30):
+                await asyncio.gather(*busy)
+            writer.stdin.close()
+            try:
+                async with asyncio.timeout(30):
+                    await writer.wait()
+            finally:
+                if writer.returncode is None:
+                    writer.kill()
+                    await writer.wait()
+        assert writer.returncode == 0
+        assert not missed, (
+            f"{len(missed)} of {ACK_TRIES} reads begun after the other process acknowledged "
+            f"its write did not see it (tries {missed[:10]}...)"
+        )
 
 
 async def test_the_wal_index_stays_claimed_while_a_project_is_open(tmp_path: Path) -> None:

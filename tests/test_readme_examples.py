@@ -41,3 +41,8 @@ def test_readme_cost_tracking_example_runs_as_shown(tmp_path: Path) -> None:
 def test_readme_retention_example_runs_as_shown(tmp_path: Path) -> None:
     printed, shown = _run_section("### Retention", "```text", tmp_path)
     assert printed == shown
+
+
+def test_readme_consistency_example_runs_as_shown(tmp_path: Path) -> None:
+    printed, shown = _run_section("## Consistency", "```text", tmp_path)
+    assert printed == shown
