@@ -137,7 +137,12 @@ def run(example: Example, cwd: Path) -> str:
     else:
         argv = [sys.executable, "-c", example.code]
     done = subprocess.run(
-        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         timeout=120,
     )
     assert done.returncode == 0, f"{example.id} failed:\n{done.stdout}"
