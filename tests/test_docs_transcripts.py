@@ -26,8 +26,11 @@ read the diff.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from demiarch_store.cli import PROG, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN_HOME = "/tmp/rh"
@@ -121,16 +126,28 @@ def test_the_command_line_page_has_transcripts() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_transcripts_print_what_the_page_shows(page: Path) -> None:
+def test_transcripts_print_what_the_page_shows(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A path about as short as the page's /tmp/rh, so that no table cuts it short.
     home = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
     try:
-        _run_session(page, home)
+        _run_session(page, home, monkeypatch)
     finally:
         shutil.rmtree(home)
 
 
-def _run_session(page: Path, home: Path) -> None:
+def _in_process(argv: list[str], answer: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """Run the command line as its script does, in this process (no interpreter start-up)."""
+    out = io.StringIO()  # stdout and stderr in the order they were written, as on a terminal
+    monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def _run_session(page: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("DEMIARCH_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "100")
     env = {
         **os.environ,
         "DEMIARCH_HOME": str(home),
@@ -151,6 +168,13 @@ def _run_session(page: Path, home: Path) -> None:
         command = command.replace("python examples/", f"python {ROOT}/examples/")
         if command.strip() == "echo $?":
             command = f"echo {last_code}"
+        # A plain command of ours runs in this process, through main() as the script runs it;
+        # anything else (setup, examples, pipes) in bash.
+        plain = command.startswith(f"{PROG} ") and not set("|&;<>$`\\") & set(command)
+        if plain and not step.hidden:
+            last_code, printed = _in_process(shlex.split(command)[1:], answer, monkeypatch)
+            _compare(step, printed, home, ids, updates, failures)
+            continue
         done = subprocess.run(
             ["bash", "-c", command],
             input=answer,
@@ -165,28 +189,42 @@ def _run_session(page: Path, home: Path) -> None:
             assert done.returncode == 0, f"setup failed: {step.command}\n{done.stdout}"
             continue
         last_code = done.returncode
-        printed = done.stdout.replace(str(home), SHOWN_HOME)
-        # Learn which real ID each shown one stands for, in the order they appear.
-        shown_ids = ID.findall("\n".join(step.shown))
-        real_ids = ID.findall(printed)
-        for shown_id, real_id in zip(shown_ids, real_ids, strict=False):
-            ids.setdefault(shown_id, real_id)
-        got = normalise(printed, str(home))
-        want = normalise("\n".join(step.shown), str(home))
-        if not matches(got, want) and UPDATE:
-            updates.append((step.span, printed.rstrip("\n").splitlines()))
-        elif not matches(got, want):
-            failures.append(
-                f"$ {step.command}\nprinted:\n"
-                + "\n".join(got)
-                + "\nthe page shows:\n"
-                + "\n".join(want)
-            )
+        _compare(step, done.stdout, home, ids, updates, failures)
     if UPDATE:
         _rewrite(page, updates, {real: shown for shown, real in ids.items()})
     assert not failures, f"{page.name}: {len(failures)} transcript(s) differ\n\n" + "\n\n".join(
         failures
     )
+
+
+def _compare(
+    step: Step,
+    printed: str,
+    home: Path,
+    ids: dict[str, str],
+    updates: list[tuple[tuple[int, int], list[str]]],
+    failures: list[str],
+) -> None:
+    """Check what one command printed against the page; learn the IDs it made."""
+    printed = printed.replace(str(home), SHOWN_HOME)
+    # Learn which real ID each shown one stands for, in the order they appear.
+    for shown_id, real_id in zip(
+        ID.findall("\n".join(step.shown)), ID.findall(printed), strict=False
+    ):
+        ids.setdefault(shown_id, real_id)
+    got = normalise(printed, str(home))
+    want = normalise("\n".join(step.shown), str(home))
+    if matches(got, want):
+        return
+    if UPDATE:
+        updates.append((step.span, printed.rstrip("\n").splitlines()))
+    else:
+        failures.append(
+            f"$ {step.command}\nprinted:\n"
+            + "\n".join(got)
+            + "\nthe page shows:\n"
+            + "\n".join(want)
+        )
 
 
 def _rewrite(
