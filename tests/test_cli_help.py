@@ -2,7 +2,8 @@
 
 Each example runs for real, through ``main`` as the ``demiarch-store`` script runs it, in a
 working directory holding what the examples name: a project ``todo-app`` with LLM calls and a
-backup, ``before-cleanup.sqlite``, ``todo-app.demiarch.zip`` and a legacy ``ralph.db``.
+backup, ``before-cleanup.sqlite``, ``todo-app.demiarch.zip`` and a legacy ``ralph.db`` (and for
+``quarantine``, a damaged ``todo-app``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def test_example_runs(
 ) -> None:
     work = tmp_path / "work"
     shutil.copytree(workdir_template, work)
+    if name == "quarantine":  # what quarantine is for: a damaged file (a backup is there)
+        (work / "projects" / "todo-app" / "database.sqlite").write_bytes(b"overwritten" * 400)
     monkeypatch.chdir(work)
     monkeypatch.setenv("DEMIARCH_HOME", str(work))  # projects in ./projects, as --projects-dir
     monkeypatch.setenv("COLUMNS", "100")

@@ -16,6 +16,12 @@ inside it, so nothing touches ``~/.demiarch``), with stderr merged into stdout a
 shows them, and ``COLUMNS=100`` for Rich tables. Before comparing, both sides are normalised:
 temporary directories, project and record IDs, dates, times and durations in milliseconds
 become placeholders. In the shown output a line ``...`` stands for any number of printed lines.
+
+When the output changes on purpose (a new revision, a new message), rewrite the pages from a
+real run: ``DEMIARCH_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/test_docs_examples.py
+tests/test_docs_transcripts.py`` replaces every shown output that no longer matches with what
+the example printed (an output that still matches, ``...`` and all, is left alone); then read
+the diff.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+UPDATE = os.environ.get("DEMIARCH_UPDATE_DOCS") == "1"
 OUTPUT_LINE = re.compile(r"Output(?: \((?P<note>.*)\))?:")
 EXAMPLE_FILE = re.compile(r"`python (?P<cmd>examples/[\w.-]+\.py[^`]*)`")
 
@@ -175,6 +182,9 @@ def test_example_runs_and_prints_what_the_page_shows(example: Example, tmp_path:
     printed = run_file(example.command) if example.command else run(example, tmp_path)
     if example.shown is not None:
         got, want = normalise(printed), normalise(example.shown)
+        if UPDATE and not matches(got, want):
+            _rewrite_output(example, printed)
+            return
         assert matches(got, want), (
             f"{example.id} printed:\n" + "\n".join(got) + "\n\nthe page shows:\n" + "\n".join(want)
         )
@@ -190,3 +200,12 @@ def test_matching_is_strict() -> None:
     ]
     assert is_excerpt("a\n...  # b\nc\n", "a\nb\nc\n")
     assert not is_excerpt("c\na\n", "a\nb\nc\n") and not is_excerpt("a\nd\n", "a\nb\nc\n")
+
+
+def _rewrite_output(example: Example, printed: str) -> None:
+    """Put what the example printed in place of the output its page shows (DEMIARCH_UPDATE_DOCS)."""
+    assert example.shown is not None
+    text = example.page.read_text()
+    at = text.index("\n" + example.shown, text.index(example.code)) + 1
+    new = "".join(line.rstrip() + "\n" for line in printed.strip("\n").splitlines())
+    example.page.write_text(text[:at] + new + text[at + len(example.shown) :])

@@ -18,7 +18,7 @@ The convention, for anyone adding a transcript to a page:
   A project ID the page shows stands for the ID the session really made, in later commands too.
 
 When the command line's output changes on purpose, rewrite the pages from a real run:
-``DEMIARCH_UPDATE_TRANSCRIPTS=1 .venv/bin/python -m pytest tests/test_docs_transcripts.py``
+``DEMIARCH_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/test_docs_transcripts.py``
 rewrites the output of every command that no longer prints what its page shows (with the
 page's IDs kept; a ``...`` elision in such an output is replaced by the full output), then
 read the diff.
@@ -44,7 +44,7 @@ from demiarch_store.cli import PROG, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN_HOME = "/tmp/rh"
-UPDATE = os.environ.get("DEMIARCH_UPDATE_TRANSCRIPTS") == "1"
+UPDATE = os.environ.get("DEMIARCH_UPDATE_DOCS") == "1"
 RUNNABLE = ("demiarch-store", "python examples/", "echo $?")
 SETUP = re.compile(r"<!-- setup: (.*?)\s*-->", re.S)
 ID = re.compile(r"\b01[0-9a-z]{14}(?:[0-9a-z]{10})?\b")
