@@ -9,7 +9,13 @@ The whole convention, for anyone adding an example to a page:
    The test runs that file (with ARGS) instead, and checks that the python block is an excerpt
    of it: its lines appear in the file in the same order (a line ``...``, perhaps with a
    comment, skips any lines).
-3. Any other ```` ```python ```` block runs as a script and must exit 0.
+3. Any other ```` ```python ```` block runs as a script and must exit 0, except:
+4. A block right after a line ``<!-- fragment -->`` (a line or two that cannot run alone, such
+   as "switching a graph over is one line") is only compiled; it may hold at most
+   ``FRAGMENT_LINES`` lines, so that a real example cannot hide behind the marker.
+5. A block right after a line ``<!-- checked by tests/test_NAME.py -->`` is run and checked by
+   that test, which must exist and name the page (the same marker works for console blocks in
+   tests/test_docs_transcripts.py).
 
 A script runs in a fresh temporary directory (its working directory, and ``DEMIARCH_HOME``
 inside it, so nothing touches ``~/.demiarch``), with stderr merged into stdout as a terminal
@@ -26,6 +32,7 @@ the diff.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import re
@@ -41,6 +48,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 UPDATE = os.environ.get("DEMIARCH_UPDATE_DOCS") == "1"
+MARKER = re.compile(r"<!-- (?P<kind>fragment|checked by (?P<test>tests/test_\w+\.py)) -->")
+FRAGMENT_LINES = 10
 OUTPUT_LINE = re.compile(r"Output(?: \((?P<note>.*)\))?:")
 EXAMPLE_FILE = re.compile(r"`python (?P<cmd>examples/[\w.-]+\.py[^`]*)`")
 
@@ -62,6 +71,7 @@ class Example:
     code: str
     shown: str | None  # the fenced output after "Output:", if any
     command: str | None  # "examples/NAME.py ARGS" when the output is that file's
+    marker: re.Match[str] | None = None  # <!-- fragment --> or <!-- checked by ... -->
 
     @property
     def id(self) -> str:
@@ -104,8 +114,18 @@ def collect(page: Path) -> list[Example]:
             shown = following[1]
             named = EXAMPLE_FILE.search(label.group("note") or "")
             command = named.group("cmd").strip() if named else None
-        examples.append(Example(page, first, body, shown, command))
+        before = [i for i in range(first - 2, -1, -1) if lines[i].strip()]
+        marker = MARKER.fullmatch(lines[before[0]].strip()) if before else None
+        examples.append(Example(page, first, body, shown, command, marker))
     return examples
+
+
+def check_delegated(page: Path, test_file: str) -> None:
+    """A block another test runs: that test must exist and name the page."""
+    test = ROOT / test_file
+    assert test.is_file() and page.name in test.read_text(), (
+        f"{page.name}: {test_file} does not exist or does not name {page.name}"
+    )
 
 
 EXAMPLES = [example for page in PAGES for example in collect(page)]
@@ -146,6 +166,7 @@ def run(example: Example, cwd: Path) -> str:
         "COLUMNS": "100",
         "PYTHONUNBUFFERED": "1",
         "DEMIARCH_HOME": str(cwd / "demiarch-home"),
+        "OPENAI_AGENTS_DISABLE_TRACING": "1",  # offline: the Agents SDK would export traces
     }
     if example.command:
         script, *args = shlex.split(example.command)
@@ -174,6 +195,13 @@ def test_the_pages_hold_examples_with_output() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_example_runs_and_prints_what_the_page_shows(example: Example, tmp_path: Path) -> None:
+    if example.marker and example.marker.group("kind") == "fragment":
+        assert len(example.code.splitlines()) <= FRAGMENT_LINES, f"{example.id}: too long"
+        compile(example.code, example.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        return
+    if example.marker and example.marker.group("test"):
+        check_delegated(example.page, example.marker.group("test"))
+        return
     if example.command:
         source = (ROOT / shlex.split(example.command)[0]).read_text()
         assert is_excerpt(example.code, source), (
@@ -209,3 +237,18 @@ def _rewrite_output(example: Example, printed: str) -> None:
     at = text.index("\n" + example.shown, text.index(example.code)) + 1
     new = "".join(line.rstrip() + "\n" for line in printed.strip("\n").splitlines())
     example.page.write_text(text[:at] + new + text[at + len(example.shown) :])
+
+
+def test_markers_apply_to_the_next_block_only(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- fragment -->\n\n```python\ngraph = builder.compile()\n```\n\n"
+        "<!-- checked by tests/test_docs_examples.py -->\n```python\nprint(2)\n```\n\n"
+        "```python\nprint(3)\n```\n\nOutput:\n\n```text\n3\n```\n"
+    )
+    fragment, delegated, plain = collect(page)
+    assert fragment.marker and fragment.marker.group("kind") == "fragment"
+    assert delegated.marker and delegated.marker.group("test") == "tests/test_docs_examples.py"
+    assert plain.marker is None and plain.shown == "3\n"
+    with pytest.raises(AssertionError):  # that test does not name the page
+        check_delegated(page, "tests/test_cli_help.py")

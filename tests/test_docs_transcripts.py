@@ -11,6 +11,8 @@ The convention, for anyone adding a transcript to a page:
   the working directory and ``$DEMIARCH_HOME``; the page calls it ``/tmp/rh``.
 - A comment ``# answered n`` after a command feeds ``n`` to its question; otherwise its input is
   empty (which answers "no").
+- A console block right after a line ``<!-- checked by tests/test_NAME.py -->`` is left to that
+  test, which must exist and name the page.
 - ``<!-- setup: COMMAND -->`` on its own lines runs COMMAND (bash) at that point of the session
   without showing it, to prepare what the prose describes (a damaged file, an old database).
 - Output is compared as in tests/test_docs_examples.py (IDs, dates, times, temporary
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOWN_HOME = "/tmp/rh"
 UPDATE = os.environ.get("DEMIARCH_UPDATE_DOCS") == "1"
 RUNNABLE = ("demiarch-store", "python examples/", "echo $?")
+CHECKED_BY = re.compile(r"<!-- checked by (tests/test_\w+\.py) -->")
 SETUP = re.compile(r"<!-- setup: (.*?)\s*-->", re.S)
 ID = re.compile(r"\b01[0-9a-z]{14}(?:[0-9a-z]{10})?\b")
 VOLATILE = [
@@ -88,7 +91,14 @@ def parse(page: Path) -> list[Step]:
                 j += 1
             body = lines[i + 1 : j]
             commands = [b[2:] for b in body if b.startswith("$ ")]
-            if commands and all(c.startswith(RUNNABLE) for c in commands):
+            before = [k for k in range(i - 1, -1, -1) if lines[k].strip()]
+            delegated = CHECKED_BY.fullmatch(lines[before[0]].strip()) if before else None
+            if delegated:
+                test = ROOT / delegated.group(1)
+                assert test.is_file() and page.name in test.read_text(), (
+                    f"{page.name}: {delegated.group(1)} does not exist or does not name the page"
+                )
+            elif commands and all(c.startswith(RUNNABLE) for c in commands):
                 for n, b in enumerate(body, start=i + 1):
                     if b.startswith("$ "):
                         steps.append(Step(b[2:], span=(n + 1, n + 1)))
