@@ -1515,7 +1515,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "export": ("export todo-app friday.demiarch.zip",),
     "import": ("import todo-app.demiarch.zip --id todo-copy",),
     "import-legacy": ("import-legacy ralph.db",),
-    "quarantine": ("quarantine todo-app",),
+    "quarantine": ("quarantine todo-app", "quarantine --force --yes todo-app"),
     "migrate": ("migrate todo-app", "migrate todo-app --to 0001 --yes", "migrate --all"),
     "costs": ("costs todo-app --by agent", "costs todo-app --by day --since 7d --json"),
     "demo": ("demo --agents 4 --turns 5",),

@@ -103,6 +103,9 @@ def test_the_wheel_ships_migrations_license_and_metadata(dist: Path) -> None:
     for module in sorted((ROOT / "migrations" / "versions").glob("0*.py")):
         assert f"demiarch_store/migrations/versions/{module.name}" in names
     assert "demiarch_store/migrations/env.py" in names
+    # The framework integrations ship in the wheel; only their frameworks are extras.
+    for module in sorted((ROOT / "demiarch_store" / "integrations").glob("*.py")):
+        assert f"demiarch_store/integrations/{module.name}" in names
     assert "demiarch_store/py.typed" in names
     version = demiarch_store.__version__
     assert f"demiarch_store-{version}.dist-info/licenses/LICENSE" in names
