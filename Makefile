@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: install test lint pytest demo bench bench-quick soak clean
+.PHONY: install test lint pytest docs demo bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,17 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint pytest
+test: lint pytest docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a
+# docstring reference that does not resolve fails the build (not with --quiet, which hides the
+# warnings that --strict counts). Its examples run in pytest (tests/test_docs_examples.py).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The same model, property and fault tests, longer and harder: many more Hypothesis examples
 # and steps, and many more kill/damage rounds (see tests/conftest.py and tests/test_faults.py).
@@ -52,4 +63,4 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.sessions --quick --out benchmarks/results/quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

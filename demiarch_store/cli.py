@@ -1498,5 +1498,41 @@ def demo_command(state: State, agents: int, turns: int) -> None:
     )
 
 
+# -- an example at the end of every --help -----------------------------------------------------
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": ("list", "--projects-dir ./projects check --all"),
+    "list": ("list", "list --json"),
+    "create": ('create "research notes" --description "papers to read"',),
+    "show": ("show todo-app", "show todo-app --json"),
+    "delete": ("delete todo-app", "delete --yes todo-app"),
+    "revision": ("revision todo-app",),
+    "backup": ("backup todo-app", "backup todo-app --to friday.sqlite"),
+    "restore": ("restore todo-app before-cleanup.sqlite",),
+    "check": ("check todo-app --full", "check --all"),
+    "vacuum": ("vacuum todo-app",),
+    "stats": ("stats todo-app",),
+    "export": ("export todo-app friday.demiarch.zip",),
+    "import": ("import todo-app.demiarch.zip --id todo-copy",),
+    "import-legacy": ("import-legacy ralph.db",),
+    "quarantine": ("quarantine todo-app", "quarantine --force --yes todo-app"),
+    "migrate": ("migrate todo-app", "migrate todo-app --to 0001 --yes", "migrate --all"),
+    "costs": ("costs todo-app --by agent", "costs todo-app --by day --since 7d --json"),
+    "demo": ("demo --agents 4 --turns 5",),
+}
+"""Command name ("" for the group) -> examples of its use, each the arguments after the program."""
+
+
+def _add_examples() -> None:
+    """End each command's ``--help`` with its examples, one a line (Click rewraps the rest)."""
+    for name, examples in EXAMPLES.items():
+        command = cli if not name else cli.commands[name]
+        lines = "\n".join(f"  $ {PROG} {example}" for example in examples)  # "\b": keep lines
+        command.epilog = f"{'Examples' if len(examples) > 1 else 'Example'}:\n\n\b\n{lines}"
+
+
+_add_examples()
+
+
 if __name__ == "__main__":  # pragma: no cover - `python -m demiarch_store` uses __main__.py
     sys.exit(main())

@@ -1,7 +1,7 @@
 """The projects directory: discovery that survives damage, bundles, and the legacy import.
 
 Run it with `python examples/projects_directory.py [WORKDIR]` (default: a fresh temporary
-directory). The README's "The projects directory" section shows its output.
+directory). docs/projects-directory.md shows its output.
 """
 
 from __future__ import annotations

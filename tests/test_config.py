@@ -50,7 +50,7 @@ def test_the_config_file_overrides_defaults_and_arguments_override_it(tmp_path: 
     [
         ("projects_dir = [", "not valid TOML"),
         ("no_such_setting = 1", "unknown setting 'no_such_setting'"),
-        # Gone: a read() always sees every write acknowledged before it (README, Consistency).
+        # Gone: a read() always sees every write acknowledged before it (docs/consistency.md).
         ("read_share_window = 0.01", "unknown setting 'read_share_window'"),
         ('max_readers = "4"', "'max_readers'"),
         ("max_readers = true", "'max_readers'"),

@@ -1,4 +1,5 @@
-"""The README's LangGraph section runs on a real projects directory and prints what it shows."""
+"""The LangGraph section of docs/integrations.md runs on a real projects directory and prints
+what it shows."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 
 
 def test_the_langgraph_section_runs_as_shown(tmp_path: Path) -> None:
-    text = README.read_text()
+    text = PAGE.read_text()
     section = text[text.index("## LangGraph") :]
     section = section[: section.index("\n## ", 1)]
     assert "checkpointer=DemiarchSaver(project), store=DemiarchStore(project))" in section
@@ -25,7 +26,7 @@ def test_the_langgraph_section_runs_as_shown(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown.group(1)
-    # The thread it ran is what `demiarch-store show` lists, as the README shows.
+    # The thread it ran is what `demiarch-store show` lists, as the page shows.
     console = re.search(r"```console\n\$ demiarch-store (.*?)\n(.*?)```", section, re.S)
     assert console
     out = subprocess.run(

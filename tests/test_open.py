@@ -1,14 +1,12 @@
-"""Opening a project: the fast path, a newer schema, damaged files, the shipped wheel."""
+"""Opening a project: the fast path, a newer schema, damaged files (the wheel: test_packaging)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,72 +79,6 @@ print("alembic" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-
-
-def test_wheel_ships_the_migrations_and_works(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree, and two
-    # runs of the suite in one checkout would collide there.
-    source = tmp_path / "source"
-    shutil.copytree(
-        ROOT,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".hypothesis", "results"
-        ),
-    )
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheels),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert build.returncode == 0, build.stderr
-    [wheel] = wheels.glob("demiarch_store-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "demiarch_store/migrations/env.py" in names
-    assert "demiarch_store/migrations/versions/0001_initial.py" in names
-    assert "demiarch_store/migrations/versions/0002_agent_schema.py" in names
-    assert "demiarch_store/migrations/versions/0003_json_text_affinity.py" in names
-    assert "demiarch_store/migrations/versions/0004_langgraph.py" in names
-    assert "demiarch_store/integrations/langgraph.py" in names
-    assert "demiarch_store/py.typed" in names
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
-    code = """
-import asyncio, pathlib, sys, tempfile
-import demiarch_store
-from demiarch_store import Store, StoreConfig
-assert demiarch_store.__file__.startswith(sys.argv[1]), demiarch_store.__file__
-async def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        async with Store(StoreConfig(projects_dir=pathlib.Path(tmp))) as store:
-            project = await store.create_project(name="from the wheel")
-            print(project.revision)
-asyncio.run(main())
-"""
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(site)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == HEAD_REVISION
 
 
 async def test_a_damaged_header_never_costs_the_wal(tmp_path: Path) -> None:

@@ -1,5 +1,10 @@
-"""The README's runnable sections (schema and cost tracking, retention) run on real files and
-print what the README shows."""
+"""Runnable sections of README.md or of a docs page, named by their heading, run on real files
+and print what the page shows.
+
+tests/test_docs_examples.py runs every example of README.md and docs/ by itself; ``_run_section``
+serves tests that name a section, and finds it (by its heading's text, whatever its level) in
+README.md or, once it has moved there, in a docs page.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,20 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]
 
 
 def _run_section(heading: str, output_fence: str, cwd: Path) -> tuple[str, str]:
     """Run the first python block after ``heading``; return (what it printed, what is shown)."""
-    text = README.read_text()
-    section = text[text.index(heading) :]
+    title = re.escape(heading.lstrip("#").strip())
+    for page in PAGES:
+        text = page.read_text()
+        found = re.search(rf"^#+ {title}$", text, re.M)
+        if found:
+            break
+    else:
+        raise AssertionError(f"no page of README.md or docs/ has the heading {heading!r}")
+    section = text[found.start() :]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     shown = re.search(rf"Output:\n\n{re.escape(output_fence)}\n(.*?)```", section, re.S)
     assert code and shown

@@ -48,8 +48,8 @@ def test_adk_session_example() -> None:
 
 
 def shown_in_readme(example: str) -> str:
-    """The output the README shows after its mention of ``example``."""
-    readme = (EXAMPLES.parent / "README.md").read_text()
+    """The output docs/integrations.md shows after its mention of ``example``."""
+    readme = (EXAMPLES.parent / "docs" / "integrations.md").read_text()
     after = readme[readme.index(f"`examples/{example}` (run by") :]
     return after[after.index("```text\n") + 8 : after.index("```\n", after.index("```text\n") + 8)]
 

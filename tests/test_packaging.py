@@ -1,0 +1,203 @@
+"""The package as it ships: ``python -m build`` makes an sdist and a wheel that ``twine check``
+accepts, the wheel carries the migrations, the license and exactly the dependencies the code
+imports, and installed into a fresh virtual environment it runs the command line and an example.
+"""
+
+from __future__ import annotations
+
+import ast
+import email.parser
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import venv
+import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+import demiarch_store
+from demiarch_store.schema import HEAD_REVISION
+
+ROOT = Path(__file__).resolve().parent.parent
+# Installing into a fresh environment fetches SQLAlchemy, Alembic, Click and Rich.
+INSTALL_TIMEOUT = 600
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the sdist, and the wheel from it, as a release would; return the dist folder."""
+    tmp = tmp_path_factory.mktemp("dist")
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree, and two
+    # runs of the suite in one checkout would collide there.
+    source = tmp / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "site",
+            "*.egg-info",
+            "__pycache__",
+            ".hypothesis",
+            "results",
+        ),
+    )
+    out = tmp / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    # setuptools warns about what it would otherwise silently get wrong (a license table, ...).
+    assert "Warning" not in build.stderr and "deprecated" not in build.stderr.lower(), build.stderr
+    return out
+
+
+def _wheel(dist: Path) -> Path:
+    [wheel] = dist.glob("demiarch_store-*.whl")
+    return wheel
+
+
+def _metadata(dist: Path) -> email.message.Message:
+    wheel = zipfile.ZipFile(_wheel(dist))
+    [name] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    return email.parser.Parser().parsestr(wheel.read(name).decode())
+
+
+def test_build_makes_an_sdist_and_a_wheel_that_twine_accepts(dist: Path) -> None:
+    version = demiarch_store.__version__
+    assert sorted(p.name for p in dist.iterdir()) == [
+        f"demiarch_store-{version}-py3-none-any.whl",
+        f"demiarch_store-{version}.tar.gz",
+    ]
+    check = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count("PASSED") == 2, check.stdout
+    with tarfile.open(dist / f"demiarch_store-{version}.tar.gz") as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    for shipped in ("LICENSE", "README.md", "pyproject.toml", "migrations/env.py"):
+        assert shipped in names, shipped
+
+
+def test_the_wheel_ships_migrations_license_and_metadata(dist: Path) -> None:
+    names = zipfile.ZipFile(_wheel(dist)).namelist()
+    for module in sorted((ROOT / "migrations" / "versions").glob("0*.py")):
+        assert f"demiarch_store/migrations/versions/{module.name}" in names
+    assert "demiarch_store/migrations/env.py" in names
+    # The framework integrations ship in the wheel; only their frameworks are extras.
+    for module in sorted((ROOT / "demiarch_store" / "integrations").glob("*.py")):
+        assert f"demiarch_store/integrations/{module.name}" in names
+    assert "demiarch_store/py.typed" in names
+    version = demiarch_store.__version__
+    assert f"demiarch_store-{version}.dist-info/licenses/LICENSE" in names
+    meta = _metadata(dist)
+    assert meta["Version"] == version
+    assert meta["License-Expression"] == "MIT"
+    assert meta["Requires-Python"] == ">=3.11"
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Repository", "Changelog"} <= set(urls)
+
+
+def _third_party_imports(paths: list[Path]) -> set[str]:
+    """Top-level names of the modules these files import, standard library and own aside."""
+    found: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"demiarch_store", "__future__"}
+
+
+def test_runtime_dependencies_are_exactly_what_the_package_imports(dist: Path) -> None:
+    requires = _metadata(dist).get_all("Requires-Dist") or []
+    runtime = {
+        _normalise(re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0])
+        for r in requires
+        if "extra ==" not in r
+    }
+    package = sorted((ROOT / "demiarch_store").rglob("*.py"))
+    # Framework integrations import their framework, which is an optional extra.
+    core = [p for p in package if "integrations" not in p.relative_to(ROOT).parts]
+    core += sorted((ROOT / "migrations").rglob("*.py"))
+    owners = packages_distributions()
+    imported = {_normalise(owners[m][0]) for m in _third_party_imports(core)}
+    assert imported == runtime, f"imported {sorted(imported)}, declared {sorted(runtime)}"
+    assert not {"aiosqlite", "anyio"} & runtime
+
+
+def test_the_wheel_installs_into_a_fresh_environment_and_runs(dist: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    install = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(_wheel(dist))],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))},
+        "DEMIARCH_HOME": str(home),
+        "COLUMNS": "100",
+    }
+
+    def run(*argv: str | Path) -> str:
+        done = subprocess.run(
+            [str(a) for a in argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    # The library comes from the environment, and imports neither benchmark nor test tools.
+    where = run(
+        bin_dir / "python",
+        "-c",
+        "import sys, demiarch_store; print(demiarch_store.__file__); "
+        "print(sorted({'aiosqlite', 'anyio'} & set(sys.modules)))",
+    ).splitlines()
+    assert where[0].startswith(str(env_dir)) and where[1] == "[]", where
+
+    cli = bin_dir / "demiarch-store"
+    assert run(cli, "--version").strip() == f"demiarch-store, version {demiarch_store.__version__}"
+    created = run(cli, "create", "from the wheel")
+    assert created.startswith("Created project ") and str(home / "projects") in created
+    project_id = created.split()[2]
+    assert f"revision {HEAD_REVISION}" in run(cli, "revision", project_id)
+    assert "healthy" in run(cli, "check", project_id)
+    assert (
+        run(cli, "backup", "--help")
+        .rstrip()
+        .endswith("$ demiarch-store backup todo-app --to friday.sqlite")
+    )
+
+    printed = run(bin_dir / "python", ROOT / "examples" / "quickstart.py").splitlines()
+    assert printed[1] == "101 user hello ['tool', 'tool']"
+    assert re.fullmatch(r"\w{16} my app ok \d+", printed[3]), printed  # sizes: test_quickstart
