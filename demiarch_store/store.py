@@ -10,7 +10,6 @@ import re
 import shutil
 import sqlite3
 import stat
-import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ from .ids import DATABASE_NAME, MARKER_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
 from .project import AsyncProjectStore, FileKey, claim_project_dir, open_files
 from .schema import HEAD_REVISION
+from .sqlite.connection import readonly_uri
 
 if TYPE_CHECKING:
     from .legacy import LegacyImportReport
@@ -899,22 +899,6 @@ def _info(
         error=error,
         revision=revision,
     )
-
-
-def readonly_uri(path: Path) -> str:
-    """Return a URI that reads ``path`` without creating or writing any file.
-
-    ``mode=ro`` alone is not enough: a read-only connection to a WAL-mode database creates the
-    ``-wal`` and ``-shm`` files when they are missing (and cannot delete them again). So a
-    database whose ``-wal`` and ``-shm`` exist (a process has it open, or left them behind) is
-    read with ``mode=ro`` through them, which sees every committed transaction; any other is
-    read with ``immutable=1``: no locks, no side files. A writer that starts meanwhile can make
-    that read fail; ``describe`` then reads again.
-    """
-    quoted = urllib.parse.quote(str(path))
-    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
-        return f"file:{quoted}?mode=ro"
-    return f"file:{quoted}?mode=ro&immutable=1"
 
 
 def _fingerprint(path: Path) -> tuple[tuple[int, int] | None, ...]:
