@@ -405,3 +405,60 @@ async def test_savepoints_undo_only_their_writes(pg_config: StoreConfig) -> None
         async with project.read() as r:
             titles = sorted(c.title or "" for c in await r.conversations.list())
         assert titles == ["kept False", "kept True"]
+
+
+async def test_terminating_the_pools_connections_under_load_loses_no_acknowledged_unit(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    """32 tasks write (some units read first) while another connection terminates every
+    backend of the pool, again and again: each unit either returns, and its row is there, or
+    raises a typed StoreError (StorageError or OutcomeUnknown); the store keeps working."""
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="under fire")
+        acknowledged: list[str] = []
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            i = 0
+            while not stop.is_set():
+                title = f"w{w}-{i}"
+                i += 1
+                try:
+                    async with project.transaction() as tx:
+                        if w % 2:
+                            await tx.conversations.list(limit=1)
+                        await tx.conversations.create(title=title)
+                except StoreError as exc:
+                    assert isinstance(exc, StorageError), exc  # OutcomeUnknown included
+                    failures.append(exc)
+                else:
+                    acknowledged.append(title)
+
+        def terminate() -> int:
+            with psycopg.connect(pg_database_url, autocommit=True) as admin:
+                row = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = ''"
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+        tasks = [asyncio.create_task(writer(w)) for w in range(32)]
+        killed = 0
+        try:
+            for _ in range(6):
+                await asyncio.sleep(0.3)
+                killed += await asyncio.to_thread(terminate)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert killed > 0 and failures and acknowledged
+        async with project.transaction() as tx:  # the pool has replaced its connections
+            await tx.conversations.create(title="after")
+        async with project.read() as r:
+            stored = {c.title for c in await r.conversations.list()}
+        assert set(acknowledged) <= stored  # every acknowledged unit survived
+        assert len(stored - set(acknowledged) - {"after"}) <= sum(
+            isinstance(f, OutcomeUnknown) for f in failures
+        )  # a unit that failed is there only if its outcome was unknown
