@@ -462,3 +462,54 @@ async def test_terminating_the_pools_connections_under_load_loses_no_acknowledge
         assert len(stored - set(acknowledged) - {"after"}) <= sum(
             isinstance(f, OutcomeUnknown) for f in failures
         )  # a unit that failed is there only if its outcome was unknown
+
+
+async def test_concurrent_units_share_group_commits_and_a_bad_one_sinks_no_other(
+    pg_config: StoreConfig,
+) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="groups")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="c")
+
+        async def one(i: int, bad: int = -1) -> None:
+            async with project.transaction() as tx:
+                target = "01nosuchconversation" if i == bad else conv.id
+                await tx.messages.append(target, role="user", content=f"m{i}")
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(64, 128))), 60)
+        assert project.stats().group_commits >= 1  # units really shared transactions
+        results = await asyncio.wait_for(
+            asyncio.gather(*(one(i, bad=17) for i in range(64)), return_exceptions=True), 60
+        )
+        failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        assert failed == [17]
+        assert isinstance(results[17], demiarch_store.ConstraintViolation)
+        async with project.read() as r:
+            contents = sorted(m.content for m in await r.messages.list(conv.id))
+        assert contents == sorted(f"m{i}" for i in range(128) if i != 17)
+
+
+async def test_cancelled_units_are_whole_or_absent(pg_config: StoreConfig) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="cancel")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="c")
+        done: list[int] = []
+
+        async def one(i: int) -> None:
+            async with project.transaction() as tx:
+                await tx.messages.append_many(conv.id, [{"role": "user", "content": f"u{i}"}] * 3)
+            done.append(i)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(48)]
+        await asyncio.sleep(0.005)
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        async with project.read() as r:
+            counts: dict[str, int] = {}
+            for m in await r.messages.list(conv.id):
+                counts[m.content] = counts.get(m.content, 0) + 1
+        assert set(counts.values()) <= {3}  # a unit is all there or not at all
+        assert {f"u{i}" for i in done} <= set(counts)

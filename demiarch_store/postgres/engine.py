@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn, cast
@@ -51,6 +52,8 @@ STATEMENT_TIMEOUT_MS: Final = 60_000
 IDLE_IN_TRANSACTION_MS: Final = 60_000
 _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
+_GROUP_MAX: Final = 64
+"""Units of work one group commit takes at most."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -61,8 +64,19 @@ class Counters:
     busy_retries: int = 0
     busy_errors: int = 0
     pool_timeouts: int = 0
+    groups: int = 0
     pool_wait: Reservoir = field(default_factory=Reservoir)
     transaction_seconds: Reservoir = field(default_factory=Reservoir)
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A write-only unit waiting for (or in) a group commit."""
+
+    handle: PgHandle
+    ops: list[Op]
+    fut: asyncio.Future[None]
+    taken: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,9 @@ class PgEngine:
             configure=_configure,
         )
         self._opened = False
+        self._queue: deque[_Queued] = deque()
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._max_lanes = max(1, config.pool_size // 2)
 
     @property
     def shown_url(self) -> str:
@@ -172,8 +189,10 @@ class PgEngine:
             raise
 
     async def close(self) -> None:
-        """Close every connection. Idempotent."""
+        """Close every connection (after the group commits in flight). Idempotent."""
         self.closed = True
+        if self._lanes:
+            await asyncio.gather(*self._lanes, return_exceptions=True)
         await self._pool.close()
 
     async def _migrate(self) -> None:
@@ -253,8 +272,116 @@ class PgEngine:
             self.fail(exc, handle.project, "starting a read")
         return conn
 
+    async def _begin_unit(
+        self, conn: psycopg.AsyncConnection[Any], handle: PgHandle, ops: list[Op]
+    ) -> None:
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',))
+        async with conn.cursor() as cur:
+            await run_ops(cur, ops, handle)
+
     async def run_unit(self, handle: PgHandle, ops: list[Op]) -> None:
-        """Commit a write-only unit; re-run it whole on 40001/40P01 until ``busy_deadline``."""
+        """Commit a write-only unit, grouped with the units queued meanwhile (group commit).
+
+        Up to ``pool_size // 2`` transactions commit at once; units that arrive meanwhile wait
+        and go together into the next one, sent in one pipeline (one round trip for all their
+        statements, one for the COMMIT). A group that fails before its COMMIT is rolled back
+        and each of its units runs alone (``_run_alone``), so one bad unit never sinks others.
+        """
+        if any(op.missing is not None for op in ops):  # reads a row count: runs alone
+            await self._run_alone(handle, ops)
+            return
+        loop = asyncio.get_running_loop()
+        item = _Queued(handle, ops, loop.create_future())
+        self._queue.append(item)
+        if len(self._lanes) < self._max_lanes:
+            lane = loop.create_task(self._lane())
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
+        try:
+            await asyncio.shield(item.fut)
+        except asyncio.CancelledError:
+            if not item.taken:
+                self._queue.remove(item)  # never sent: nothing was written
+                raise
+            # Sent: the server decides; wait for the outcome, so nothing is left running.
+            await asyncio.wait([item.fut])
+            if not item.fut.cancelled():
+                item.fut.exception()  # retrieved: the caller was cancelled
+            raise
+
+    async def _lane(self) -> None:
+        """Commit queued units, a group at a time, until the queue is empty."""
+        while self._queue:
+            batch: list[_Queued] = []
+            while self._queue and len(batch) < _GROUP_MAX:
+                item = self._queue.popleft()
+                item.taken = True
+                batch.append(item)
+            try:
+                await self._commit_group(batch)
+            except BaseException as exc:  # pragma: no cover - _commit_group settles every unit
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(exc)
+                raise
+
+    async def _commit_group(self, batch: list[_Queued]) -> None:
+        if len(batch) == 1:
+            await self._settle_alone(batch[0])
+            return
+        try:
+            conn = await self._get()
+        except BaseException as exc:
+            for item in batch:
+                item.fut.set_exception(exc)
+            return
+        committing = False
+        try:
+            async with conn.pipeline() as pipeline:
+                await conn.execute("BEGIN")
+                async with conn.cursor() as cur:
+                    for item in batch:
+                        await cur.execute(
+                            "SELECT set_config('search_path', %s, true)",
+                            (f'"{item.handle.schema}"',),
+                        )
+                        await run_ops(cur, item.ops, item.handle)
+                await pipeline.sync()
+            committing = True
+            await conn.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            if committing and exc.sqlstate not in RETRYABLE:
+                for item in batch:
+                    item.fut.set_exception(_outcome_unknown(item.handle, exc))
+                return
+        except Exception:
+            pass  # rolled back below; each unit runs again alone
+        else:
+            self.counters.commits += len(batch)
+            self.counters.groups += 1
+            for item in batch:
+                item.fut.set_result(None)
+            return
+        finally:
+            await self.give_back(conn, rollback=True)
+        for item in batch:
+            await self._settle_alone(item)
+
+    async def _settle_alone(self, item: _Queued) -> None:
+        try:
+            await self._run_alone(item.handle, item.ops)
+        except BaseException as exc:
+            if not item.fut.done():
+                item.fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not item.fut.done():
+                item.fut.set_result(None)
+
+    async def _run_alone(self, handle: PgHandle, ops: list[Op]) -> None:
+        """Commit one unit; re-run it whole on 40001/40P01 until ``busy_deadline``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.busy_deadline
         attempt = 0
@@ -265,24 +392,21 @@ class PgEngine:
                 self.fail(exc, handle.project, "running a transaction")
             committing = False
             try:
-                await conn.execute("BEGIN")
-                await conn.execute(
-                    "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
-                )
-                async with conn.cursor() as cur:
-                    await run_ops(cur, ops, handle)
+                if all(op.missing is None for op in ops):
+                    # One round trip for the unit's statements, one for its COMMIT (an error in
+                    # any statement surfaces at the sync, before COMMIT is sent).
+                    async with conn.pipeline() as pipeline:
+                        await self._begin_unit(conn, handle, ops)
+                        await pipeline.sync()
+                else:  # a statement that must change a row: its row count is read at once
+                    await self._begin_unit(conn, handle, ops)
                 committing = True
                 await conn.execute("COMMIT")
                 self.counters.commits += 1
                 return
             except psycopg.OperationalError as exc:
                 if committing and exc.sqlstate not in RETRYABLE:
-                    raise OutcomeUnknown(
-                        "the connection to the server was lost during COMMIT: the unit of work "
-                        "may or may not have been applied",
-                        project=handle.project,
-                        hint="read the records to find out before running the unit again",
-                    ) from exc
+                    raise _outcome_unknown(handle, exc) from exc
                 if exc.sqlstate in RETRYABLE and loop.time() < deadline:
                     attempt += 1
                     self.counters.busy_retries += 1
@@ -340,8 +464,8 @@ class PgEngine:
                     project=pid,
                     hint="open it with open_project(), or pick another ID",
                 ) from None
-            for statement in project_ddl(pid):
-                await conn.execute(statement)
+            # One round trip: without parameters, several statements go as one simple query.
+            await conn.execute(";\n".join(project_ddl(pid)).encode())
             await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{schema}"',))
             async with conn.cursor() as cur:
                 await run_ops(cur, collect.ops, handle)
@@ -447,7 +571,7 @@ class PgEngine:
         return StoreStats(
             commits=c.commits,
             rollbacks=c.rollbacks,
-            group_commits=0,
+            group_commits=c.groups,
             busy_retries=c.busy_retries,
             database_busy=c.busy_errors,
             pool_timeouts=c.pool_timeouts,
@@ -460,6 +584,17 @@ class PgEngine:
             idle_checkpoints=0,
             last_checkpoint=None,
         )
+
+
+def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:
+    err = OutcomeUnknown(
+        "the connection to the server was lost during COMMIT: the unit of work may or may not "
+        "have been applied",
+        project=handle.project,
+        hint="read the records to find out before running the unit again",
+    )
+    err.__cause__ = exc
+    return err
 
 
 def _row(r: Any) -> ProjectRow:
