@@ -513,3 +513,28 @@ async def test_cancelled_units_are_whole_or_absent(pg_config: StoreConfig) -> No
                 counts[m.content] = counts.get(m.content, 0) + 1
         assert set(counts.values()) <= {3}  # a unit is all there or not at all
         assert {f"u{i}" for i in done} <= set(counts)
+
+
+async def test_langgraph_store_runs_and_the_checkpointer_says_it_is_not_supported_yet(
+    pg_config: StoreConfig,
+) -> None:
+    """DemiarchStore (LangGraph's BaseStore) works on PostgreSQL except JSON filters; the
+    checkpointer's page query is SQLite's: both raise a StoreError that says so."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from demiarch_store.integrations.langgraph import DemiarchSaver, DemiarchStore
+
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="langgraph")
+        memory = DemiarchStore(project)
+        await memory.aput(("users", "42"), "prefs", {"theme": "dark"})
+        assert (await memory.aget(("users", "42"), "prefs")).value == {"theme": "dark"}
+        assert [i.key for i in await memory.asearch(("users",))] == ["prefs"]
+        assert await memory.alist_namespaces() == [("users", "42")]
+        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
+            await memory.asearch(("users",), filter={"theme": "dark"})
+        saver = DemiarchSaver(project)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        await saver.aput(config, empty_checkpoint(), {}, {})  # writes work
+        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
+            await saver.aget_tuple(config)

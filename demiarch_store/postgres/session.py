@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["PgHandle", "PgSnapshot", "PgTransaction", "pg_sql", "run_ops"]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)|(\?)|(%)")
+_SQLITE_JSON = re.compile(r"\bjson_(?:each|extract|type)\(")
 _LIMIT = re.compile(r"\bLIMIT (:[A-Za-z_]\w*|\?)")
 _SQL: dict[str, str] = {}
 
@@ -49,7 +50,16 @@ def pg_sql(sql: str) -> str:
         return "%s" if m[2] is not None else "%%"
 
     # SQLite's LIMIT -1 is "no limit" (the repositories' default); PostgreSQL's is LIMIT NULL.
-    text = _SQL[sql] = _NAMED.sub(place, _LIMIT.sub(r"LIMIT NULLIF(\1, -1)", sql))
+    text = _LIMIT.sub(r"LIMIT NULLIF(\1, -1)", sql)
+    if _SQLITE_JSON.search(text):
+        # The LangGraph repositories' JSON filters and their checkpoint page query (a UNION of
+        # differently typed rows, which only SQLite's dynamic typing accepts).
+        raise StoreError(
+            "this query uses SQLite's JSON functions (the LangGraph checkpointer's reads and "
+            "JSON filters), not supported on PostgreSQL yet",
+            hint="use a SQLite project for LangGraph checkpoints and filtered searches",
+        )
+    text = _SQL[sql] = _NAMED.sub(place, text)
     return text
 
 
