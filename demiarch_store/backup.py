@@ -24,8 +24,8 @@ from urllib.parse import quote
 from .errors import BackupError, DatabaseBusy, StorageError
 from .health import foreign_object, harden, schema_problem
 from .ids import DATABASE_NAME, MARKER_NAME, new_record_id
-from .migrate import known_revisions, read_revision
-from .pool import open_in_this_process
+from .revisions import known_revisions, read_revision
+from .sqlite.wal_index import open_in_this_process
 
 __all__ = [
     "BACKUPS_DIR",
@@ -342,9 +342,7 @@ def stage_restore(backup: Path, staging: Path | None, *, project: str | None, li
     except OSError as exc:
         raise refuse(f"the backup cannot be read ({exc.strerror})") from exc
     if staging is not None:
-        require_space(
-            staging.parent, st.st_size, what="the backup", project=project, source=backup
-        )
+        require_space(staging.parent, st.st_size, what="the backup", project=project, source=backup)
     try:
         source = sqlite3.connect(_uri(backup, "ro"), uri=True, isolation_level=None)
     except sqlite3.Error as exc:

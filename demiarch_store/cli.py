@@ -101,6 +101,7 @@ class State:
     """What the global options set, shared by every command of one invocation."""
 
     projects_dir: Path | None = None
+    database_url: str | None = None
     debug: bool = False
     as_json: bool = False
     out: Console = field(default_factory=_console)
@@ -109,15 +110,19 @@ class State:
 
     def config(self) -> StoreConfig:
         """Return the store's settings: ``load_config()`` (``$DEMIARCH_HOME/config.toml``),
-        with ``--projects-dir`` over it when given."""
+        with ``--projects-dir`` and ``--database-url`` over it when given."""
+        given: dict[str, Any] = {}
         if self.projects_dir is not None:
-            return load_config(projects_dir=self.projects_dir)
-        return load_config()
+            given["projects_dir"] = self.projects_dir
+        if self.database_url is not None:
+            given["database_url"] = self.database_url
+        return load_config(**given)
 
     def require_projects_dir(self, project_id: str | None = None) -> Path:
         """Return the projects directory; a read command must not take a missing one for empty."""
-        directory = self.config().projects_dir
-        if not directory.is_dir():
+        config = self.config()
+        directory = config.projects_dir
+        if config.database_url is None and not directory.is_dir():
             what = "is not a directory" if directory.exists() else "does not exist"
             raise ProjectNotFound(
                 ("no such project: " if project_id else "") + f"the projects directory {what}",
@@ -218,6 +223,8 @@ project_id_argument = click.argument("project_id", metavar="ID", callback=_proje
 
 def _existing_dir(state: State, store: Store, project_id: str) -> Path:
     """Return the project's directory, or raise ``ProjectNotFound`` saying how to list them."""
+    if store.config.database_url is not None:  # no folder: opening the project checks it
+        return store.projects_dir
     state.require_projects_dir(project_id)
     try:
         return store._existing(project_id).parent
@@ -291,16 +298,28 @@ def _file_size(path: Path) -> int:
     type=click.Path(file_okay=False, path_type=Path),
     help="Projects directory (default: $DEMIARCH_HOME/projects, else ~/.demiarch/projects).",
 )
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="Keep the projects in this PostgreSQL database (default: $DEMIARCH_DATABASE_URL).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for machines (also after the command)."
 )
 @click.version_option(package_name="demiarch-store", prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, projects_dir: Path | None, debug: bool, as_json: bool) -> None:
+def cli(
+    ctx: click.Context,
+    projects_dir: Path | None,
+    database_url: str | None,
+    debug: bool,
+    as_json: bool,
+) -> None:
     """See, check and drive demiarch-store projects: one SQLite database per project."""
     state = ctx.ensure_object(State)
     state.projects_dir = projects_dir
+    state.database_url = database_url
     state.debug = debug
     state.as_json = as_json
     # The library's warnings (a slow unit of work, a quarantine) become "warning: ..." lines;
@@ -460,8 +479,9 @@ def list_command(state: State, as_json: bool) -> None:
                 soft_wrap=True,
             )
     count = len(infos)
+    where = "the PostgreSQL database" if config.database_url else config.projects_dir
     out.print(
-        f"{count} project{'s' if count != 1 else ''} in {config.projects_dir}",
+        f"{count} project{'s' if count != 1 else ''} in {where}",
         markup=False,
         style="dim",
         soft_wrap=True,
@@ -487,6 +507,9 @@ def _note_not_projects(state: State, projects_dir: Path) -> None:
 async def _create(config: StoreConfig, name: str, description: str | None) -> dict[str, Any]:
     async with Store(config) as store:
         project = await store.create_project(name=name, description=description)
+        if config.database_url is not None:  # a schema of the database, not a file
+            where = f"schema {getattr(project, 'schema', '')} of the PostgreSQL database"
+            return {"id": project.id, "name": name, "path": where}
         return {"id": project.id, "name": name, "path": project.path}
 
 
@@ -498,7 +521,7 @@ async def _create(config: StoreConfig, name: str, description: str | None) -> di
 def create_command(state: State, name: str, description: str | None, as_json: bool) -> None:
     """Create a project called NAME and print its ID."""
     config = state.config()
-    new_dir = not config.projects_dir.exists()
+    new_dir = config.database_url is None and not config.projects_dir.exists()
     created = state.run(_create(config, name, description))
     if new_dir:  # on stderr: --json keeps stdout for the machine
         state.err.print(

@@ -29,7 +29,8 @@ CONFIG_NAME = "config.toml"
 def load_config(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreConfig:
     """Return the ``StoreConfig`` for this environment: arguments > config file > defaults.
 
-    Reads ``DEMIARCH_HOME`` (default ``~/.demiarch``) from ``environ`` (default ``os.environ``)
+    Reads ``DEMIARCH_HOME`` (default ``~/.demiarch``) and ``DEMIARCH_DATABASE_URL`` (a
+    PostgreSQL URL; see ``StoreConfig.database_url``) from ``environ`` (default ``os.environ``)
     and the optional TOML file ``<home>/config.toml``, whose top-level keys are ``StoreConfig``
     field names. Keyword arguments are ``StoreConfig`` fields and win over the file.
 
@@ -44,6 +45,8 @@ def load_config(*, environ: Mapping[str, str] | None = None, **overrides: Any) -
     env = os.environ if environ is None else environ
     home = Path(env.get("DEMIARCH_HOME") or "~/.demiarch").expanduser()
     values: dict[str, Any] = {"projects_dir": home / "projects"}
+    if env.get("DEMIARCH_DATABASE_URL"):
+        values["database_url"] = env["DEMIARCH_DATABASE_URL"]
     from_file = _read_file(home / CONFIG_NAME)
     values.update(from_file)
     values.update(overrides)
@@ -172,6 +175,14 @@ class StoreConfig:
     on the writer's thread.
     """
 
+    database_url: str | None = None
+    """A PostgreSQL URL (``postgresql://user@host:5432/db``): keep the projects in that database
+    instead of one SQLite file each under ``projects_dir`` (see ``docs/postgresql.md``; needs the
+    ``postgresql`` extra). ``None``: SQLite."""
+
+    pool_size: int = 10
+    """PostgreSQL only: the most connections the store opens to the server (its pool's bound)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "projects_dir", Path(self.projects_dir).expanduser())
         if self.max_readers < 1:
@@ -192,6 +203,15 @@ class StoreConfig:
                 "wal_checkpoint_bytes and slow_transaction must not be negative",
                 hint=f"got {self.wal_checkpoint_bytes} and {self.slow_transaction}",
             )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise InvalidValue(
+                "database_url must be a PostgreSQL URL",
+                hint="write postgresql://user@host:5432/dbname, or leave it unset for SQLite",
+            )
+        if self.pool_size < 1:
+            raise InvalidValue("pool_size must be at least 1", hint=f"got {self.pool_size}")
         if self.keep_backups < 1 or self.max_open_projects < 1:
             raise InvalidValue(
                 "keep_backups and max_open_projects must be at least 1",

@@ -13,6 +13,7 @@
     ├── PoolTimeout              (TimeoutError) no connection within acquire_timeout
     ├── DatabaseBusy             (TimeoutError) another process held the lock past busy_deadline
     ├── StorageError             (OSError)     disk full, read-only file, I/O error, permissions
+    │   └── OutcomeUnknown                     the connection was lost during COMMIT
     ├── StoreClosed
     ├── BackupError
     ├── BundleError              a project bundle that is damaged, tampered with or unknown
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidValue",
     "MigrationError",
     "NotFound",
+    "OutcomeUnknown",
     "PoolTimeout",
     "ProjectExists",
     "ProjectHealthy",
@@ -128,6 +130,13 @@ class DatabaseBusy(StoreError, TimeoutError):
 
 class StorageError(StoreError, OSError):
     """The operating system refused: disk full, read-only file, I/O error or permissions."""
+
+
+class OutcomeUnknown(StorageError):
+    """The connection to the server was lost during ``COMMIT``: the unit may or may not be applied.
+
+    Never retried silently: read the data to find out whether the unit's writes are there.
+    """
 
 
 class StoreClosed(StoreError):

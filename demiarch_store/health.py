@@ -19,12 +19,11 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .migrate import read_revision
+from .revisions import read_revision
 from .schema import HEAD_REVISION
 
 if TYPE_CHECKING:
     from .config import StoreConfig
-    from .pool import Pool
 
 __all__ = [
     "UPKEEP_COMMITS",
@@ -39,11 +38,8 @@ __all__ = [
     "expected_shape",
     "foreign_object",
     "harden",
-    "idle_checkpoint",
-    "optimize_on_close",
     "schema_problem",
     "schema_shape",
-    "stats_of",
 ]
 
 log = logging.getLogger("demiarch_store")
@@ -310,67 +306,6 @@ def build_report(
     )
 
 
-def stats_of(pool: Pool) -> StoreStats:
-    """Take a snapshot of a pool's counters (on the event loop thread)."""
-    c = pool.counters
-    readers_in_use = len(pool._readers_all) - len(pool._readers_idle)
-    return StoreStats(
-        commits=c.commits,
-        rollbacks=c.rollbacks,
-        group_commits=c.groups,
-        busy_retries=c.busy_retries,
-        database_busy=c.busy_errors,
-        pool_timeouts=c.pool_timeouts,
-        pool_wait=c.pool_wait.percentiles(),
-        transaction_seconds=c.transaction_seconds.percentiles(),
-        connections=pool.connections,
-        connections_in_use=readers_in_use + (1 if pool._writer_busy else 0),
-        in_flight=pool._in_flight,
-        checkpoints=c.checkpoints,
-        idle_checkpoints=c.idle_checkpoints,
-        last_checkpoint=c.last_checkpoint,
-    )
-
-
-def idle_checkpoint(conn: sqlite3.Connection, pool: Pool) -> None:
-    """Reset a grown WAL with a ``TRUNCATE`` checkpoint (a writer job, posted when idle).
-
-    Never waits for readers: with ``busy_timeout`` at 0 a blocked checkpoint returns at once,
-    copies what it can, and is tried again at the next idle moment.
-    """
-    wal = _size(f"{pool.path}-wal")
-    if wal <= pool.config.wal_checkpoint_bytes:
-        return
-    previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        result = _checkpoint(conn, "TRUNCATE", wal)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
-    pool.counters.idle_checkpoints += 1  # only the writer thread writes these two
-    pool.counters.last_checkpoint = result
-    if result.blocked:
-        log.info(
-            "WAL of %s is %d bytes; a reader kept %d of %d frames from the checkpoint",
-            pool.path,
-            wal,
-            result.log_frames - result.checkpointed_frames,
-            result.log_frames,
-        )
-    else:
-        log.debug("WAL of %s checkpointed and truncated from %d bytes", pool.path, wal)
-
-
-def optimize_on_close(conn: sqlite3.Connection) -> None:
-    """Run ``PRAGMA optimize`` before the writer closes (best effort: another process may lock)."""
-    try:
-        # Bounds the ANALYZE work optimize may start, so closing a big project stays quick.
-        conn.execute("PRAGMA analysis_limit = 1000")
-        conn.execute("PRAGMA optimize")
-    except sqlite3.Error as exc:
-        log.debug("PRAGMA optimize on close skipped: %s", exc)
-
-
 # -- files from elsewhere ----------------------------------------------------------------------
 
 # SQLite's own tables: statistics that ANALYZE and PRAGMA optimize write, AUTOINCREMENT counters.
@@ -468,7 +403,7 @@ def expected_shape(revision: str) -> SchemaShape:
     a new project gets it), by running the migrations for an older revision. So a revision
     added later is covered without a list to keep in step.
     """
-    from .migrate import run_migrations, schema_ddl
+    from .revisions import migrate_file, schema_ddl
 
     if revision == HEAD_REVISION:
         conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -480,7 +415,7 @@ def expected_shape(revision: str) -> SchemaShape:
             conn.close()
     with tempfile.TemporaryDirectory(prefix="demiarch-schema-") as scratch:
         path = Path(scratch) / "schema.sqlite"
-        run_migrations(path, project=None, target=revision)
+        migrate_file(path, project=None, target=revision)
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             return schema_shape(conn)

@@ -30,7 +30,7 @@ from .health import foreign_object, harden
 from .ids import DATABASE_NAME, validate_project_id
 from .migrate import run_migrations
 from .schema import metadata
-from .store import readonly_uri
+from .sqlite.connection import readonly_uri
 
 __all__ = ["LegacyImportReport", "import_legacy"]
 

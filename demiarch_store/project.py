@@ -33,9 +33,10 @@ from .errors import (
     StoreError,
     translate,
 )
-from .health import HealthReport, StoreStats, build_report, check_job, stats_of
+from .health import HealthReport, StoreStats, build_report, check_job
 from .migrate import HEAD_REVISION, create_schema_job, revision_check, run_migrations
-from .pool import Pool, open_in_this_process
+from .sqlite.pool import Pool, stats_of
+from .sqlite.wal_index import open_in_this_process
 from .transaction import Snapshot, Transaction
 
 __all__ = [

@@ -17,7 +17,7 @@ from decimal import Decimal
 from functools import cached_property
 from itertools import repeat
 from operator import attrgetter, is_
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -36,9 +36,9 @@ from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from . import schema
+from .engine import Op, Runner
 from .errors import InvalidValue
 from .ids import new_record_id, new_record_ids
-from .pool import Op
 from .records import (
     Agent,
     AgentSession,
@@ -61,9 +61,6 @@ from .records import (
     Skill,
 )
 from .schema import from_nanos, to_micros, to_nanos, utcnow
-
-if TYPE_CHECKING:
-    from .transaction import Session
 
 __all__ = [
     "AgentRepository",
@@ -304,7 +301,7 @@ class Repository(Generic[R]):
                     f"{cls.record_type.__name__} fields must match {cls.table.name} columns"
                 )
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Runner) -> None:
         self._s = session
 
     @classmethod

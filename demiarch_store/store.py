@@ -10,7 +10,6 @@ import re
 import shutil
 import sqlite3
 import stat
-import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,9 +49,11 @@ from .ids import DATABASE_NAME, MARKER_NAME, new_project_id, validate_project_id
 from .migrate import known_revisions, read_revision, run_migrations
 from .project import AsyncProjectStore, FileKey, claim_project_dir, open_files
 from .schema import HEAD_REVISION
+from .sqlite.connection import readonly_uri
 
 if TYPE_CHECKING:
     from .legacy import LegacyImportReport
+    from .postgres.engine import PgEngine
 
 __all__ = [
     "ProjectFiles",
@@ -104,6 +105,8 @@ class Store:
         self._open: OrderedDict[str, AsyncProjectStore] = OrderedDict()
         self._opening: dict[str, asyncio.Future[AsyncProjectStore]] = {}
         self._closed = False
+        self._pg: PgEngine | None = None
+        """The PostgreSQL engine, once used (``config.database_url`` set)."""
 
     def __repr__(self) -> str:
         return f"<Store {str(self.config.projects_dir)!r} open={len(self._open)}>"
@@ -124,12 +127,25 @@ class Store:
     ) -> None:
         await self.close()
 
+    async def _postgres(self) -> PgEngine | None:
+        """The PostgreSQL engine if the store has a ``database_url`` (opened on first use)."""
+        if self.config.database_url is None:
+            return None
+        if self._pg is None:
+            from .postgres.engine import PgEngine
+
+            self._pg = PgEngine(self.config)
+        await self._pg.open()
+        return self._pg
+
     async def close(self) -> None:
         """Close every project this store opened. Idempotent."""
         self._closed = True
         projects = list(self._open.values())
         self._open.clear()
         results = await asyncio.gather(*(p.close() for p in projects), return_exceptions=True)
+        if self._pg is not None:
+            await self._pg.close()
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -212,6 +228,12 @@ class Store:
     ) -> AsyncProjectStore:
         """Create a project with a new ID (or the given one) and return it, open."""
         self._check_open()
+        if (pg := await self._postgres()) is not None:
+            from .postgres.project import PgProject
+
+            row = await pg.create_project(name=name, description=description, project_id=project_id)
+            self._open[row.id] = created = PgProject(pg, row)
+            return created
         project_id = new_project_id() if project_id is None else validate_project_id(project_id)
         directory = self.project_dir(project_id)
         try:
@@ -244,6 +266,14 @@ class Store:
     async def open_project(self, project_id: str) -> AsyncProjectStore:
         """Return the open project with this ID, opening (and migrating) it if needed."""
         self._check_open()
+        if (pg := await self._postgres()) is not None:
+            from .postgres.project import PgProject
+
+            known = self._open.get(project_id)
+            if known is not None and not known.closed:
+                return known
+            self._open[project_id] = opened = PgProject(pg, await pg.project(project_id))
+            return opened
         validate_project_id(project_id)
         project = self._open.get(project_id)
         if project is not None and not project.closed:
@@ -319,12 +349,19 @@ class Store:
 
         That is its database with its ``-wal`` and ``-shm``, its backups, its quarantined
         copies, its marker, then the folder. A folder holding anything else is refused, naming
-        what it found, before anything is closed or removed.
+        what it found, before anything is closed or removed. On PostgreSQL: drops the
+        project's schema and its registry row.
 
         Raises:
             ProjectNotFound: no such project, or the folder is not a project.
             ForeignFiles: the folder holds files the library did not make.
         """
+        if (pg := await self._postgres()) is not None:
+            await pg.delete_project(project_id)
+            gone = self._open.pop(project_id, None)
+            if gone is not None:
+                await gone.close()
+            return
         self._check_open()
         directory = self._existing(project_id).parent
         refuse_foreign(await asyncio.to_thread(project_files, directory), project_id)
@@ -497,6 +534,8 @@ class Store:
         from .bundles import export_target, write_bundle
 
         project = await self.open_project(project_id)
+        if (pg := await self._postgres()) is not None:
+            return await self._export_postgres(pg, project, dest, __version__)
         pool = project.pool
         try:
             target = await asyncio.to_thread(export_target, dest, project_id)
@@ -532,6 +571,65 @@ class Store:
         finally:
             await asyncio.to_thread(staging.close)
 
+    async def _export_postgres(
+        self, pg: PgEngine, project: AsyncProjectStore, dest: Path | str, version: str
+    ) -> Path:
+        """Export a PostgreSQL project: its rows, in one snapshot, into a bundle's database."""
+        from .bundles import export_target, write_bundle
+        from .postgres.bundles import write_sqlite_rows
+        from .postgres.project import PgProject
+
+        assert isinstance(project, PgProject)
+        try:
+            target = await asyncio.to_thread(export_target, dest, project.id)
+            staging = await asyncio.to_thread(Staging, target.parent, ".demiarch-export-")
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the bundle: {exc.strerror}",
+                project=project.id,
+                path=Path(dest),
+                hint="check that the directory exists and is writable",
+            ) from exc
+        try:
+            rows = await pg.dump(project.handle)
+            snapshot = staging.path / DATABASE_NAME
+            try:
+                await asyncio.to_thread(write_sqlite_rows, snapshot, rows)
+                return await asyncio.to_thread(
+                    write_bundle, snapshot, target, project_id=project.id, version=version
+                )
+            except (OSError, sqlite3.Error) as exc:
+                raise translate(
+                    exc, project=project.id, path=target, action="writing the bundle"
+                ) from exc
+        finally:
+            await asyncio.to_thread(staging.close)
+
+    async def _import_postgres(
+        self, pg: PgEngine, bundle: Path, project_id: str | None
+    ) -> AsyncProjectStore:
+        """Import a bundle into PostgreSQL: verified as on SQLite, then copied in one unit."""
+        import tempfile
+
+        from .bundles import read_bundle
+        from .postgres.bundles import read_sqlite_rows
+        from .postgres.project import PgProject
+
+        with tempfile.TemporaryDirectory(prefix="demiarch-import-") as scratch:
+            staging, manifest = await asyncio.to_thread(
+                read_bundle, bundle, Path(scratch), project_id
+            )
+            with staging:
+                rows = await asyncio.to_thread(read_sqlite_rows, staging.path / DATABASE_NAME)
+        row = await pg.create_project(
+            name=manifest.name or "",
+            description=None,
+            project_id=project_id or manifest.project_id,
+            rows=rows,
+        )
+        self._open[row.id] = project = PgProject(pg, row)
+        return project
+
     async def import_project(
         self, bundle: Path | str, *, project_id: str | None = None
     ) -> AsyncProjectStore:
@@ -551,6 +649,8 @@ class Store:
         if project_id is not None:
             validate_project_id(project_id)
         bundle = Path(bundle)
+        if (pg := await self._postgres()) is not None:
+            return await self._import_postgres(pg, bundle, project_id)
         job = asyncio.ensure_future(
             asyncio.to_thread(install_bundle, bundle, self.projects_dir, project_id)
         )
@@ -610,6 +710,19 @@ class Store:
         out. A project open in this process is described through its own pool. Raises
         ``StorageError`` only if the projects directory itself cannot be read.
         """
+        if (pg := await self._postgres()) is not None:
+            return [
+                ProjectInfo(
+                    id=row.id,
+                    name=row.name,
+                    status="ok" if row.revision == HEAD_REVISION else "newer_schema",
+                    updated_at=row.updated_at,
+                    path=Path(row.schema),
+                    size_bytes=0,
+                    revision=row.revision,
+                )
+                for row in await pg.projects()
+            ]
         self._check_open()
         entries = await asyncio.to_thread(scan, self.projects_dir)
         held = open_files()
@@ -899,22 +1012,6 @@ def _info(
         error=error,
         revision=revision,
     )
-
-
-def readonly_uri(path: Path) -> str:
-    """Return a URI that reads ``path`` without creating or writing any file.
-
-    ``mode=ro`` alone is not enough: a read-only connection to a WAL-mode database creates the
-    ``-wal`` and ``-shm`` files when they are missing (and cannot delete them again). So a
-    database whose ``-wal`` and ``-shm`` exist (a process has it open, or left them behind) is
-    read with ``mode=ro`` through them, which sees every committed transaction; any other is
-    read with ``immutable=1``: no locks, no side files. A writer that starts meanwhile can make
-    that read fail; ``describe`` then reads again.
-    """
-    quoted = urllib.parse.quote(str(path))
-    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
-        return f"file:{quoted}?mode=ro"
-    return f"file:{quoted}?mode=ro&immutable=1"
 
 
 def _fingerprint(path: Path) -> tuple[tuple[int, int] | None, ...]:

@@ -10,19 +10,13 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
+from .engine import Op
 from .errors import CorruptDatabase, NotFound, StoreError
-from .pool import (
-    ELSEWHERE,
-    UNFINISHED,
-    Op,
-    Pool,
-    Worker,
-    interactive_job,
-    point_read_job,
-    read_job,
-    small_unit,
-)
 from .repositories import Repositories
+from .sqlite.pool import Pool
+from .sqlite.state import ELSEWHERE, UNFINISHED
+from .sqlite.worker import Worker, point_read_job, read_job, small_unit
+from .sqlite.writer import interactive_job
 
 __all__ = ["Session", "Snapshot", "Transaction"]
 
@@ -40,7 +34,7 @@ def _not_entered(pool: Pool, method: str, name: str) -> StoreError:
 
 
 class Session(Repositories):
-    """What repositories run on: a unit of work or a snapshot."""
+    """What repositories run on (``engine.Runner``): a unit of work or a snapshot."""
 
     _pool: Pool
 

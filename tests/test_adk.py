@@ -25,10 +25,16 @@ from google.adk.sessions import Session
 from google.adk.sessions.base_session_service import GetSessionConfig
 from google.genai import types
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import AsyncProjectStore, StoreConfig
 from demiarch_store.integrations.adk import FRAMEWORK, DemiarchSessionService
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.engine_config)."""
+    return engine_config
 
 APP, USER = "my_app", "test_user"
 
@@ -368,6 +374,7 @@ async def test_runner_end_to_end(project: AsyncProjectStore) -> None:
     assert got.events[-1].usage_metadata.prompt_token_count == INPUT_TOKENS
 
 
+@pytest.mark.parametrize("engine_config", ["sqlite"], indirect=True)  # file backups
 async def test_sessions_are_part_of_backups_bundles_and_checks(store: Any, tmp_path: Path) -> None:
     from demiarch_store.integrations.openai_agents import DemiarchSession
 

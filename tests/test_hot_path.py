@@ -240,7 +240,7 @@ def test_fast_record_constructor_matches_the_dataclass() -> None:
 
 
 async def test_a_chain_whose_transaction_dies_acknowledges_nothing_lost(either: Store) -> None:
-    from demiarch_store.pool import _rollback_if_active
+    from demiarch_store.sqlite.connection import _rollback_if_active
 
     project = await either.create_project(name="p")
     async with project.transaction() as tx:
@@ -298,7 +298,7 @@ async def test_a_value_sqlite_cannot_bind_fails_its_unit_alone(either: Store) ->
 
 
 def _op_with_unbindable_value() -> object:
-    from demiarch_store.pool import Op
+    from demiarch_store.engine import Op
 
     return Op("UPDATE conversations SET title = ? WHERE id = ?", (2**70, "x"))
 

@@ -24,7 +24,7 @@ from demiarch_store import (
     Store,
     StoreConfig,
 )
-from demiarch_store.pool import ELSEWHERE, Worker
+from demiarch_store.sqlite import ELSEWHERE, Worker
 
 pytestmark = pytest.mark.anyio
 

@@ -486,7 +486,7 @@ async def test_a_query_that_runs_long_in_place_finishes_on_the_thread(
     place once it runs past its time, and it runs again on the writer's thread, in the same
     transaction (begun, and the unit's writes sent, in place): the same answer, the unit's own
     writes in it, committed once. A short query in the same unit still runs in place."""
-    from demiarch_store import pool as pool_module
+    from demiarch_store.sqlite import inplace as pool_module
 
     async with project.transaction() as tx:
         conv = await tx.conversations.create(title="c")

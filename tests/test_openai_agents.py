@@ -23,10 +23,16 @@ from agents import (
 from agents.memory import Session
 from canned_models import INPUT_TOKENS, OUTPUT_TOKENS, CannedModel, get_weather
 
-from demiarch_store import AsyncProjectStore, InvalidValue, StoreError
+from demiarch_store import AsyncProjectStore, InvalidValue, StoreConfig, StoreError
 from demiarch_store.integrations.openai_agents import FRAMEWORK, DemiarchSession, ModelPrice
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.engine_config)."""
+    return engine_config
 set_tracing_disabled(True)  # no trace export: no network
 
 

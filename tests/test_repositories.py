@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,10 +22,17 @@ from demiarch_store import (
     CostTotal,
     InvalidValue,
     NotFound,
+    StoreConfig,
     StoreError,
 )
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.engine_config)."""
+    return engine_config
 
 
 def _no_raw_errors(exc: BaseException) -> None:
@@ -113,6 +121,7 @@ async def test_message_meta_that_is_not_json_is_refused_and_nothing_is_written(
         assert await r.messages.count() == 0
 
 
+@pytest.mark.parametrize("engine_config", ["sqlite"], indirect=True)  # scribbles on the file
 @pytest.mark.parametrize(
     ("column", "stored"),
     [("meta", "secret-token{not json"), ("created_at", "secret-token"), ("meta", "\x00" * 8)],
@@ -147,7 +156,7 @@ async def test_message_to_unknown_conversation_is_a_constraint_violation(
             await tx.messages.append("01nosuchconversation000000", role="user", content="hi")
     _no_raw_errors(info.value)
     assert project.id in str(info.value)
-    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError | psycopg.IntegrityError)
 
 
 # -- agents ----------------------------------------------------------------------------------
@@ -788,16 +797,18 @@ async def test_json_values_round_trip_exactly_through_the_file(tmp_path: Path) -
     try:
         kinds = {
             row[0]
-            for table, column in (("conversations", "meta"), ("messages", "meta"),
-                                  ("agents", "state"), ("plugins", "config"))
+            for table, column in (
+                ("conversations", "meta"),
+                ("messages", "meta"),
+                ("agents", "state"),
+                ("plugins", "config"),
+            )
             for row in conn.execute(
                 f"SELECT DISTINCT typeof({column}) FROM {table} WHERE {column} IS NOT NULL"
             )
         }
         # Stored as the JSON text, never as an SQLite number.
         assert kinds == {"text"}
-        assert conn.execute(
-            "SELECT meta FROM messages WHERE content = '0'"
-        ).fetchone() == ("1.0",)
+        assert conn.execute("SELECT meta FROM messages WHERE content = '0'").fetchone() == ("1.0",)
     finally:
         conn.close()

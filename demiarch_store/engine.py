@@ -1,0 +1,46 @@
+"""The engine boundary: what units of work and repositories need from a storage engine.
+
+Repositories build SQL and hand it to a *session* (a unit of work or a read snapshot) through
+the few calls of ``Runner``; each engine's package (``demiarch_store.sqlite``) implements them
+with its own connections. Nothing here imports an engine, so imports run one way:
+``engine`` <- ``repositories`` <- ``transaction`` <- the engine's pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from .errors import CorruptDatabase, NotFound
+
+__all__ = ["Op", "Runner"]
+
+
+class Op(NamedTuple):
+    """One statement of a unit of work, run later on the writer."""
+
+    sql: str
+    params: Any
+    many: bool = False
+    missing: str | None = None
+    """If set, the statement must change a row; the text says what was missing."""
+
+
+class Runner(Protocol):
+    """What a repository runs its statements on: a unit of work or a read snapshot."""
+
+    def defer(self, op: Op) -> None:
+        """Queue a write for commit."""
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        """Run one query and return its rows."""
+
+    async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
+        """Run ``sql`` (a read of one row by ``:id``); ``select_in`` reads several at once."""
+
+    def damaged(self, noun: str, exc: Exception) -> CorruptDatabase:
+        """The error for a stored row a column's converter cannot read (never its value)."""
+
+    def not_found(self, message: str) -> NotFound:
+        """The error for a record that is not there."""

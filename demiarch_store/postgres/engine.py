@@ -1,0 +1,626 @@
+"""The PostgreSQL engine of a store: one bounded pool, the registry of projects, retries.
+
+The store's ``PgEngine`` owns one ``psycopg_pool.AsyncConnectionPool`` (at most
+``StoreConfig.pool_size`` connections, ``acquire_timeout`` to get one, else ``PoolTimeout``);
+projects are handles on it. Every connection runs with ``statement_timeout``, ``lock_timeout``
+(``busy_deadline``) and ``idle_in_transaction_session_timeout`` set, in autocommit mode: each
+unit of work sends its own ``BEGIN`` and ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, NoReturn, cast
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg
+from psycopg.adapt import Dumper
+
+from ..config import StoreConfig
+from ..engine import Op, Runner
+from ..errors import (
+    MigrationError,
+    OutcomeUnknown,
+    ProjectExists,
+    ProjectNotFound,
+    SchemaTooNew,
+    StorageError,
+    StoreError,
+)
+from ..health import Reservoir, StoreStats
+from ..ids import new_project_id, validate_project_id
+from ..repositories import ProjectRepository
+from ..revisions import known_revisions
+from ..schema import HEAD_REVISION, metadata, to_micros, utcnow
+from .bundles import Rows, insert_sql, select_sql
+from .ddl import REGISTRY, project_ddl, registry_ddl, schema_name
+from .session import PgHandle, run_ops
+from .translate import RETRYABLE, translate
+
+__all__ = ["PgEngine", "ProjectRow"]
+
+log = logging.getLogger("demiarch_store")
+
+MIGRATION_LOCK: Final = 0x64656D69  # "demi": pg_advisory_xact_lock key of schema changes
+STATEMENT_TIMEOUT_MS: Final = 60_000
+IDLE_IN_TRANSACTION_MS: Final = 60_000
+_BACKOFF_BASE: Final = 0.002
+_BACKOFF_CAP: Final = 0.25
+_GROUP_MAX: Final = 64
+"""Units of work one group commit takes at most."""
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Counters:
+    commits: int = 0
+    rollbacks: int = 0
+    busy_retries: int = 0
+    busy_errors: int = 0
+    pool_timeouts: int = 0
+    groups: int = 0
+    pool_wait: Reservoir = field(default_factory=Reservoir)
+    transaction_seconds: Reservoir = field(default_factory=Reservoir)
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A write-only unit waiting for (or in) a group commit."""
+
+    handle: PgHandle
+    ops: list[Op]
+    fut: asyncio.Future[None]
+    taken: bool = False
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """A project as the registry knows it."""
+
+    id: str
+    name: str
+    schema: str
+    revision: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class _Collect:
+    """A runner that only collects writes (a project's first row, written with its schema)."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def defer(self, op: Op) -> None:
+        self.ops.append(op)
+
+
+def _options(config: StoreConfig) -> str:
+    lock_ms = max(1, int(config.busy_deadline * 1000))
+    return (
+        f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_ms} "
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    )
+
+
+class _BoolAsInt(Dumper):
+    """Booleans go to the server as 0 and 1: stored as integers, as on SQLite (``ddl``)."""
+
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_dumper(bool, _BoolAsInt)
+
+
+class PgEngine:
+    """One store's connections to a PostgreSQL database, and the registry of its projects."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        assert config.database_url is not None
+        self.config = config
+        self.url = config.database_url
+        self.counters = Counters()
+        self.closed = False
+        self._pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=config.pool_size,
+            timeout=config.acquire_timeout,
+            open=False,
+            name="demiarch",
+            kwargs={"autocommit": True, "options": _options(config)},
+            configure=_configure,
+        )
+        self._opened = False
+        self._queue: deque[_Queued] = deque()
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._max_lanes = max(1, config.pool_size // 2)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without a password (for messages)."""
+        return (
+            psycopg.conninfo.make_conninfo(self.url, password="") if "@" in self.url else self.url
+        )
+
+    def fail(self, exc: BaseException, project: str | None, action: str) -> NoReturn:
+        """Raise the library's error for ``exc`` (``exc`` itself if it is not a driver error)."""
+        err = self.translate(exc, project, action)
+        if err is exc:
+            raise exc
+        raise err from exc
+
+    def translate(self, exc: BaseException, project: str | None, action: str) -> BaseException:
+        err = translate(exc, project=project, url=self.shown_url, action=action)
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            self.counters.pool_timeouts += 1
+        return err
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool and bring the registry to ``HEAD_REVISION`` (once per database)."""
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            await self._pool.open(wait=True, timeout=self.config.acquire_timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            await self._pool.close()
+            self.closed = True
+            raise StorageError(
+                "cannot connect to the PostgreSQL server",
+                hint=f"check that the server at {self.shown_url} is up, and the URL",
+            ) from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every connection (after the group commits in flight). Idempotent."""
+        self.closed = True
+        if self._lanes:
+            await asyncio.gather(*self._lanes, return_exceptions=True)
+        await self._pool.close()
+
+    async def _migrate(self) -> None:
+        """Create the registry at head under an advisory lock: one process does it, once."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                for statement in registry_ddl():
+                    await conn.execute(statement)
+                cur = await conn.execute(f"SELECT version_num FROM {REGISTRY}.alembic_version")
+                row = await cur.fetchone()
+                if row is None:
+                    await conn.execute(
+                        f"INSERT INTO {REGISTRY}.alembic_version VALUES (%s)", (HEAD_REVISION,)
+                    )
+                    log.info("created the demiarch registry at %s", HEAD_REVISION)
+                else:
+                    _check_revision(row[0], None)
+        except (SchemaTooNew, MigrationError):
+            raise
+        except BaseException as exc:
+            self.fail(exc, None, "preparing the database")
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def _get(self) -> psycopg.AsyncConnection[Any]:
+        if self.closed:
+            raise StoreError("the store is closed", hint="open a new Store")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            conn: psycopg.AsyncConnection[Any] = await self._pool.getconn()
+        except psycopg_pool.PoolTimeout as exc:
+            self.fail(exc, None, "waiting for a connection")
+        self.counters.pool_wait.add(loop.time() - t0)
+        return conn
+
+    async def give_back(self, conn: psycopg.AsyncConnection[Any], *, rollback: bool) -> None:
+        """Return a connection to the pool (rolled back if still in a transaction)."""
+        try:
+            if rollback and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool sees it and drops it
+        finally:
+            await self._pool.putconn(conn)
+
+    async def begin_locked(self, handle: PgHandle) -> psycopg.AsyncConnection[Any]:
+        """Begin a unit that reads: its schema, and its project's row locked until it ends."""
+        conn = await self._get()
+        try:
+            await conn.execute("BEGIN")
+            cur = await conn.execute(
+                f"SELECT set_config('search_path', %s, true) FROM {REGISTRY}.projects "
+                "WHERE project_id = %s FOR UPDATE",
+                (f'"{handle.schema}"', handle.project),
+            )
+            if await cur.fetchone() is None:
+                raise ProjectNotFound(
+                    "the project was deleted", project=handle.project, hint="create it again"
+                )
+        except BaseException:
+            await self.give_back(conn, rollback=True)
+            raise
+        return conn
+
+    async def begin_snapshot(self, handle: PgHandle) -> psycopg.AsyncConnection[Any]:
+        """Begin a read-only snapshot of a project."""
+        conn = await self._get()
+        try:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await conn.execute(
+                "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
+            )
+        except BaseException as exc:
+            await self.give_back(conn, rollback=True)
+            self.fail(exc, handle.project, "starting a read")
+        return conn
+
+    async def _begin_unit(
+        self, conn: psycopg.AsyncConnection[Any], handle: PgHandle, ops: list[Op]
+    ) -> None:
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',))
+        async with conn.cursor() as cur:
+            await run_ops(cur, ops, handle)
+
+    async def run_unit(self, handle: PgHandle, ops: list[Op]) -> None:
+        """Commit a write-only unit, grouped with the units queued meanwhile (group commit).
+
+        Up to ``pool_size // 2`` transactions commit at once; units that arrive meanwhile wait
+        and go together into the next one, sent in one pipeline (one round trip for all their
+        statements, one for the COMMIT). A group that fails before its COMMIT is rolled back
+        and each of its units runs alone (``_run_alone``), so one bad unit never sinks others.
+        """
+        if any(op.missing is not None for op in ops):  # reads a row count: runs alone
+            await self._run_alone(handle, ops)
+            return
+        loop = asyncio.get_running_loop()
+        item = _Queued(handle, ops, loop.create_future())
+        self._queue.append(item)
+        if len(self._lanes) < self._max_lanes:
+            lane = loop.create_task(self._lane())
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
+        try:
+            await asyncio.shield(item.fut)
+        except asyncio.CancelledError:
+            if not item.taken:
+                self._queue.remove(item)  # never sent: nothing was written
+                raise
+            # Sent: the server decides; wait for the outcome, so nothing is left running.
+            await asyncio.wait([item.fut])
+            if not item.fut.cancelled():
+                item.fut.exception()  # retrieved: the caller was cancelled
+            raise
+
+    async def _lane(self) -> None:
+        """Commit queued units, a group at a time, until the queue is empty."""
+        while self._queue:
+            batch: list[_Queued] = []
+            while self._queue and len(batch) < _GROUP_MAX:
+                item = self._queue.popleft()
+                item.taken = True
+                batch.append(item)
+            try:
+                await self._commit_group(batch)
+            except BaseException as exc:  # pragma: no cover - _commit_group settles every unit
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(exc)
+                raise
+
+    async def _commit_group(self, batch: list[_Queued]) -> None:
+        if len(batch) == 1:
+            await self._settle_alone(batch[0])
+            return
+        try:
+            conn = await self._get()
+        except BaseException as exc:
+            for item in batch:
+                item.fut.set_exception(exc)
+            return
+        committing = False
+        try:
+            async with conn.pipeline() as pipeline:
+                await conn.execute("BEGIN")
+                async with conn.cursor() as cur:
+                    for item in batch:
+                        await cur.execute(
+                            "SELECT set_config('search_path', %s, true)",
+                            (f'"{item.handle.schema}"',),
+                        )
+                        await run_ops(cur, item.ops, item.handle)
+                await pipeline.sync()
+            committing = True
+            await conn.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            if committing and exc.sqlstate not in RETRYABLE:
+                for item in batch:
+                    item.fut.set_exception(_outcome_unknown(item.handle, exc))
+                return
+        except Exception:
+            pass  # rolled back below; each unit runs again alone
+        else:
+            self.counters.commits += len(batch)
+            self.counters.groups += 1
+            for item in batch:
+                item.fut.set_result(None)
+            return
+        finally:
+            await self.give_back(conn, rollback=True)
+        for item in batch:
+            await self._settle_alone(item)
+
+    async def _settle_alone(self, item: _Queued) -> None:
+        try:
+            await self._run_alone(item.handle, item.ops)
+        except BaseException as exc:
+            if not item.fut.done():
+                item.fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not item.fut.done():
+                item.fut.set_result(None)
+
+    async def _run_alone(self, handle: PgHandle, ops: list[Op]) -> None:
+        """Commit one unit; re-run it whole on 40001/40P01 until ``busy_deadline``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.busy_deadline
+        attempt = 0
+        while True:
+            try:
+                conn = await self._get()
+            except BaseException as exc:
+                self.fail(exc, handle.project, "running a transaction")
+            committing = False
+            try:
+                if all(op.missing is None for op in ops):
+                    # One round trip for the unit's statements, one for its COMMIT (an error in
+                    # any statement surfaces at the sync, before COMMIT is sent).
+                    async with conn.pipeline() as pipeline:
+                        await self._begin_unit(conn, handle, ops)
+                        await pipeline.sync()
+                else:  # a statement that must change a row: its row count is read at once
+                    await self._begin_unit(conn, handle, ops)
+                committing = True
+                await conn.execute("COMMIT")
+                self.counters.commits += 1
+                return
+            except psycopg.OperationalError as exc:
+                if committing and exc.sqlstate not in RETRYABLE:
+                    raise _outcome_unknown(handle, exc) from exc
+                if exc.sqlstate in RETRYABLE and loop.time() < deadline:
+                    attempt += 1
+                    self.counters.busy_retries += 1
+                else:
+                    if exc.sqlstate in RETRYABLE:
+                        self.counters.busy_errors += 1
+                    self.fail(exc, handle.project, "running a transaction")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self.fail(exc, handle.project, "running a transaction")
+            finally:
+                await self.give_back(conn, rollback=True)
+            delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt) * random.random()
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+
+    # -- projects -----------------------------------------------------------------------------
+
+    async def create_project(
+        self,
+        *,
+        name: str,
+        description: str | None,
+        project_id: str | None,
+        rows: Rows | None = None,
+    ) -> ProjectRow:
+        """Create a project's schema, registry row and first record in one transaction.
+
+        With ``rows`` (an imported bundle's), the project holds those rows instead.
+        """
+        pid = validate_project_id(project_id) if project_id is not None else new_project_id()
+        schema = schema_name(pid)
+        collect = _Collect()
+        if rows is None:
+            await ProjectRepository(cast(Runner, collect)).create(
+                id=pid, name=name, description=description
+            )
+        else:
+            for table in metadata.sorted_tables:
+                if rows.get(table.name):
+                    collect.defer(Op(insert_sql(table.name, "?"), rows[table.name], many=True))
+        now = utcnow()
+        handle = PgHandle(self, pid, schema, self.config)
+        conn = await self._get()
+        try:
+            await conn.execute("BEGIN")
+            try:
+                await conn.execute(
+                    f"INSERT INTO {REGISTRY}.projects VALUES (%s, %s, %s, %s, %s, %s)",
+                    (pid, name, schema, HEAD_REVISION, to_micros(now), to_micros(now)),
+                )
+            except pg.UniqueViolation:
+                raise ProjectExists(
+                    "a project with this ID already exists",
+                    project=pid,
+                    hint="open it with open_project(), or pick another ID",
+                ) from None
+            # One round trip: without parameters, several statements go as one simple query.
+            await conn.execute(";\n".join(project_ddl(pid)).encode())
+            await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{schema}"',))
+            async with conn.cursor() as cur:
+                await run_ops(cur, collect.ops, handle)
+            await conn.execute("COMMIT")
+        except StoreError:
+            raise
+        except BaseException as exc:
+            self.fail(exc, pid, "creating the project")
+        finally:
+            await self.give_back(conn, rollback=True)
+        return ProjectRow(pid, name, schema, HEAD_REVISION, now, now)
+
+    async def dump(self, handle: PgHandle) -> Rows:
+        """Read every table of a project in one snapshot (for a bundle)."""
+        conn = await self.begin_snapshot(handle)
+        try:
+            out: Rows = {}
+            for table in metadata.sorted_tables:
+                cur = await conn.execute(select_sql(table.name))
+                out[table.name] = await cur.fetchall()
+            return out
+        except BaseException as exc:
+            self.fail(exc, handle.project, "exporting the project")
+        finally:
+            await self.give_back(conn, rollback=True)
+
+    async def project(self, project_id: str) -> ProjectRow:
+        """Return a project's registry row; ``ProjectNotFound`` or ``SchemaTooNew`` if unusable."""
+        validate_project_id(project_id)
+        rows = await self._query(
+            f"SELECT project_id, name, schema_name, revision, created_at, updated_at "
+            f"FROM {REGISTRY}.projects WHERE project_id = %s",
+            (project_id,),
+            project_id,
+        )
+        if not rows:
+            raise ProjectNotFound(
+                "no such project in the database",
+                project=project_id,
+                hint="list the projects with list_projects(), or create it",
+            )
+        row = _row(rows[0])
+        _check_revision(row.revision, project_id)
+        return row
+
+    async def projects(self) -> list[ProjectRow]:
+        """Return every project, by ID."""
+        rows = await self._query(
+            f"SELECT project_id, name, schema_name, revision, created_at, updated_at "
+            f"FROM {REGISTRY}.projects ORDER BY project_id",
+            (),
+            None,
+        )
+        return [_row(r) for r in rows]
+
+    async def delete_project(self, project_id: str) -> None:
+        """Drop a project's schema and registry row (waits for its units that read)."""
+        validate_project_id(project_id)
+        conn = await self._get()
+        try:
+            await conn.execute("BEGIN")
+            cur = await conn.execute(
+                f"DELETE FROM {REGISTRY}.projects WHERE project_id = %s RETURNING schema_name",
+                (project_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise ProjectNotFound(
+                    "no such project in the database",
+                    project=project_id,
+                    hint="list the projects with list_projects()",
+                )
+            await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
+            await conn.execute("COMMIT")
+        except StoreError:
+            raise
+        except BaseException as exc:
+            self.fail(exc, project_id, "deleting the project")
+        finally:
+            await self.give_back(conn, rollback=True)
+
+    async def table_count(self, handle: PgHandle) -> int:
+        rows = await self._query(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+            (handle.schema,),
+            handle.project,
+        )
+        return int(rows[0][0])
+
+    async def _query(self, sql: str, params: Any, project: str | None) -> list[Any]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql, params)
+                rows: list[Any] = await cur.fetchall()
+                return rows
+        except BaseException as exc:
+            self.fail(exc, project, "reading the registry")
+
+    def stats(self, in_flight: int = 0) -> StoreStats:
+        c = self.counters
+        pool = self._pool.get_stats()
+        size = pool.get("pool_size", 0)
+        return StoreStats(
+            commits=c.commits,
+            rollbacks=c.rollbacks,
+            group_commits=c.groups,
+            busy_retries=c.busy_retries,
+            database_busy=c.busy_errors,
+            pool_timeouts=c.pool_timeouts,
+            pool_wait=c.pool_wait.percentiles(),
+            transaction_seconds=c.transaction_seconds.percentiles(),
+            connections=size,
+            connections_in_use=size - pool.get("pool_available", 0),
+            in_flight=in_flight,
+            checkpoints=0,
+            idle_checkpoints=0,
+            last_checkpoint=None,
+        )
+
+
+def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:
+    err = OutcomeUnknown(
+        "the connection to the server was lost during COMMIT: the unit of work may or may not "
+        "have been applied",
+        project=handle.project,
+        hint="read the records to find out before running the unit again",
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _row(r: Any) -> ProjectRow:
+    return ProjectRow(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        _EPOCH + timedelta(microseconds=r[4]),
+        _EPOCH + timedelta(microseconds=r[5]),
+    )
+
+
+def _check_revision(revision: str, project: str | None) -> None:
+    if revision == HEAD_REVISION:
+        return
+    if revision not in known_revisions():
+        raise SchemaTooNew(
+            f"the database is at schema revision {revision!r}, newer than this demiarch-store "
+            f"knows (head {HEAD_REVISION!r})",
+            project=project,
+            hint="upgrade demiarch-store to use it; nothing was modified",
+        )
+    raise MigrationError(
+        f"the database is at schema revision {revision!r}; PostgreSQL databases start at "
+        f"{HEAD_REVISION!r} and no PostgreSQL migration leads there from {revision!r}",
+        project=project,
+        hint="export the projects with an older demiarch-store and import them into a new database",
+    )

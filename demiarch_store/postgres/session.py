@@ -1,0 +1,251 @@
+"""Units of work and read snapshots on PostgreSQL: the same repositories, the same API.
+
+A unit that only writes sends its statements at the end, in one transaction, retried whole on a
+serialization failure or deadlock (``PgEngine.run_unit``). A unit that reads first takes a
+connection, begins (``READ COMMITTED``) and locks its project's registry row (``FOR UPDATE``),
+so units that read then write serialise per project as ``BEGIN IMMEDIATE`` makes them on SQLite;
+its writes so far are sent before each query, so it reads its own writes. A snapshot is one
+``REPEATABLE READ READ ONLY`` transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ..config import StoreConfig
+from ..engine import Op
+from ..errors import NotFound, OutcomeUnknown, StoreError
+from ..transaction import Snapshot, Transaction
+
+if TYPE_CHECKING:
+    from .engine import PgEngine
+
+__all__ = ["PgHandle", "PgSnapshot", "PgTransaction", "pg_sql", "run_ops"]
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)|(\?)|(%)")
+_SQLITE_JSON = re.compile(r"\bjson_(?:each|extract|type)\(")
+_LIMIT = re.compile(r"\bLIMIT (:[A-Za-z_]\w*|\?)")
+_SQL: dict[str, str] = {}
+
+
+def pg_sql(sql: str) -> str:
+    """Return the repositories' SQL (SQLite's ``:name`` and ``?`` placeholders) for psycopg."""
+    try:
+        return _SQL[sql]
+    except KeyError:
+        pass
+
+    def place(m: re.Match[str]) -> str:
+        if m[1] is not None:
+            return f"%({m[1]})s"
+        return "%s" if m[2] is not None else "%%"
+
+    # SQLite's LIMIT -1 is "no limit" (the repositories' default); PostgreSQL's is LIMIT NULL.
+    text = _LIMIT.sub(r"LIMIT NULLIF(\1, -1)", sql)
+    if _SQLITE_JSON.search(text):
+        # The LangGraph repositories' JSON filters and their checkpoint page query (a UNION of
+        # differently typed rows, which only SQLite's dynamic typing accepts).
+        raise StoreError(
+            "this query uses SQLite's JSON functions (the LangGraph checkpointer's reads and "
+            "JSON filters), not supported on PostgreSQL yet",
+            hint="use a SQLite project for LangGraph checkpoints and filtered searches",
+        )
+    text = _SQL[sql] = _NAMED.sub(place, text)
+    return text
+
+
+async def run_ops(cur: psycopg.AsyncCursor[Any], ops: list[Op], handle: PgHandle) -> None:
+    """Run a unit's statements in order on an open transaction."""
+    for sql, params, many, missing in ops:
+        text = pg_sql(sql)
+        if many:
+            await cur.executemany(text, params)
+        else:
+            await cur.execute(text, params)
+        if missing is not None and cur.rowcount == 0:
+            raise NotFound(missing, project=handle.project, path=None)
+
+
+@dataclass
+class PgHandle:
+    """What a unit of work or snapshot of one project needs: the engine, the project's schema."""
+
+    engine: PgEngine
+    project: str
+    schema: str
+    config: StoreConfig
+    path: Path | None = None
+    closed: bool = False
+
+    def check_open(self) -> None:
+        if self.closed or self.engine.closed:
+            raise StoreError(
+                "the project is closed",
+                project=self.project,
+                hint="open it again with Store.open_project()",
+            )
+
+    def enter(self) -> None:
+        self.check_open()
+
+    def leave(self) -> None:
+        pass
+
+
+class PgTransaction(Transaction):
+    """One unit of work on PostgreSQL (see the module's docstring)."""
+
+    _pool: PgHandle  # type: ignore[assignment]
+
+    def __init__(self, handle: PgHandle) -> None:
+        self._pool = handle
+        self._ops: list[Op] = []
+        self._flushed = 0
+        self._held = False
+        self._ended = True
+        self._failed: BaseException | None = None
+        self._depth = 0
+        self._t0 = 0.0
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> PgTransaction:
+        self._pool.check_open()
+        self._t0 = perf_counter()
+        self._ended = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ended = True
+        handle = self._pool
+        engine = handle.engine
+        conn, self._conn = self._conn, None
+        if conn is None:
+            if exc is None and self._ops:
+                await engine.run_unit(handle, self._ops)
+            elif exc is not None:
+                engine.counters.rollbacks += 1
+            return
+        ok = False
+        try:
+            if exc is None and self._failed is None:
+                try:
+                    async with conn.cursor() as cur:
+                        await run_ops(cur, self._ops[self._flushed :], handle)
+                except BaseException as err:
+                    engine.fail(err, handle.project, "running a transaction")
+                try:
+                    await conn.execute("COMMIT")
+                except psycopg.OperationalError as err:
+                    raise OutcomeUnknown(
+                        "the connection to the server was lost during COMMIT: the unit of work "
+                        "may or may not have been applied",
+                        project=handle.project,
+                        hint="read the records to find out before running the unit again",
+                    ) from err
+                except BaseException as err:
+                    engine.fail(err, handle.project, "committing")
+                engine.counters.commits += 1
+                ok = True
+            else:
+                engine.counters.rollbacks += 1
+        finally:
+            await engine.give_back(conn, rollback=not ok)
+
+    async def _interact(
+        self,
+        sql: str | None,
+        params: Mapping[str, Any] | None,
+        *,
+        here: bool = False,
+        bounded: bool = True,
+    ) -> Any:
+        self._check()
+        handle = self._pool
+        engine = handle.engine
+        try:
+            if self._conn is None:
+                self._conn = await engine.begin_locked(handle)
+                self._held = True
+            ops = self._ops[self._flushed :]
+            self._flushed = len(self._ops)
+            async with self._conn.cursor() as cur:
+                await run_ops(cur, ops, handle)
+                if sql is None:
+                    return None
+                await cur.execute(pg_sql(sql), params)
+                return await cur.fetchall()
+        except asyncio.CancelledError:
+            self._failed = asyncio.CancelledError()
+            raise
+        except BaseException as exc:
+            err = engine.translate(exc, handle.project, "running a transaction")
+            self._failed = err
+            if err is exc:
+                raise
+            raise err from exc
+
+
+class PgSnapshot(Snapshot):
+    """A read-only, consistent view of one project: one ``REPEATABLE READ`` transaction."""
+
+    _pool: PgHandle  # type: ignore[assignment]
+
+    def __init__(self, handle: PgHandle) -> None:
+        self._pool = handle
+        self._worker = None
+        self._entered = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> PgSnapshot:
+        handle = self._pool
+        handle.check_open()
+        self._conn = await handle.engine.begin_snapshot(handle)
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.engine.give_back(conn, rollback=True)
+
+    async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
+        return await self.fetch(sql, {"id": id})
+
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        conn = self._conn
+        handle = self._pool
+        if conn is None:
+            if not self._entered:
+                self.defer(Op("", ()))  # raises: used without `async with`
+            raise StoreError(
+                "the read snapshot has ended",
+                project=handle.project,
+                hint="use the repositories only inside the `async with` block",
+            )
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(pg_sql(sql), params)
+                return await cur.fetchall()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            handle.engine.fail(exc, handle.project, "reading")

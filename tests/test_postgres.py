@@ -1,0 +1,540 @@
+"""The PostgreSQL engine on the real server: the contract, isolation, retries, lost connections.
+
+Every test here needs the server (DEMIARCH_TEST_DATABASE_URL, default the local one) and runs
+in the session's fresh database (conftest.pg_database_url). Without a server these tests are
+not collected and one line says so, except with CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import demiarch_store
+from demiarch_store import (
+    DatabaseBusy,
+    InvalidProjectId,
+    NotFound,
+    OutcomeUnknown,
+    PoolTimeout,
+    ProjectExists,
+    ProjectNotFound,
+    SchemaTooNew,
+    StorageError,
+    Store,
+    StoreClosed,
+    StoreConfig,
+    StoreError,
+    load_config,
+)
+from demiarch_store.postgres.ddl import schema_name
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def pg_config(pg_database_url: str, tmp_path: Path) -> StoreConfig:
+    return StoreConfig(
+        projects_dir=tmp_path / "unused",
+        database_url=pg_database_url,
+        busy_deadline=2.0,
+        acquire_timeout=5.0,
+    )
+
+
+def test_the_server_answers() -> None:
+    """Fails (in CI too) when the server cannot be reached: the PostgreSQL suite must run."""
+    import conftest
+
+    assert conftest._pg_reachable() is None, f"no PostgreSQL server at {conftest.PG_ADMIN_URL}"
+
+
+def test_importing_the_package_does_not_import_psycopg() -> None:
+    code = "import sys, demiarch_store; assert 'psycopg' not in sys.modules, 'psycopg imported'"
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert demiarch_store.StoreConfig().database_url is None
+
+
+def test_the_url_comes_from_the_environment_only_through_load_config() -> None:
+    url = "postgresql://someone@db.example:5432/agents"
+    assert load_config(environ={"DEMIARCH_DATABASE_URL": url}).database_url == url
+    assert load_config(environ={}).database_url is None
+    with pytest.raises(demiarch_store.InvalidValue):
+        StoreConfig(database_url="mysql://nope")
+
+
+async def test_contract_flow_on_postgresql(pg_config: StoreConfig) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="my app")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="planning")
+            first = await tx.messages.append(conv.id, role="user", content="hello 100% %s :x ?")
+            many = await tx.messages.append_many(conv.id, [{"role": "tool", "content": "."}] * 100)
+        async with project.read() as r:
+            history = await r.messages.list(conv.id)
+            assert [m.id for m in history] == [first.id, *(m.id for m in many)]
+            assert await r.messages.get(history[0].id) == first
+            assert first.content == "hello 100% %s :x ?"
+            page = await r.messages.list(conv.id, limit=10, after=history[4].id)
+            assert [m.id for m in page] == [m.id for m in history[5:15]]
+            with pytest.raises(NotFound):
+                await r.messages.get("nope")
+        async with project.transaction() as tx:  # reads, then writes: holds the project's row
+            again = await tx.conversations.get(conv.id)
+            await tx.conversations.update(again.id, title="renamed")
+            assert (await tx.conversations.get(conv.id)).title == "renamed"  # its own write
+        # The session's database is shared by this file's tests: look at this project only.
+        infos = [i for i in await store.list_projects() if i.id == project.id]
+        assert [(i.id, i.name, i.status) for i in infos] == [(project.id, "my app", "ok")]
+        assert infos[0].path == Path(schema_name(project.id))
+        assert await store.open_project(project.id) is project
+        report = await project.check()
+        assert report.ok, report.problems
+        assert project.stats().commits >= 2
+        assert project.path is None  # a schema, not a file
+        for attempt in (project.vacuum, project.optimize, project.backup, project.backups):
+            with pytest.raises(StoreError, match="not available on PostgreSQL"):
+                result = attempt()
+                if asyncio.iscoroutine(result):
+                    await result
+        with pytest.raises(ProjectExists):
+            await store.create_project(name="again", project_id=project.id)
+        with pytest.raises(InvalidProjectId):
+            await store.open_project("../etc")
+        await store.delete_project(project.id)
+        with pytest.raises(StoreClosed):
+            project.transaction()
+        with pytest.raises(ProjectNotFound):
+            await store.open_project(project.id)
+        assert project.id not in {i.id for i in await store.list_projects()}
+
+
+async def test_two_projects_with_the_same_record_ids_never_see_each_other(
+    pg_config: StoreConfig,
+) -> None:
+    async with Store(pg_config) as store:
+        a = await store.create_project(name="a")
+        b = await store.create_project(name="b")
+        for project, value in ((a, "from a"), (b, "from b")):
+            async with project.transaction() as tx:
+                await tx.memory_items.put("shared/ns", "same-key", {"v": value})
+                conv = await tx.conversations.create(title=value)
+                await tx.agent_sessions.create("sdk", "same-session", conversation_id=conv.id)
+        for project, value in ((a, "from a"), (b, "from b")):
+            async with project.read() as r:
+                assert (await r.memory_items.get("shared/ns", "same-key")).value == {"v": value}
+                assert [c.title for c in await r.conversations.list()] == [value]
+        async with a.transaction() as tx:
+            await tx.memory_items.delete("shared/ns", "same-key")
+        async with b.read() as r:
+            assert (await r.memory_items.get("shared/ns", "same-key")).value == {"v": "from b"}
+        await store.delete_project(a.id)
+        async with b.read() as r:
+            assert len(await r.conversations.list()) == 1
+
+
+async def test_a_storm_of_serialization_failures_is_retried_and_applied_once(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    """The server fails each unit's first attempts with 40001; each is applied exactly once."""
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="storm")
+        schema = schema_name(project.id)
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute(f'CREATE SEQUENCE "{schema}".storm')
+            admin.execute(
+                f"""CREATE FUNCTION "{schema}".storm() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                  IF nextval('"{schema}".storm') % 3 <> 0 THEN
+                    RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+                  END IF;
+                  RETURN NEW;
+                END $$"""
+            )
+            admin.execute(
+                f'CREATE TRIGGER storm BEFORE INSERT ON "{schema}".conversations '
+                f'FOR EACH ROW EXECUTE FUNCTION "{schema}".storm()'
+            )
+
+        async def one(i: int) -> None:
+            async with project.transaction() as tx:
+                await tx.conversations.create(title=f"c{i}")
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(20))), 60)
+        async with project.read() as r:
+            titles = sorted(c.title or "" for c in await r.conversations.list())
+        assert titles == sorted(f"c{i}" for i in range(20))  # each once
+        assert project.stats().busy_retries >= 20
+
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute(f'ALTER SEQUENCE "{schema}".storm INCREMENT BY 3 RESTART WITH 1')
+        with pytest.raises(DatabaseBusy):  # fails every time: busy_deadline, then DatabaseBusy
+            await asyncio.wait_for(one(99), 30)
+        async with project.read() as r:
+            assert len(await r.conversations.list()) == 20
+
+
+async def test_a_connection_lost_during_commit_is_outcome_unknown(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    """The server's backend dies inside COMMIT (a deferred trigger ends it): a typed error
+    says the outcome is unknown, nothing is retried, and the store goes on working."""
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="lost")
+        schema = schema_name(project.id)
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute(
+                f"""CREATE FUNCTION "{schema}".die() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                  IF NEW.title = 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                  RETURN NEW;
+                END $$"""
+            )
+            admin.execute(
+                f'CREATE CONSTRAINT TRIGGER die AFTER INSERT ON "{schema}".conversations '
+                f'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{schema}".die()'
+            )
+        for reads_first in (False, True):
+            with pytest.raises(OutcomeUnknown, match="may or may not"):
+                async with project.transaction() as tx:
+                    if reads_first:
+                        await tx.conversations.list()
+                    await tx.conversations.create(title="die")
+            async with project.transaction() as tx:
+                await tx.conversations.create(title="fine")
+        async with project.read() as r:
+            assert sorted(c.title or "" for c in await r.conversations.list()) == ["fine", "fine"]
+
+
+async def test_a_terminated_connection_is_a_storage_error_then_the_pool_recovers(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="killed")
+        with pytest.raises(StorageError):
+            async with project.transaction() as tx:
+                await tx.conversations.list()  # holds a connection
+                with psycopg.connect(pg_database_url, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND state = 'idle in transaction'"
+                    )
+                await tx.conversations.list()
+        for _ in range(3):
+            async with project.transaction() as tx:
+                await tx.conversations.create(title="after")
+        async with project.read() as r:
+            assert len(await r.conversations.list()) == 3
+
+
+async def test_no_connection_within_acquire_timeout_is_pool_timeout(
+    pg_database_url: str, tmp_path: Path
+) -> None:
+    config = StoreConfig(
+        projects_dir=tmp_path, database_url=pg_database_url, pool_size=1, acquire_timeout=0.3
+    )
+    async with Store(config) as store:
+        project = await store.create_project(name="tight")
+        async with project.read() as r:
+            await r.conversations.list()  # holds the only connection
+            with pytest.raises(PoolTimeout):
+                async with project.read() as other:
+                    await other.conversations.list()
+        assert project.stats().pool_timeouts == 1
+
+
+async def test_a_database_at_a_newer_revision_is_schema_too_new(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="old code")
+    with psycopg.connect(pg_database_url, autocommit=True) as admin:
+        admin.execute(
+            "UPDATE demiarch.projects SET revision = '9999' WHERE project_id = %s", (project.id,)
+        )
+    try:
+        async with Store(pg_config) as store:
+            with pytest.raises(SchemaTooNew):
+                await store.open_project(project.id)
+            infos = await store.list_projects()
+            assert [i.status for i in infos if i.id == project.id] == ["newer_schema"]
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute("UPDATE demiarch.alembic_version SET version_num = '9999'")
+        with pytest.raises(SchemaTooNew):
+            async with Store(pg_config) as store:
+                await store.list_projects()
+    finally:
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute("UPDATE demiarch.alembic_version SET version_num = '0005'")
+            admin.execute("DELETE FROM demiarch.projects WHERE revision = '9999'")
+
+
+def test_four_processes_prepare_one_database_once(pg_database_url: str, tmp_path: Path) -> None:
+    """Four processes open stores on a new database at once: the advisory lock lets one create
+    the registry; all then write to one project."""
+    import subprocess
+
+    dbname = f"demiarch_race_{os.getpid()}"
+    base = pg_database_url.rsplit("/", 1)[0]
+    with psycopg.connect(pg_database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    url = f"{base}/{dbname}"
+    code = f"""
+import asyncio, sys
+from demiarch_store import Store, StoreConfig, ProjectExists
+async def main():
+    config = StoreConfig(projects_dir={str(tmp_path)!r}, database_url={url!r}, busy_deadline=10)
+    async with Store(config) as store:
+        try:
+            project = await store.create_project(name="shared", project_id="shared")
+        except ProjectExists:
+            project = await store.open_project("shared")
+        for i in range(25):
+            async with project.transaction() as tx:
+                await tx.conversations.create(title=sys.argv[1])
+asyncio.run(main())
+"""
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, f"p{i}"], stderr=subprocess.PIPE)
+            for i in range(4)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()[-2000:]
+        with psycopg.connect(url, autocommit=True) as conn:
+            schema = schema_name("shared")
+            count = conn.execute(f'SELECT count(*) FROM "{schema}".conversations').fetchone()
+            versions = conn.execute("SELECT count(*) FROM demiarch.alembic_version").fetchone()
+        assert count == (100,) and versions == (1,)
+    finally:
+        with psycopg.connect(pg_database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+async def test_a_project_moves_from_postgresql_to_sqlite_and_back(
+    pg_config: StoreConfig, tmp_path: Path
+) -> None:
+    """Created on PostgreSQL, exported, imported into SQLite (the same bundle format), used
+    there, exported again and imported into PostgreSQL under a new ID: every record intact."""
+    sqlite_config = StoreConfig(projects_dir=tmp_path / "projects")
+    async with Store(pg_config) as pg_store:
+        project = await pg_store.create_project(name="travelling")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="t", meta={"k": [1, 2]})
+            await tx.messages.append_many(conv.id, [{"role": "user", "content": "m"}] * 50)
+            await tx.llm_calls.record(
+                model="gpt-x", input_tokens=1, output_tokens=2, cost_usd=Decimal("0.0021")
+            )
+            await tx.memory_items.put("ns", "key", {"deep": {"x": None}})
+        bundle = await pg_store.export_project(project.id, tmp_path / "out/")
+    async with Store(sqlite_config) as sqlite_store:
+        local = await sqlite_store.import_project(bundle)
+        assert local.id == project.id and local.path.is_file()
+        async with local.read() as r:
+            assert len(await r.messages.list(conv.id)) == 50
+            assert (await r.conversations.get(conv.id)).meta == {"k": [1, 2]}
+            assert await r.llm_calls.total_cost() == Decimal("0.0021")
+        async with local.transaction() as tx:
+            await tx.messages.append(conv.id, role="assistant", content="on sqlite")
+        assert (await local.check()).ok
+        back = await sqlite_store.export_project(local.id, tmp_path / "back/")
+    async with Store(pg_config) as pg_store:
+        again = await pg_store.import_project(back, project_id="travelled")
+        async with again.read() as r:
+            history = await r.messages.list(conv.id)
+            assert len(history) == 51 and history[-1].content == "on sqlite"
+            assert (await r.memory_items.get("ns", "key")).value == {"deep": {"x": None}}
+            assert [p.id for p in await r.projects.list()] == ["travelled"]
+        with pytest.raises(ProjectExists):
+            await pg_store.import_project(back, project_id="travelled")
+
+
+def test_the_command_line_takes_a_database_url(pg_database_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from demiarch_store.cli import cli
+
+    runner = CliRunner()
+    base = ["--projects-dir", str(tmp_path / "none"), "--database-url", pg_database_url]
+    created = runner.invoke(cli, [*base, "create", "from the cli"])
+    assert created.exit_code == 0, created.output
+    assert "of the PostgreSQL database" in created.output
+    project_id = created.output.split()[2]
+    listed = runner.invoke(cli, [*base, "list"])
+    assert listed.exit_code == 0, listed.output
+    assert project_id in listed.output and "in the PostgreSQL database" in listed.output
+    exported = runner.invoke(cli, [*base, "export", project_id, f"{tmp_path}/b/"])
+    assert exported.exit_code == 0, exported.output
+    imported = runner.invoke(
+        cli,
+        [
+            "--projects-dir",
+            str(tmp_path / "local"),
+            "import",
+            str(tmp_path / "b") + f"/{project_id}.demiarch.zip",
+        ],
+    )
+    assert imported.exit_code == 0, imported.output
+    assert (tmp_path / "local" / project_id / "database.sqlite").is_file()
+    assert not (tmp_path / "none").exists()  # nothing written to a projects directory
+
+
+async def test_savepoints_undo_only_their_writes(pg_config: StoreConfig) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="savepoints")
+        for reads_first in (False, True):
+            async with project.transaction() as tx:
+                if reads_first:
+                    await tx.conversations.list()
+                await tx.conversations.create(title=f"kept {reads_first}")
+                with pytest.raises(RuntimeError):
+                    async with tx.savepoint():
+                        await tx.conversations.create(title="undone")
+                        await tx.flush()  # reached the server: ROLLBACK TO undoes it
+                        raise RuntimeError
+        async with project.read() as r:
+            titles = sorted(c.title or "" for c in await r.conversations.list())
+        assert titles == ["kept False", "kept True"]
+
+
+async def test_terminating_the_pools_connections_under_load_loses_no_acknowledged_unit(
+    pg_config: StoreConfig, pg_database_url: str
+) -> None:
+    """32 tasks write (some units read first) while another connection terminates every
+    backend of the pool, again and again: each unit either returns, and its row is there, or
+    raises a typed StoreError (StorageError or OutcomeUnknown); the store keeps working."""
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="under fire")
+        acknowledged: list[str] = []
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            i = 0
+            while not stop.is_set():
+                title = f"w{w}-{i}"
+                i += 1
+                try:
+                    async with project.transaction() as tx:
+                        if w % 2:
+                            await tx.conversations.list(limit=1)
+                        await tx.conversations.create(title=title)
+                except StoreError as exc:
+                    assert isinstance(exc, StorageError), exc  # OutcomeUnknown included
+                    failures.append(exc)
+                else:
+                    acknowledged.append(title)
+
+        def terminate() -> int:
+            with psycopg.connect(pg_database_url, autocommit=True) as admin:
+                row = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = ''"
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+        tasks = [asyncio.create_task(writer(w)) for w in range(32)]
+        killed = 0
+        try:
+            for _ in range(6):
+                await asyncio.sleep(0.3)
+                killed += await asyncio.to_thread(terminate)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert killed > 0 and failures and acknowledged
+        async with project.transaction() as tx:  # the pool has replaced its connections
+            await tx.conversations.create(title="after")
+        async with project.read() as r:
+            stored = {c.title for c in await r.conversations.list()}
+        assert set(acknowledged) <= stored  # every acknowledged unit survived
+        assert len(stored - set(acknowledged) - {"after"}) <= sum(
+            isinstance(f, OutcomeUnknown) for f in failures
+        )  # a unit that failed is there only if its outcome was unknown
+
+
+async def test_concurrent_units_share_group_commits_and_a_bad_one_sinks_no_other(
+    pg_config: StoreConfig,
+) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="groups")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="c")
+
+        async def one(i: int, bad: int = -1) -> None:
+            async with project.transaction() as tx:
+                target = "01nosuchconversation" if i == bad else conv.id
+                await tx.messages.append(target, role="user", content=f"m{i}")
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(64, 128))), 60)
+        assert project.stats().group_commits >= 1  # units really shared transactions
+        results = await asyncio.wait_for(
+            asyncio.gather(*(one(i, bad=17) for i in range(64)), return_exceptions=True), 60
+        )
+        failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        assert failed == [17]
+        assert isinstance(results[17], demiarch_store.ConstraintViolation)
+        async with project.read() as r:
+            contents = sorted(m.content for m in await r.messages.list(conv.id))
+        assert contents == sorted(f"m{i}" for i in range(128) if i != 17)
+
+
+async def test_cancelled_units_are_whole_or_absent(pg_config: StoreConfig) -> None:
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="cancel")
+        async with project.transaction() as tx:
+            conv = await tx.conversations.create(title="c")
+        done: list[int] = []
+
+        async def one(i: int) -> None:
+            async with project.transaction() as tx:
+                await tx.messages.append_many(conv.id, [{"role": "user", "content": f"u{i}"}] * 3)
+            done.append(i)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(48)]
+        await asyncio.sleep(0.005)
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        async with project.read() as r:
+            counts: dict[str, int] = {}
+            for m in await r.messages.list(conv.id):
+                counts[m.content] = counts.get(m.content, 0) + 1
+        assert set(counts.values()) <= {3}  # a unit is all there or not at all
+        assert {f"u{i}" for i in done} <= set(counts)
+
+
+async def test_langgraph_store_runs_and_the_checkpointer_says_it_is_not_supported_yet(
+    pg_config: StoreConfig,
+) -> None:
+    """DemiarchStore (LangGraph's BaseStore) works on PostgreSQL except JSON filters; the
+    checkpointer's page query is SQLite's: both raise a StoreError that says so."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from demiarch_store.integrations.langgraph import DemiarchSaver, DemiarchStore
+
+    async with Store(pg_config) as store:
+        project = await store.create_project(name="langgraph")
+        memory = DemiarchStore(project)
+        await memory.aput(("users", "42"), "prefs", {"theme": "dark"})
+        assert (await memory.aget(("users", "42"), "prefs")).value == {"theme": "dark"}
+        assert [i.key for i in await memory.asearch(("users",))] == ["prefs"]
+        assert await memory.alist_namespaces() == [("users", "42")]
+        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
+            await memory.asearch(("users",), filter={"theme": "dark"})
+        saver = DemiarchSaver(project)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        await saver.aput(config, empty_checkpoint(), {}, {})  # writes work
+        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
+            await saver.aget_tuple(config)
