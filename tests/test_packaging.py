@@ -103,9 +103,9 @@ def test_the_wheel_ships_migrations_license_and_metadata(dist: Path) -> None:
     for module in sorted((ROOT / "migrations" / "versions").glob("0*.py")):
         assert f"demiarch_store/migrations/versions/{module.name}" in names
     assert "demiarch_store/migrations/env.py" in names
-    # The framework integrations ship in the wheel; only their frameworks are extras.
-    for module in sorted((ROOT / "demiarch_store" / "integrations").glob("*.py")):
-        assert f"demiarch_store/integrations/{module.name}" in names
+    # Every subpackage ships in the wheel (the integrations' frameworks and psycopg are extras).
+    for module in sorted((ROOT / "demiarch_store").rglob("*.py")):
+        assert module.relative_to(ROOT).as_posix() in names, module
     assert "demiarch_store/py.typed" in names
     version = demiarch_store.__version__
     assert f"demiarch_store-{version}.dist-info/licenses/LICENSE" in names
@@ -137,8 +137,10 @@ def test_runtime_dependencies_are_exactly_what_the_package_imports(dist: Path) -
         if "extra ==" not in r
     }
     package = sorted((ROOT / "demiarch_store").rglob("*.py"))
-    # Framework integrations import their framework, which is an optional extra.
-    core = [p for p in package if "integrations" not in p.relative_to(ROOT).parts]
+    # Framework integrations import their framework, and the PostgreSQL engine psycopg: each is
+    # an optional extra.
+    extras = {"integrations", "postgres"}
+    core = [p for p in package if not extras & set(p.relative_to(ROOT).parts)]
     core += sorted((ROOT / "migrations").rglob("*.py"))
     owners = packages_distributions()
     imported = {_normalise(owners[m][0]) for m in _third_party_imports(core)}

@@ -538,3 +538,31 @@ async def test_langgraph_store_runs_and_the_checkpointer_says_it_is_not_supporte
         await saver.aput(config, empty_checkpoint(), {}, {})  # writes work
         with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
             await saver.aget_tuple(config)
+
+
+def test_the_postgresql_page_example_runs_as_shown(pg_database_url: str, tmp_path: Path) -> None:
+    """docs/postgresql.md's example, run against the server: created and used on PostgreSQL,
+    exported, imported into SQLite, printing what the page shows."""
+    import re
+    import subprocess
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "postgresql.md").read_text()
+    section = page[page.index("<!-- checked by tests/test_postgres.py -->") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    shown = re.search(r"Output.*?:\n\n```text\n(.*?)```", section, re.S)
+    assert code and shown
+    done = subprocess.run(
+        [sys.executable, "-c", code[1], pg_database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    ids = set(re.findall(r"projects/(\w+)/database\.sqlite", done.stdout))
+    assert len(ids) == 1, done.stdout
+    printed = done.stdout.replace(ids.pop(), "PROJECT").replace(
+        "p_project_", "p_PROJECT_"
+    )  # the schema name is the lowercased ID and a hash of it
+    printed = re.sub(r"p_PROJECT_[0-9a-f]{12}", "p_PROJECT_HASH", printed)
+    assert printed == shown[1]
