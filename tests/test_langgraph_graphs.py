@@ -233,7 +233,7 @@ async def test_an_unchanged_channel_value_is_stored_once(tmp_path: Path) -> None
 async def test_alist_reads_a_page_in_one_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from demiarch_store.transaction import Snapshot
+    from demiarch_store.transaction import Snapshot, Transaction
 
     async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
         saver = DemiarchSaver(project)
@@ -242,14 +242,18 @@ async def test_alist_reads_a_page_in_one_query(
         for n in range(1, 111):  # 4 checkpoints a turn: 444 in all
             await graph.ainvoke(say(f"turn {n}", n), thread("q"))
         queries = 0
-        fetch = Snapshot.fetch
+        # A lone read runs in a unit of work (in place), under load in a snapshot: count both.
+        for cls in (Snapshot, Transaction):
 
-        async def counting(self: Snapshot, sql: str, params: Any) -> list[Any]:
-            nonlocal queries
-            queries += 1
-            return await fetch(self, sql, params)
+            def counting(fetch: Any) -> Any:
+                async def count(self: Any, sql: str, params: Any) -> list[Any]:
+                    nonlocal queries
+                    queries += 1
+                    return await fetch(self, sql, params)  # type: ignore[no-any-return]
 
-        monkeypatch.setattr(Snapshot, "fetch", counting)
+                return count
+
+            monkeypatch.setattr(cls, "fetch", counting(cls.fetch))
         listed = [t async for t in saver.alist(thread("q"))]
         assert len(listed) == 444
         pages = -(-444 // integration.PAGE_SIZE)

@@ -32,6 +32,7 @@ from ..errors import ConstraintViolation
 from ..project import AsyncProjectStore
 from ..records import AgentSession, AgentState, Message
 from ..schema import EPOCH, to_micros
+from ._reads import quick_read
 
 __all__ = ["FRAMEWORK", "DemiarchSessionService"]
 
@@ -181,7 +182,7 @@ class DemiarchSessionService(BaseSessionService):
         """Return a session with its events (all, recent ones, or since a time), or ``None``."""
         recent = config.num_recent_events if config else None
         after = config.after_timestamp if config else None
-        async with self.project.read() as r:
+        async with quick_read(self.project) as r:
             key = {"app_name": app_name, "user_id": user_id}
             record = await r.agent_sessions.find(FRAMEWORK, session_id, **key)
             if record is None:

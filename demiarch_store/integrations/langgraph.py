@@ -40,6 +40,7 @@ from ..project import AsyncProjectStore
 from ..records import GraphBlob, GraphCheckpoint, GraphWrite
 from ..store import Store
 from ._langgraph_memory import DemiarchStore, SyncCallOnLoop, run_on_loop
+from ._reads import quick_read
 
 __all__ = ["DemiarchSaver", "DemiarchStore", "SyncCallOnLoop"]
 
@@ -131,7 +132,7 @@ class DemiarchSaver(BaseCheckpointSaver[str]):
         conf = config["configurable"]
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "")
-        async with self.project.read() as r:
+        async with quick_read(self.project) as r:
             rows, writes, blobs = await r.lg_checkpoints.load(
                 thread_id, ns, checkpoint_id=get_checkpoint_id(config), limit=1
             )

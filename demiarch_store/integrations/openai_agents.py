@@ -25,6 +25,7 @@ from agents.memory.session_settings import coerce_session_settings, resolve_sess
 
 from ..errors import ConstraintViolation, InvalidValue, StoreError
 from ..project import AsyncProjectStore
+from ._reads import quick_read
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -123,7 +124,7 @@ class DemiarchSession:
     async def _find(self) -> str | None:
         """Return this session's conversation ID, or ``None`` if it has no items yet."""
         if self._conversation_id is None:
-            async with self.project.read() as r:
+            async with quick_read(self.project) as r:
                 found = await r.agent_sessions.find(FRAMEWORK, self.session_id)
             if found is not None:
                 self._conversation_id = found.conversation_id
@@ -139,7 +140,7 @@ class DemiarchSession:
         conv = await self._find()
         if conv is None or n == 0:
             return []
-        async with self.project.read() as r:
+        async with quick_read(self.project) as r:
             if n is None or n < 0:  # a negative limit means all, as SQLiteSession reads it
                 return _decode(await r.messages.list(conv))
             # A message that is not an item (not JSON) is skipped: widen until n items.
