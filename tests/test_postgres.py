@@ -661,3 +661,26 @@ def test_models_and_the_database_agree(pg_config: StoreConfig, pg_database_url: 
             assert compare_metadata(context, dropped) != []  # the comparison can fail
     finally:
         engine.dispose()
+
+
+def test_the_many_projects_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/pg_projects.py on 30 projects, in a child process: it runs and writes its
+    table (speed is the benchmark's business, never a test's)."""
+    import json
+    import subprocess
+
+    from conftest import PG_ADMIN_URL
+
+    out = tmp_path / "pg_projects.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pg_projects", "--projects", "30", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "DEMIARCH_BENCH_DATABASE_URL": PG_ADMIN_URL},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["projects"] == 30 and result["relations"] > 19
+    assert "| `list_projects` (discovery)" in out.read_text()
