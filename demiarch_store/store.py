@@ -531,7 +531,7 @@ class Store:
         Raises ``BundleError`` if ``dest`` exists, ``ProjectNotFound`` or ``CorruptDatabase``
         for the project, ``StorageError`` if the file cannot be written.
         """
-        from . import __version__
+        from .__version__ import __version__
         from .bundles import export_target, write_bundle
 
         project = await self.open_project(project_id)
