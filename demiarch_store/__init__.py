@@ -1,5 +1,6 @@
 """demiarch-store: an async, embedded per-project SQLite data layer for agent frameworks."""
 
+from .__version__ import __version__ as __version__
 from .config import StoreConfig, load_config
 from .errors import (
     BackupError,
@@ -106,5 +107,3 @@ __all__ = [
     "new_project_id",
     "validate_project_id",
 ]
-
-__version__ = "0.1.0"

@@ -27,7 +27,6 @@ parameter values never appear in a message: they may hold secrets.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 
@@ -193,67 +192,9 @@ _CONSTRAINT_HINTS = {
 
 
 _UNDECODABLE = "Could not decode to UTF-8"
-_STATEMENT = re.compile(
-    r'\s*(INSERT(?:\s+OR\s+\w+)?\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I
-)
-
-
 def _noun(table: str) -> str:
     """A person's word for one row of ``table``: ``llm_calls`` -> ``llm call``."""
     return table.removesuffix("s").replace("_", " ")
-
-
-def _foreign_key(exc: BaseException, detail: str, hint: str) -> tuple[str, str]:
-    """Name the kind of record a failed foreign key was about, from the statement's table.
-
-    The writer notes the failing statement on the exception (``pool.run_ops``); SQLite itself
-    says only "FOREIGN KEY constraint failed".
-    """
-    from .schema import metadata
-
-    notes = getattr(exc, "__notes__", None) or []
-    match = next((m for m in map(_STATEMENT.match, notes) if m is not None), None)
-    given = set(notes[-1].split()) if len(notes) > 1 and match is not None else None
-    if given is not None and notes[-1].startswith("#") and match is not None:
-        # Positional parameters: their places in the INSERT's column list.
-        columns = re.search(r"\(([^)]*)\)\s*VALUES", match.string, re.I)
-        names = [c.strip().strip('"') for c in columns[1].split(",")] if columns else []
-        places = {int(i) for i in notes[-1][1:].split()}
-        given = {n for i, n in enumerate(names) if i in places} if names else None
-    table = metadata.tables.get(match[2]) if match else None
-    if match is None or table is None:
-        return detail, hint
-    if match[1].upper().startswith("DELETE"):
-        children = sorted(
-            {
-                _noun(t.name)
-                for t in metadata.sorted_tables
-                for fk in t.foreign_keys
-                if fk.column.table is table
-            }
-        )
-        if not children:
-            return detail, hint
-        kinds = " or ".join(children)
-        return (
-            f"{detail}: a {kinds} still refers to this {_noun(table.name)}",
-            f"delete or detach the {kinds} records that refer to it first",
-        )
-    parents = sorted(
-        {
-            _noun(fk.column.table.name)
-            for fk in table.foreign_keys
-            if given is None or fk.parent.name in given
-        }
-    )
-    if not parents:
-        return detail, hint
-    kinds = " or ".join(parents)
-    return (
-        f"{detail}: the {kinds} this {_noun(table.name)} refers to does not exist",
-        f"a referenced record does not exist: create the {kinds} first, or check the ID "
-        "(it may be mistyped or deleted)",
-    )
 
 
 def translate(
@@ -324,8 +265,9 @@ def translate(
             code if isinstance(code, int) else 0,
             "a referenced record does not exist or a unique value is already taken",
         )
-        if code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
-            detail, hint = _foreign_key(exc, detail, hint)
+        explained = getattr(exc, "foreign_key", None)  # see schema.explain_foreign_key
+        if code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY and explained is not None:
+            detail, hint = f"{detail}: {explained[0]}", explained[1]
         err = ConstraintViolation(
             f"{action} failed: {detail}", project=project, path=path, hint=hint
         )

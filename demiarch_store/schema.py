@@ -8,6 +8,7 @@ nano-units (1e-9) of the currency: both exact, sortable and summable in SQL. JSO
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -35,7 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import TypeCompiler
 from sqlalchemy.types import TypeDecorator
 
-from .errors import InvalidValue
+from .errors import InvalidValue, _noun
 
 __all__ = [
     "HEAD_REVISION",
@@ -45,6 +46,7 @@ __all__ = [
     "agent_sessions",
     "agent_states",
     "agents",
+    "explain_foreign_key",
     "checkpoints",
     "code_generation",
     "conversations",
@@ -489,3 +491,61 @@ agent_states = Table(
 )
 """State an agent framework shares between sessions: an app's (``scope="app"``, ``user_id=""``)
 or one user's in an app (``scope="user"``), as ADK's ``app:`` and ``user:`` state keys."""
+
+
+_STATEMENT = re.compile(
+    r'\s*(INSERT(?:\s+OR\s+\w+)?\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I
+)
+
+
+def explain_foreign_key(sql: str, params: Any) -> tuple[str, str] | None:
+    """Say what a failed foreign key in ``sql`` was about, and what to do: or None.
+
+    SQLite itself says only "FOREIGN KEY constraint failed". The statement's table names the
+    kind of record, and which parameters were given (their names or places, never their
+    values) which references it made. The writer stores the answer on the exception
+    (``foreign_key``), where ``errors.translate`` finds it.
+    """
+    match = _STATEMENT.match(sql)
+    table = metadata.tables.get(match[2]) if match else None
+    if match is None or table is None:
+        return None
+    if match[1].upper().startswith("DELETE"):
+        children = sorted(
+            {
+                _noun(t.name)
+                for t in metadata.sorted_tables
+                for fk in t.foreign_keys
+                if fk.column.table is table
+            }
+        )
+        if not children:
+            return None
+        kinds = " or ".join(children)
+        return (
+            f"a {kinds} still refers to this {_noun(table.name)}",
+            f"delete or detach the {kinds} records that refer to it first",
+        )
+    given: set[str] | None = None
+    if isinstance(params, dict):
+        given = {k for k, v in params.items() if v is not None}
+    elif isinstance(params, tuple):  # positional: their places in the INSERT's column list
+        columns = re.search(r"\(([^)]*)\)\s*VALUES", sql, re.I)
+        names = [c.strip().strip('"') for c in columns[1].split(",")] if columns else []
+        if names:
+            given = {n for n, v in zip(names, params, strict=False) if v is not None}
+    parents = sorted(
+        {
+            _noun(fk.column.table.name)
+            for fk in table.foreign_keys
+            if given is None or fk.parent.name in given
+        }
+    )
+    if not parents:
+        return None
+    kinds = " or ".join(parents)
+    return (
+        f"the {kinds} this {_noun(table.name)} refers to does not exist",
+        f"a referenced record does not exist: create the {kinds} first, or check the ID "
+        "(it may be mistyped or deleted)",
+    )

@@ -86,7 +86,8 @@ class ProjectInfo:
     name: str | None
     status: ProjectStatus
     updated_at: datetime | None
-    path: Path
+    path: Path | None
+    """The project's directory; None on PostgreSQL (a project there is rows, not a file)."""
     size_bytes: int
     error: str | None = None
     revision: str | None = None
@@ -530,7 +531,7 @@ class Store:
         Raises ``BundleError`` if ``dest`` exists, ``ProjectNotFound`` or ``CorruptDatabase``
         for the project, ``StorageError`` if the file cannot be written.
         """
-        from . import __version__
+        from .__version__ import __version__
         from .bundles import export_target, write_bundle
 
         project = await self.open_project(project_id)
@@ -717,7 +718,7 @@ class Store:
                     name=row.name,
                     status="ok" if row.revision == HEAD_REVISION else "newer_schema",
                     updated_at=row.updated_at,
-                    path=Path(row.schema),
+                    path=None,
                     size_bytes=0,
                     revision=row.revision,
                 )

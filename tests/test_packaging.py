@@ -203,3 +203,58 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs(dist: Path, tmp_pa
     printed = run(bin_dir / "python", ROOT / "examples" / "quickstart.py").splitlines()
     assert printed[1] == "101 user hello ['tool', 'tool']"
     assert re.fullmatch(r"\w{16} my app ok \d+", printed[3]), printed  # sizes: test_quickstart
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """The package's import graph has no cycle: read from the source (every import, also
+    those inside functions; not those under ``if TYPE_CHECKING:``, which never run)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    package = root / "demiarch_store"
+
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                subs = {f"{base}.{alias.name}" for alias in node.names} & modules.keys()
+                # `from . import x` loads x; `from .m import y` loads m (and its packages).
+                deps |= subs or ({base} & modules.keys())
+            elif isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names} & modules.keys()
+        graph[name] = deps - {name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo += graph[current]
+        return False
+
+    loops = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert loops == []
+    assert graph["demiarch_store.errors"].isdisjoint({"demiarch_store.schema"})

@@ -37,9 +37,9 @@ from ..health import Reservoir, StoreStats
 from ..ids import new_project_id, validate_project_id
 from ..repositories import ProjectRepository
 from ..revisions import known_revisions
-from ..schema import HEAD_REVISION, metadata, to_micros, utcnow
+from ..schema import HEAD_REVISION, metadata
 from .bundles import Rows, insert_sql, select_sql
-from .ddl import REGISTRY, project_ddl, registry_ddl, schema_name
+from .ddl import SCHEMA, SCOPE, schema_ddl
 from .session import PgHandle, run_ops
 from .translate import RETRYABLE, translate
 
@@ -85,14 +85,13 @@ class ProjectRow:
 
     id: str
     name: str
-    schema: str
     revision: str
     created_at: datetime
     updated_at: datetime
 
 
 class _Collect:
-    """A runner that only collects writes (a project's first row, written with its schema)."""
+    """A runner that only collects writes (a new project's first rows)."""
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -105,7 +104,8 @@ def _options(config: StoreConfig) -> str:
     lock_ms = max(1, int(config.busy_deadline * 1000))
     return (
         f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_ms} "
-        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} "
+        f"-c search_path={SCHEMA}"
     )
 
 
@@ -141,7 +141,9 @@ class PgEngine:
             kwargs={"autocommit": True, "options": _options(config)},
             configure=_configure,
         )
-        self._opened = False
+        self._opening: asyncio.Future[None] | None = None
+        self.revision = HEAD_REVISION
+        """The database's schema revision (all its projects share the tables)."""
         self._queue: deque[_Queued] = deque()
         self._lanes: set[asyncio.Task[None]] = set()
         self._max_lanes = max(1, config.pool_size // 2)
@@ -169,10 +171,12 @@ class PgEngine:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the pool and bring the registry to ``HEAD_REVISION`` (once per database)."""
-        if self._opened:
-            return
-        self._opened = True
+        """Open the pool and prepare the database (once; concurrent callers wait for it)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
+
+    async def _open(self) -> None:
         try:
             await self._pool.open(wait=True, timeout=self.config.acquire_timeout)
         except psycopg_pool.PoolTimeout as exc:
@@ -196,21 +200,41 @@ class PgEngine:
         await self._pool.close()
 
     async def _migrate(self) -> None:
-        """Create the registry at head under an advisory lock: one process does it, once."""
+        """Create the tables at head under an advisory lock: one process does it, once.
+
+        The lock is the database's (``pg_advisory_xact_lock``): it holds across hosts, so
+        workers starting together wait for the first, then find the tables made.
+        """
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                for statement in registry_ddl():
-                    await conn.execute(statement)
-                cur = await conn.execute(f"SELECT version_num FROM {REGISTRY}.alembic_version")
-                row = await cur.fetchone()
-                if row is None:
-                    await conn.execute(
-                        f"INSERT INTO {REGISTRY}.alembic_version VALUES (%s)", (HEAD_REVISION,)
+                cur = await conn.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND (table_name, column_name) IN "
+                    "(('alembic_version', 'version_num'), ('projects', 'schema_name'))",
+                    (SCHEMA,),
+                )
+                found = {table for table, _ in await cur.fetchall()}
+                if "projects" in found:
+                    raise MigrationError(
+                        "the database holds projects of an early development version of "
+                        "demiarch-store (one schema per project), which this version cannot read",
+                        hint="export them as bundles with that version, then import them into "
+                        "a new database",
                     )
-                    log.info("created the demiarch registry at %s", HEAD_REVISION)
-                else:
-                    _check_revision(row[0], None)
+                if not found:
+                    for statement in schema_ddl():
+                        await conn.execute(statement.encode())
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.alembic_version VALUES (%s)", (HEAD_REVISION,)
+                    )
+                    log.info("created the demiarch tables at %s", HEAD_REVISION)
+                    self.revision = HEAD_REVISION
+                    return
+                cur = await conn.execute(f"SELECT version_num FROM {SCHEMA}.alembic_version")
+                row = await cur.fetchone()
+                self.revision = HEAD_REVISION if row is None else row[0]
+                _check_revision(self.revision, None)
         except (SchemaTooNew, MigrationError):
             raise
         except BaseException as exc:
@@ -241,14 +265,13 @@ class PgEngine:
             await self._pool.putconn(conn)
 
     async def begin_locked(self, handle: PgHandle) -> psycopg.AsyncConnection[Any]:
-        """Begin a unit that reads: its schema, and its project's row locked until it ends."""
+        """Begin a unit that reads: bound to its project, whose row stays locked until it ends."""
         conn = await self._get()
         try:
             await conn.execute("BEGIN")
             cur = await conn.execute(
-                f"SELECT set_config('search_path', %s, true) FROM {REGISTRY}.projects "
-                "WHERE project_id = %s FOR UPDATE",
-                (f'"{handle.schema}"', handle.project),
+                SCOPE + " FROM projects WHERE project_id = %s AND id = %s FOR UPDATE",
+                (handle.project, handle.project, handle.project),
             )
             if await cur.fetchone() is None:
                 raise ProjectNotFound(
@@ -264,9 +287,7 @@ class PgEngine:
         conn = await self._get()
         try:
             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            await conn.execute(
-                "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
-            )
+            await conn.execute(SCOPE, (handle.project,))
         except BaseException as exc:
             await self.give_back(conn, rollback=True)
             self.fail(exc, handle.project, "starting a read")
@@ -276,7 +297,7 @@ class PgEngine:
         self, conn: psycopg.AsyncConnection[Any], handle: PgHandle, ops: list[Op]
     ) -> None:
         await conn.execute("BEGIN")
-        await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',))
+        await conn.execute(SCOPE, (handle.project,))
         async with conn.cursor() as cur:
             await run_ops(cur, ops, handle)
 
@@ -342,10 +363,7 @@ class PgEngine:
                 await conn.execute("BEGIN")
                 async with conn.cursor() as cur:
                     for item in batch:
-                        await cur.execute(
-                            "SELECT set_config('search_path', %s, true)",
-                            (f'"{item.handle.schema}"',),
-                        )
+                        await cur.execute(SCOPE, (item.handle.project,))
                         await run_ops(cur, item.ops, item.handle)
                 await pipeline.sync()
             committing = True
@@ -433,42 +451,45 @@ class PgEngine:
         project_id: str | None,
         rows: Rows | None = None,
     ) -> ProjectRow:
-        """Create a project's schema, registry row and first record in one transaction.
-
-        With ``rows`` (an imported bundle's), the project holds those rows instead.
-        """
+        """Create a project (its record, or an imported bundle's ``rows``) in one transaction."""
         pid = validate_project_id(project_id) if project_id is not None else new_project_id()
-        schema = schema_name(pid)
         collect = _Collect()
         if rows is None:
             await ProjectRepository(cast(Runner, collect)).create(
                 id=pid, name=name, description=description
             )
         else:
-            for table in metadata.sorted_tables:
+            # The project's record first: a taken ID fails there, as ProjectExists.
+            tables = sorted(metadata.sorted_tables, key=lambda t: t.name != "projects")
+            for table in tables:
                 if rows.get(table.name):
                     collect.defer(Op(insert_sql(table.name, "?"), rows[table.name], many=True))
-        now = utcnow()
-        handle = PgHandle(self, pid, schema, self.config)
+        handle = PgHandle(self, pid, self.config)
         conn = await self._get()
         try:
             await conn.execute("BEGIN")
+            await conn.execute(SCOPE, (pid,))
             try:
-                await conn.execute(
-                    f"INSERT INTO {REGISTRY}.projects VALUES (%s, %s, %s, %s, %s, %s)",
-                    (pid, name, schema, HEAD_REVISION, to_micros(now), to_micros(now)),
-                )
-            except pg.UniqueViolation:
+                async with conn.cursor() as cur:
+                    await run_ops(cur, collect.ops, handle)
+            except pg.UniqueViolation as exc:
+                if exc.diag.constraint_name != "pk_projects":
+                    raise
                 raise ProjectExists(
                     "a project with this ID already exists",
                     project=pid,
                     hint="open it with open_project(), or pick another ID",
                 ) from None
-            # One round trip: without parameters, several statements go as one simple query.
-            await conn.execute(";\n".join(project_ddl(pid)).encode())
-            await conn.execute("SELECT set_config('search_path', %s, true)", (f'"{schema}"',))
-            async with conn.cursor() as cur:
-                await run_ops(cur, collect.ops, handle)
+            cur = await conn.execute(
+                "SELECT name, created_at, updated_at FROM projects WHERE id = %s", (pid,)
+            )
+            found = await cur.fetchone()
+            if found is None:
+                raise StoreError(
+                    "the project's rows hold no project record",
+                    project=pid,
+                    hint="the bundle is incomplete: export the project again",
+                )
             await conn.execute("COMMIT")
         except StoreError:
             raise
@@ -476,7 +497,7 @@ class PgEngine:
             self.fail(exc, pid, "creating the project")
         finally:
             await self.give_back(conn, rollback=True)
-        return ProjectRow(pid, name, schema, HEAD_REVISION, now, now)
+        return _row((pid, *found), self.revision)
 
     async def dump(self, handle: PgHandle) -> Rows:
         """Read every table of a project in one snapshot (for a bundle)."""
@@ -493,13 +514,10 @@ class PgEngine:
             await self.give_back(conn, rollback=True)
 
     async def project(self, project_id: str) -> ProjectRow:
-        """Return a project's registry row; ``ProjectNotFound`` or ``SchemaTooNew`` if unusable."""
+        """Return a project's row; ``ProjectNotFound`` or ``SchemaTooNew`` if unusable."""
         validate_project_id(project_id)
         rows = await self._query(
-            f"SELECT project_id, name, schema_name, revision, created_at, updated_at "
-            f"FROM {REGISTRY}.projects WHERE project_id = %s",
-            (project_id,),
-            project_id,
+            f"{_PROJECTS} WHERE project_id = %s AND id = %s", (project_id, project_id), project_id
         )
         if not rows:
             raise ProjectNotFound(
@@ -507,38 +525,35 @@ class PgEngine:
                 project=project_id,
                 hint="list the projects with list_projects(), or create it",
             )
-        row = _row(rows[0])
-        _check_revision(row.revision, project_id)
-        return row
+        _check_revision(self.revision, project_id)
+        return _row(rows[0], self.revision)
 
     async def projects(self) -> list[ProjectRow]:
-        """Return every project, by ID."""
-        rows = await self._query(
-            f"SELECT project_id, name, schema_name, revision, created_at, updated_at "
-            f"FROM {REGISTRY}.projects ORDER BY project_id",
-            (),
-            None,
-        )
-        return [_row(r) for r in rows]
+        """Return every project, by ID (one index scan of ``projects``)."""
+        rows = await self._query(f"{_PROJECTS} ORDER BY project_id", (), None)
+        return [_row(r, self.revision) for r in rows]
 
     async def delete_project(self, project_id: str) -> None:
-        """Drop a project's schema and registry row (waits for its units that read)."""
+        """Delete every row of a project in one transaction (after its units that read)."""
         validate_project_id(project_id)
         conn = await self._get()
         try:
             await conn.execute("BEGIN")
             cur = await conn.execute(
-                f"DELETE FROM {REGISTRY}.projects WHERE project_id = %s RETURNING schema_name",
-                (project_id,),
+                "SELECT 1 FROM projects WHERE project_id = %s AND id = %s FOR UPDATE",
+                (project_id, project_id),
             )
-            row = await cur.fetchone()
-            if row is None:
+            if await cur.fetchone() is None:
                 raise ProjectNotFound(
                     "no such project in the database",
                     project=project_id,
                     hint="list the projects with list_projects()",
                 )
-            await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
+            async with conn.pipeline():
+                for table in reversed(metadata.sorted_tables):
+                    await conn.execute(
+                        f"DELETE FROM {table.name} WHERE project_id = %s", (project_id,)
+                    )
             await conn.execute("COMMIT")
         except StoreError:
             raise
@@ -547,13 +562,22 @@ class PgEngine:
         finally:
             await self.give_back(conn, rollback=True)
 
-    async def table_count(self, handle: PgHandle) -> int:
+    async def check_tables(self, handle: PgHandle) -> list[str]:
+        """Return what is wrong with the shared tables (missing, or without row security)."""
         rows = await self._query(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-            (handle.schema,),
+            "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+            (SCHEMA,),
             handle.project,
         )
-        return int(rows[0][0])
+        secured = {name: bool(rls) for name, rls in rows}
+        problems = []
+        for table in metadata.sorted_tables:
+            if table.name not in secured:
+                problems.append(f"the table {SCHEMA}.{table.name} is missing")
+            elif not secured[table.name]:
+                problems.append(f"the table {SCHEMA}.{table.name} has row-level security off")
+        return problems
 
     async def _query(self, sql: str, params: Any, project: str | None) -> list[Any]:
         try:
@@ -597,14 +621,16 @@ def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:
     return err
 
 
-def _row(r: Any) -> ProjectRow:
+_PROJECTS: Final = "SELECT id, name, created_at, updated_at FROM projects"
+
+
+def _row(r: Any, revision: str) -> ProjectRow:
     return ProjectRow(
         r[0],
         r[1],
-        r[2],
-        r[3],
-        _EPOCH + timedelta(microseconds=r[4]),
-        _EPOCH + timedelta(microseconds=r[5]),
+        revision,
+        _EPOCH + timedelta(microseconds=r[2]),
+        _EPOCH + timedelta(microseconds=r[3]),
     )
 
 

@@ -1,4 +1,4 @@
-"""A project on PostgreSQL: the ``AsyncProjectStore`` API on a schema of a shared database."""
+"""A project on PostgreSQL: the ``AsyncProjectStore`` API on its rows of the shared tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, NoReturn, Self
 from ..errors import StoreClosed, StoreError
 from ..health import HealthReport, StoreStats
 from ..project import AsyncProjectStore
-from ..schema import HEAD_REVISION, metadata
+from ..schema import HEAD_REVISION
 from .engine import PgEngine, ProjectRow
 from .session import PgHandle, PgSnapshot, PgTransaction
 
@@ -32,34 +32,29 @@ class PgProject(AsyncProjectStore):
         self.revision: str | None = row.revision
         self.migrated = None
         self._engine = engine
-        self._handle = PgHandle(engine, row.id, row.schema, engine.config)
+        self._handle = PgHandle(engine, row.id, engine.config)
         self._closing = None
         self._on_close = []
 
     def __repr__(self) -> str:
-        return f"<PgProject {self.id!r} schema={self._handle.schema!r}>"
+        return f"<PgProject {self.id!r}>"
 
     def _no_file(self, what: str) -> NoReturn:
         raise StoreError(
-            f"{what} is not available on PostgreSQL: a project there is a schema, not a file",
+            f"{what} is not available on PostgreSQL: a project there is rows, not a file",
             project=self.id,
             hint="back up the database with pg_dump, or export the project as a bundle",
         )
 
     @property
     def path(self) -> Path | None:  # type: ignore[override]
-        """None: a project on PostgreSQL is a schema, not a file (see ``schema``)."""
+        """None: a project on PostgreSQL is rows of the database's shared tables."""
         return None
 
     @property
     def handle(self) -> PgHandle:
         """What units of work and snapshots of this project run on."""
         return self._handle
-
-    @property
-    def schema(self) -> str:
-        """The PostgreSQL schema holding the project's tables."""
-        return self._handle.schema
 
     async def open(self) -> Self:
         self._handle.check_open()
@@ -129,14 +124,9 @@ class PgProject(AsyncProjectStore):
         self._no_file("optimize (PostgreSQL's autovacuum analyses tables)")
 
     async def check(self, *, full: bool = False) -> HealthReport:
-        """Check that the server answers and the project's tables are all there."""
+        """Check that the server answers and the tables are all there, row security on."""
         self._check()
-        problems: list[str] = []
-        tables = await self._engine.table_count(self._handle)
-        if tables != len(metadata.tables):
-            problems.append(
-                f"the project's schema holds {tables} tables, not {len(metadata.tables)}"
-            )
+        problems = await self._engine.check_tables(self._handle)
         if self.revision != HEAD_REVISION:
             problems.append(f"schema revision {self.revision!r}, not {HEAD_REVISION!r}")
         return HealthReport(

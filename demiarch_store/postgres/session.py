@@ -34,6 +34,7 @@ __all__ = ["PgHandle", "PgSnapshot", "PgTransaction", "pg_sql", "run_ops"]
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)|(\?)|(%)")
 _SQLITE_JSON = re.compile(r"\bjson_(?:each|extract|type)\(")
 _LIMIT = re.compile(r"\bLIMIT (:[A-Za-z_]\w*|\?)")
+_CONFLICT = re.compile(r"\bON CONFLICT \(")
 _SQL: dict[str, str] = {}
 
 
@@ -51,6 +52,8 @@ def pg_sql(sql: str) -> str:
 
     # SQLite's LIMIT -1 is "no limit" (the repositories' default); PostgreSQL's is LIMIT NULL.
     text = _LIMIT.sub(r"LIMIT NULLIF(\1, -1)", sql)
+    # The tables are shared: every unique key leads with project_id (``ddl``).
+    text = _CONFLICT.sub("ON CONFLICT (project_id, ", text)
     if _SQLITE_JSON.search(text):
         # The LangGraph repositories' JSON filters and their checkpoint page query (a UNION of
         # differently typed rows, which only SQLite's dynamic typing accepts).
@@ -77,11 +80,10 @@ async def run_ops(cur: psycopg.AsyncCursor[Any], ops: list[Op], handle: PgHandle
 
 @dataclass
 class PgHandle:
-    """What a unit of work or snapshot of one project needs: the engine, the project's schema."""
+    """What a unit of work or snapshot of one project needs: the engine, the project's ID."""
 
     engine: PgEngine
     project: str
-    schema: str
     config: StoreConfig
     path: Path | None = None
     closed: bool = False

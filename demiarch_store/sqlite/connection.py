@@ -15,6 +15,7 @@ from typing import Any, Final
 from ..config import StoreConfig
 from ..engine import Op
 from ..errors import StoreError
+from ..schema import explain_foreign_key
 from .worker import Job
 
 log = logging.getLogger("demiarch_store")
@@ -53,12 +54,8 @@ def run_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
         try:
             cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
         except sqlite3.IntegrityError as exc:
-            exc.add_note(sql)  # errors.translate names the kind of record from its table
-            # ...and from which parameters were given (their names or places, never values).
-            if isinstance(params, dict):
-                exc.add_note(" ".join(k for k, v in params.items() if v is not None))
-            elif isinstance(params, tuple):
-                exc.add_note("#" + " ".join(str(i) for i, v in enumerate(params) if v is not None))
+            if getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+                exc.foreign_key = explain_foreign_key(sql, params)  # type: ignore[attr-defined]
             raise
         if missing is not None and cur.rowcount == 0:
             raise RowMissing(missing)
