@@ -494,15 +494,17 @@ def list_command(state: State, as_json: bool) -> None:
 
 def _pg_where(url: str) -> str:
     """Name a PostgreSQL database for people: its name, host and port (never a password)."""
-    from psycopg.conninfo import conninfo_to_dict
+    from urllib.parse import urlsplit
 
     try:
-        params = conninfo_to_dict(url)
-    except Exception:  # a malformed URL: connecting reports it
+        parts = urlsplit(url)
+        port = parts.port or 5432
+    except ValueError:  # a malformed URL: connecting reports it
         return "the PostgreSQL database"
-    name = params.get("dbname") or params.get("user") or ""
-    host = params.get("host") or "localhost"
-    return f"the PostgreSQL database {name} on {host}:{params.get('port') or 5432}"
+    if parts.scheme not in ("postgresql", "postgres"):  # a "key=value" conninfo string
+        return "the PostgreSQL database"
+    name = parts.path.lstrip("/") or parts.username or ""
+    return f"the PostgreSQL database {name} on {parts.hostname or 'localhost'}:{port}"
 
 
 def _note_not_projects(state: State, config: StoreConfig) -> None:
