@@ -316,7 +316,8 @@ def cli(
     debug: bool,
     as_json: bool,
 ) -> None:
-    """See, check and drive demiarch-store projects: one SQLite database per project."""
+    """See, check and drive demiarch-store projects: one SQLite database per project, or a
+    PostgreSQL database (--database-url) holding them all."""
     state = ctx.ensure_object(State)
     state.projects_dir = projects_dir
     state.database_url = database_url
@@ -330,6 +331,8 @@ def cli(
     log = logging.getLogger("demiarch_store")
     log.addHandler(state.log_handler)
     log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # psycopg_pool logs each failed connection attempt; our one error line says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
@@ -454,7 +457,7 @@ def list_command(state: State, as_json: bool) -> None:
             markup=False,
             soft_wrap=True,
         )
-        _note_not_projects(state, config.projects_dir)
+        _note_not_projects(state, config)
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("ID", no_wrap=True)
@@ -479,19 +482,36 @@ def list_command(state: State, as_json: bool) -> None:
                 soft_wrap=True,
             )
     count = len(infos)
-    where = "the PostgreSQL database" if config.database_url else config.projects_dir
+    where = _pg_where(config.database_url) if config.database_url else config.projects_dir
     out.print(
         f"{count} project{'s' if count != 1 else ''} in {where}",
         markup=False,
         style="dim",
         soft_wrap=True,
     )
-    _note_not_projects(state, config.projects_dir)
+    _note_not_projects(state, config)
 
 
-def _note_not_projects(state: State, projects_dir: Path) -> None:
+def _pg_where(url: str) -> str:
+    """Name a PostgreSQL database for people: its name, host and port (never a password)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5432
+    except ValueError:  # a malformed URL: connecting reports it
+        return "the PostgreSQL database"
+    if parts.scheme not in ("postgresql", "postgres"):  # a "key=value" conninfo string
+        return "the PostgreSQL database"
+    name = parts.path.lstrip("/") or parts.username or ""
+    return f"the PostgreSQL database {name} on {parts.hostname or 'localhost'}:{port}"
+
+
+def _note_not_projects(state: State, config: StoreConfig) -> None:
     """Say which folders were left out as not projects (a --projects-dir one level too high?)."""
-    others = not_projects(projects_dir)
+    if config.database_url is not None:  # the projects are in the database, not in folders
+        return
+    others = not_projects(config.projects_dir)
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         state.out.print(
@@ -507,9 +527,8 @@ def _note_not_projects(state: State, projects_dir: Path) -> None:
 async def _create(config: StoreConfig, name: str, description: str | None) -> dict[str, Any]:
     async with Store(config) as store:
         project = await store.create_project(name=name, description=description)
-        if config.database_url is not None:  # a schema of the database, not a file
-            where = f"schema {getattr(project, 'schema', '')} of the PostgreSQL database"
-            return {"id": project.id, "name": name, "path": where}
+        if config.database_url is not None:  # in the database, not a file
+            return {"id": project.id, "name": name, "path": _pg_where(config.database_url)}
         return {"id": project.id, "name": name, "path": project.path}
 
 
@@ -559,13 +578,28 @@ def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
         conn.execute("ROLLBACK")
 
 
+async def _pg_count_rows(project: AsyncProjectStore) -> dict[str, int]:
+    """Count the rows of every table of a PostgreSQL project in one snapshot."""
+    from .schema import metadata
+
+    async with project.read() as r:
+        return {
+            name: int((await r.fetch(f'SELECT count(*) FROM "{name}"', {}))[0][0])
+            for name in sorted(metadata.tables)
+        }
+
+
 async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
     async with project.read() as r:
         records = await r.projects.list(limit=1)
         calls = await r.llm_calls.count()
         cost = await r.llm_calls.total_cost()
         threads = await r.lg_checkpoints.threads()
-    counts = await project._on_reader(_count_rows, action="counting rows")
+    on_file = project.path is not None  # None: a project in a PostgreSQL database
+    if on_file:
+        counts = await project._on_reader(_count_rows, action="counting rows")
+    else:
+        counts = await _pg_count_rows(project)
     record = records[0] if records else None
     return {
         "id": project.id,
@@ -573,11 +607,12 @@ async def _project_facts(project: AsyncProjectStore) -> dict[str, Any]:
         "description": record.description if record else None,
         "created_at": record.created_at if record else None,
         "updated_at": record.updated_at if record else None,
-        "path": project.path,
+        "path": project.path if on_file else _pg_where(project.config.database_url or ""),
+        "engine": "sqlite" if on_file else "postgresql",
         "revision": project.revision,
         "head": HEAD_REVISION,
-        "database_bytes": _file_size(project.path),
-        "wal_bytes": _file_size(Path(f"{project.path}-wal")),
+        "database_bytes": _file_size(project.path) if on_file else 0,
+        "wal_bytes": _file_size(Path(f"{project.path}-wal")) if on_file else 0,
         "tables": counts,
         "llm_calls": calls,
         "cost_usd": cost,
@@ -599,15 +634,17 @@ def _render_facts(state: State, facts: Mapping[str, Any]) -> None:
     grid.add_row("Project", Text(f"{facts['id']}  {facts['name'] or '-'}"))
     if facts.get("description"):
         grid.add_row("Description", Text(facts["description"]))
-    grid.add_row("Path", Text(str(facts["path"])))
+    on_file = facts.get("engine", "sqlite") == "sqlite"
+    grid.add_row("Path" if on_file else "Stored in", Text(str(facts["path"])))
     revision = facts["revision"]
     where = "head" if revision == facts["head"] else f"head is {facts['head']}"
     grid.add_row("Schema", Text(f"revision {revision} ({where})"))
     grid.add_row("Created", _when(facts["created_at"]))
     grid.add_row("Updated", _when(facts["updated_at"]))
-    grid.add_row(
-        "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
-    )
+    if on_file:
+        grid.add_row(
+            "Files", f"database {_size(facts['database_bytes'])}, WAL {_size(facts['wal_bytes'])}"
+        )
     grid.add_row("LLM calls", f"{facts['llm_calls']:,}, costing {facts['cost_usd']} USD")
     state.show(grid)
     state.out.print()
@@ -669,8 +706,14 @@ async def _delete(config: StoreConfig, project_id: str) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
 def delete_command(state: State, project_id: str, yes: bool) -> None:
-    """Delete a project and all its files (asks first unless --yes)."""
+    """Delete a project and all its files (asks first unless --yes).
+
+    On PostgreSQL: its rows and its registry entry; its backups on this host are kept.
+    """
     store = Store(state.config())
+    if store.config.database_url is not None:
+        _delete_postgres(state, store.config, project_id, yes)
+        return
     directory = _existing_dir(state, store, project_id)
     files = project_files(directory)
     refuse_foreign(files, project_id)  # before asking: nothing else may be in the folder
@@ -690,12 +733,40 @@ def delete_command(state: State, project_id: str, yes: bool) -> None:
     state.out.print(f"Deleted project {project_id}.", markup=False)
 
 
+async def _pg_info(config: StoreConfig, project_id: str) -> ProjectInfo:
+    """Describe a project of a PostgreSQL database from its registry (without opening it)."""
+    async with Store(config) as store:
+        for info in await store.list_projects():
+            if info.id == project_id:
+                return info
+    raise ProjectNotFound(
+        "no such project in the database",
+        project=project_id,
+        hint=f"run `{PROG} list` to see the projects",
+    )
+
+
+def _delete_postgres(state: State, config: StoreConfig, project_id: str, yes: bool) -> None:
+    info = state.run(_pg_info(config, project_id))
+    backups = config.projects_dir / project_id / "backups"
+    if not yes:
+        name = f" ({info.name!r})" if info.name else ""
+        _confirm(
+            f"Delete project {project_id}{name} and all its records from "
+            f"{_pg_where(config.database_url or '')}? (Its backups in {backups} are kept.)"
+        )
+    state.run(_delete(config, project_id))
+    state.out.print(f"Deleted project {project_id}.", markup=False)
+
+
 # -- schema revisions ---------------------------------------------------------------------------
 
 
 def _describe_existing(state: State, project_id: str) -> ProjectInfo:
     """Describe a project read-only; raise for a missing, corrupt or unreadable one."""
     store = Store(state.config())
+    if store.config.database_url is not None:
+        return state.run(_pg_info(store.config, project_id))
     _existing_dir(state, store, project_id)
     info = describe(project_id, store.database_path(project_id))
     if info.status == "corrupt":
@@ -775,7 +846,10 @@ async def _backup(state: State, project_id: str, dest: Path | None) -> dict[str,
 @json_option
 @pass_state
 def backup_command(state: State, project_id: str, dest: Path | None, as_json: bool) -> None:
-    """Write a consistent, verified backup of a project (it stays usable meanwhile)."""
+    """Write a consistent, verified backup of a project (it stays usable meanwhile).
+
+    On PostgreSQL the backup is a bundle (.demiarch.zip, the format of `export`).
+    """
     with state.spinner(f"Backing up {project_id}"):
         result = state.run(_backup(state, project_id, dest))
     if as_json:
@@ -801,12 +875,17 @@ async def _restore(config: StoreConfig, project_id: str, backup: Path) -> dict[s
 @json_option
 @pass_state
 def restore_command(state: State, project_id: str, backup: Path, yes: bool, as_json: bool) -> None:
-    """Replace a project's database with BACKUP (checked first; asks unless --yes)."""
+    """Replace a project's database with BACKUP (checked first; asks unless --yes).
+
+    On PostgreSQL BACKUP is a bundle of this project; its rows replace the project's in one
+    transaction.
+    """
     config = state.config()
     _existing_dir(state, Store(config), project_id)
     if not yes:
+        what = "the records" if config.database_url is not None else "the database"
         _confirm(
-            f"Replace the database of project {project_id} with {backup}? What it holds now "
+            f"Replace {what} of project {project_id} with {backup}? What it holds now "
             "is lost unless you back it up first"
         )
     facts = state.run(_restore(config, project_id, backup))
@@ -834,6 +913,7 @@ async def _check_one(store: Store, project_id: str, name: str | None, full: bool
         await project.close()  # checking every project must not keep them all open
     data = dataclasses.asdict(report)
     data.update(id=project_id, name=name, problems=list(report.problems))
+    data["engine"] = "sqlite" if project.path is not None else "postgresql"
     return data
 
 
@@ -841,7 +921,10 @@ async def _check(state: State, project_id: str | None, full: bool) -> list[dict[
     async with Store(state.config()) as store:
         if project_id is not None:
             _existing_dir(state, store, project_id)
-            name = describe(project_id, store.database_path(project_id)).name
+            if store.config.database_url is not None:
+                name = getattr(await store.open_project(project_id), "name", None)
+            else:
+                name = describe(project_id, store.database_path(project_id)).name
             return [await _check_one(store, project_id, name, full)]
         state.require_projects_dir()
         infos = await store.list_projects()
@@ -899,6 +982,9 @@ def _render_check(state: State, result: Mapping[str, Any]) -> None:
     grid.add_row(result["check"], Text(", ".join(result["integrity"])))
     grid.add_row("Foreign keys", f"{len(result['foreign_key_violations'])} violations")
     grid.add_row("Schema", f"revision {result['revision']} (head {result['head_revision']})")
+    if result.get("engine") == "postgresql":  # no file, no pages: the server's storage
+        state.show(grid)
+        return
     grid.add_row(
         "Files",
         f"database {_size(result['database_bytes'])}, WAL {_size(result['wal_bytes'])}, "
@@ -937,6 +1023,8 @@ async def _vacuum(state: State, project_id: str) -> dict[str, int]:
     async with Store(state.config()) as store:
         _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
+        if project.path is None:  # PostgreSQL: raises NotSupported, saying autovacuum does it
+            await project.vacuum()
         wal = Path(f"{project.path}-wal")
         before = _file_size(project.path) + _file_size(wal)
         await project.vacuum()
@@ -949,7 +1037,10 @@ async def _vacuum(state: State, project_id: str) -> dict[str, int]:
 @json_option
 @pass_state
 def vacuum_command(state: State, project_id: str, as_json: bool) -> None:
-    """Rebuild a project's database to give free pages back to the file system."""
+    """Rebuild a project's database to give free pages back to the file system.
+
+    SQLite only: on PostgreSQL the server's autovacuum does this.
+    """
     with state.spinner(f"Vacuuming {project_id}"):
         sizes = state.run(_vacuum(state, project_id))
     if as_json:
@@ -976,6 +1067,15 @@ async def _stats(state: State, project_id: str) -> dict[str, Any]:
         _existing_dir(state, store, project_id)
         project = await store.open_project(project_id)
         facts = await _project_facts(project)
+        if project.path is None:  # PostgreSQL: no file, no pages
+            return {
+                "id": project_id,
+                "name": facts["name"],
+                "engine": "postgresql",
+                "stored_in": facts["path"],
+                "tables": facts["tables"],
+                "pool": dataclasses.asdict(project.stats()),
+            }
         pages = await project._on_reader(_pages, action="reading the page counts")
         return {
             "id": project_id,
@@ -1005,17 +1105,20 @@ def stats_command(state: State, project_id: str, as_json: bool) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("Project", Text(f"{stats['id']}  {stats['name'] or '-'}"))
-    grid.add_row(
-        "Files",
-        f"database {_size(stats['database_bytes'])}, WAL {_size(stats['wal_bytes'])}, "
-        f"shared memory {_size(stats['shm_bytes'])}",
-    )
-    free = stats["freelist_pages"] * stats["page_size"]
-    grid.add_row(
-        "Pages",
-        f"{stats['page_count']:,} of {_size(stats['page_size'])}; {stats['freelist_pages']:,} "
-        f"free ({_size(free)} that `vacuum` gives back)",
-    )
+    if "stored_in" in stats:
+        grid.add_row("Stored in", Text(stats["stored_in"]))
+    else:
+        grid.add_row(
+            "Files",
+            f"database {_size(stats['database_bytes'])}, WAL {_size(stats['wal_bytes'])}, "
+            f"shared memory {_size(stats['shm_bytes'])}",
+        )
+        free = stats["freelist_pages"] * stats["page_size"]
+        grid.add_row(
+            "Pages",
+            f"{stats['page_count']:,} of {_size(stats['page_size'])}; "
+            f"{stats['freelist_pages']:,} free ({_size(free)} that `vacuum` gives back)",
+        )
     filled = [f"{t} {n:,}" for t, n in stats["tables"].items() if n]
     grid.add_row("Rows", Text(", ".join(filled) or "none"))
     pool = stats["pool"]
@@ -1207,8 +1310,11 @@ def quarantine_command(
     """Move a damaged project's database aside (kept) and restore its newest good backup.
 
     A healthy project is refused unless --force: to go back to a backup, use `restore`.
+    SQLite only: a project on PostgreSQL has no file to move aside.
     """
     config = state.config()
+    if config.database_url is not None:  # raises NotSupported, saying what to do instead
+        state.run(_quarantine(config, project_id, force))
     store = Store(config)
     _existing_dir(state, store, project_id)
     path = store.database_path(project_id)
@@ -1321,6 +1427,9 @@ def migrate_command(
         infos = state.run(_list_projects(state.config()))
     else:  # a damaged file gets the clear message discovery has, not Alembic's
         infos = [_describe_existing(state, project_id)]
+    if state.config().database_url is not None and target not in ("head", HEAD_REVISION):
+        # Refused by the store for every project alike: say it once, before any prompt.
+        state.run(_migrate(state, infos[:1], target, every=False))
     downgrades = [i.id for i in infos if _is_downgrade(i.revision, target)]
     if downgrades and not yes:
         _confirm(

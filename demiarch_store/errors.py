@@ -19,7 +19,8 @@
     ├── BundleError              a project bundle that is damaged, tampered with or unknown
     ├── UnexpectedSchema         a file from elsewhere holds objects the library never makes
     ├── ForeignFiles             a folder to delete holds files the library did not make
-    └── ProjectHealthy           quarantine of a healthy project, without force
+    ├── ProjectHealthy           quarantine of a healthy project, without force
+    └── NotSupported             what one engine cannot do (vacuum a PostgreSQL project, ...)
 
 Every message names what went wrong, the project, the path and what the user can do. Bound
 parameter values never appear in a message: they may hold secrets.
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidValue",
     "MigrationError",
     "NotFound",
+    "NotSupported",
     "OutcomeUnknown",
     "PoolTimeout",
     "ProjectExists",
@@ -161,6 +163,11 @@ class ForeignFiles(StoreError):
 
 class ProjectHealthy(StoreError):
     """Quarantine was asked for a project whose database is healthy (pass ``force=True``)."""
+
+
+class NotSupported(StoreError):
+    """What this project's engine cannot do: a file's operation (vacuum, quarantine, a path)
+    on PostgreSQL; the hint names what to use instead."""
 
 
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}

@@ -38,6 +38,7 @@ from .errors import (
     ForeignFiles,
     InvalidProjectId,
     InvalidValue,
+    NotSupported,
     ProjectHealthy,
     ProjectNotFound,
     StorageError,
@@ -350,8 +351,8 @@ class Store:
 
         That is its database with its ``-wal`` and ``-shm``, its backups, its quarantined
         copies, its marker, then the folder. A folder holding anything else is refused, naming
-        what it found, before anything is closed or removed. On PostgreSQL: drops the
-        project's schema and its registry row.
+        what it found, before anything is closed or removed. On PostgreSQL: deletes the
+        project's rows from every table, in one transaction.
 
         Raises:
             ProjectNotFound: no such project, or the folder is not a project.
@@ -394,8 +395,14 @@ class Store:
         backed up to ``<project dir>/backups/`` first. Raises ``ProjectNotFound``,
         ``CorruptDatabase`` (no database file), ``SchemaTooNew`` or ``MigrationError`` (the
         database is then left as it was).
+
+        On PostgreSQL a database's projects are all at its revision: migrating to ``"head"``
+        (or its revision) checks the project and returns ``(head, head)``; any other target
+        raises ``NotSupported``.
         """
         self._check_open()
+        if (pg := await self._postgres()) is not None:
+            return await _migrate_postgres(pg, project_id, to)
         path = self._existing(project_id)
         if not path.is_file():
             raise CorruptDatabase(
@@ -440,8 +447,15 @@ class Store:
                 untouched and the project stays open.
             DatabaseBusy: another process has the project open.
             ProjectNotFound: no such project.
+
+        On PostgreSQL the backup is a bundle (``backup()``, ``export_project``) of this
+        project; its rows replace the project's in one transaction (see ``PgProject.restore``).
         """
         self._check_open()
+        if await self._postgres() is not None:  # a bundle replaces its rows in one transaction
+            opened = await self.open_project(project_id)
+            await opened.restore(backup)
+            return opened
         path = self._existing(project_id)
         project = await self._settled(project_id)
         if project is not None:
@@ -467,10 +481,20 @@ class Store:
 
         Raises:
             DatabaseBusy: another process has the project open.
+            NotSupported: on PostgreSQL (there is no file to move aside).
             ProjectHealthy: the database is healthy and ``force`` is not set.
             ProjectNotFound: no such project.
         """
         self._check_open()
+        if await self._postgres() is not None:
+            raise NotSupported(
+                "quarantine is not available on PostgreSQL: it moves a damaged database file "
+                "aside, and a project there lives in the server's database",
+                project=project_id,
+                hint="to go back to a backup, restore it (restore_project(), `demiarch-store "
+                "restore ID BACKUP`); the server's own storage is guarded by its administrators "
+                "(pg_dump, replicas)",
+            )
         path = self._existing(project_id)
         if path.exists():
             await asyncio.to_thread(write_marker, path.parent, project_id)
@@ -576,52 +600,43 @@ class Store:
         self, pg: PgEngine, project: AsyncProjectStore, dest: Path | str, version: str
     ) -> Path:
         """Export a PostgreSQL project: its rows, in one snapshot, into a bundle's database."""
-        from .bundles import export_target, write_bundle
-        from .postgres.bundles import write_sqlite_rows
+        from .bundles import export_target
+        from .postgres.bundles import write_rows_bundle
         from .postgres.project import PgProject
 
         assert isinstance(project, PgProject)
         try:
             target = await asyncio.to_thread(export_target, dest, project.id)
-            staging = await asyncio.to_thread(Staging, target.parent, ".demiarch-export-")
         except OSError as exc:
             raise StorageError(
-                f"cannot write the bundle: {exc.strerror}",
+                f"cannot create the folder for the bundle: {exc.strerror}",
                 project=project.id,
                 path=Path(dest),
-                hint="check that the directory exists and is writable",
+                hint="check that its parent is a directory you may write",
             ) from exc
+        rows = await pg.dump(project.handle)
         try:
-            rows = await pg.dump(project.handle)
-            snapshot = staging.path / DATABASE_NAME
-            try:
-                await asyncio.to_thread(write_sqlite_rows, snapshot, rows)
-                return await asyncio.to_thread(
-                    write_bundle, snapshot, target, project_id=project.id, version=version
-                )
-            except (OSError, sqlite3.Error) as exc:
-                raise translate(
-                    exc, project=project.id, path=target, action="writing the bundle"
-                ) from exc
-        finally:
-            await asyncio.to_thread(staging.close)
+            return await asyncio.to_thread(
+                write_rows_bundle, rows, target, project_id=project.id, version=version
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise translate(
+                exc, project=project.id, path=target, action="writing the bundle"
+            ) from exc
 
     async def _import_postgres(
         self, pg: PgEngine, bundle: Path, project_id: str | None
     ) -> AsyncProjectStore:
         """Import a bundle into PostgreSQL: verified as on SQLite, then copied in one unit."""
-        import tempfile
-
-        from .bundles import read_bundle
-        from .postgres.bundles import read_sqlite_rows
+        from .postgres.bundles import bundle_rows
         from .postgres.project import PgProject
 
-        with tempfile.TemporaryDirectory(prefix="demiarch-import-") as scratch:
-            staging, manifest = await asyncio.to_thread(
-                read_bundle, bundle, Path(scratch), project_id
-            )
-            with staging:
-                rows = await asyncio.to_thread(read_sqlite_rows, staging.path / DATABASE_NAME)
+        try:
+            rows, manifest = await asyncio.to_thread(bundle_rows, bundle, project_id)
+        except OSError as exc:
+            raise translate(
+                exc, project=project_id, path=bundle, action="importing the bundle"
+            ) from None
         row = await pg.create_project(
             name=manifest.name or "",
             description=None,
@@ -686,10 +701,16 @@ class Store:
 
         Returns a ``LegacyImportReport`` (imported, skipped with reasons, rows, notes). Raises
         ``StorageError`` or ``CorruptDatabase`` if the source cannot be read.
+
+        On PostgreSQL each project is split into a temporary file as above, then copied into
+        the database in one transaction (``import_project``'s way); a project whose ID the
+        database already holds is skipped, so a second run imports nothing twice.
         """
         from .legacy import import_legacy
 
         self._check_open()
+        if (pg := await self._postgres()) is not None:
+            return await self._import_legacy_postgres(pg, Path(db_path))
         try:
             return await asyncio.to_thread(import_legacy, Path(db_path), self.projects_dir)
         except (OSError, sqlite3.Error) as exc:
@@ -699,6 +720,44 @@ class Store:
             if err is exc:
                 raise
             raise err from exc
+
+    async def _import_legacy_postgres(self, pg: PgEngine, source: Path) -> LegacyImportReport:
+        """Split the legacy database into scratch files, then copy each project into PostgreSQL."""
+        import tempfile
+
+        from .errors import ProjectExists
+        from .legacy import LegacyImportReport, import_legacy
+        from .postgres.bundles import read_sqlite_rows
+
+        with tempfile.TemporaryDirectory(prefix="demiarch-legacy-") as scratch:
+            try:
+                split = await asyncio.to_thread(import_legacy, source, Path(scratch))
+            except (OSError, sqlite3.Error) as exc:
+                err = translate(
+                    exc, project=None, path=source, action="importing the legacy database"
+                )
+                if err is exc:
+                    raise
+                raise err from exc
+            report = LegacyImportReport(
+                source=split.source, skipped=dict(split.skipped), notes=list(split.notes)
+            )
+            for project_id in split.imported:
+                path = Path(scratch) / project_id / DATABASE_NAME
+                rows = await asyncio.to_thread(read_sqlite_rows, path)
+                name = rows["projects"][0][1] if rows.get("projects") else project_id
+                try:
+                    await pg.create_project(
+                        name=name, description=None, project_id=project_id, rows=rows
+                    )
+                except ProjectExists:
+                    report.skipped[project_id] = (
+                        "a project with this ID already exists (imported before?)"
+                    )
+                else:
+                    report.imported.append(project_id)
+                    report.rows[project_id] = split.rows[project_id]
+        return report
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -1174,3 +1233,19 @@ def good_backup(database: Path, project_id: str) -> Path | None:
             continue
         return backup
     return None
+
+
+async def _migrate_postgres(pg: PgEngine, project_id: str, to: str) -> tuple[str, str]:
+    """Migrate a PostgreSQL project: a database's projects all sit at its revision (head)."""
+    if to not in ("head", HEAD_REVISION):
+        if not isinstance(to, str):
+            raise InvalidValue("the target revision must be a string such as 'head' or '0001'")
+        raise NotSupported(
+            f"migrating a project to revision {to!r} is not available on PostgreSQL: the "
+            f"projects of a database are all at its revision ({HEAD_REVISION!r})",
+            project=project_id,
+            hint="to use an older revision, export the project and import it into a SQLite "
+            "projects directory, then migrate it there",
+        )
+    row = await pg.project(project_id)  # ProjectNotFound, SchemaTooNew or MigrationError
+    return row.revision, row.revision

@@ -91,7 +91,7 @@ def _pg_reachable() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def needs_server(item: pytest.Item) -> bool:
-        return "[postgresql" in item.nodeid or item.nodeid.startswith("tests/test_postgres.py")
+        return "[postgresql" in item.nodeid or item.nodeid.startswith("tests/test_postgres")
 
     if not any(needs_server(item) for item in items):
         return

@@ -2,20 +2,41 @@
 
 Exporting copies the project's rows, read in one snapshot, into a new SQLite database built
 from the same schema; importing verifies the bundle exactly as on SQLite (``read_bundle``),
-then copies its rows into a new project's schema in one transaction. So a project moves
-between the engines in both directions. Rows are held in memory while they are copied.
+migrates a bundle of an older revision to head, then copies its rows into a new project in one
+transaction. So a project moves between the engines in both directions. A backup of a
+PostgreSQL project is such a bundle too (``write_backup``), and restoring one replaces the
+project's rows in one transaction. Rows are held in memory while they are copied.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from ..backup import Staging, fsync_dir, make_private_dir
+from ..bundles import BUNDLE_SUFFIX, Manifest, read_bundle, write_bundle
+from ..errors import BackupError, BundleError, SchemaTooNew, StoreError
+from ..ids import DATABASE_NAME
 from ..revisions import schema_ddl
 from ..schema import HEAD_REVISION, metadata
 
-__all__ = ["Rows", "read_sqlite_rows", "select_sql", "write_sqlite_rows"]
+__all__ = [
+    "BACKUP_NAME",
+    "Rows",
+    "backup_rows",
+    "bundle_rows",
+    "list_backups",
+    "read_sqlite_rows",
+    "select_sql",
+    "write_backup",
+    "write_rows_bundle",
+    "write_sqlite_rows",
+]
 
 Rows = dict[str, list[tuple[Any, ...]]]
 """Every table's rows, by table name, columns in the metadata's order."""
@@ -65,3 +86,149 @@ def read_sqlite_rows(path: Path) -> Rows:
         }
     finally:
         conn.close()
+
+
+# -- bundles of rows --------------------------------------------------------------------------
+
+
+def write_rows_bundle(rows: Rows, target: Path, *, project_id: str, version: str) -> Path:
+    """Write ``rows`` as a new bundle file ``target`` (never replaced); runs in a thread.
+
+    The bundle's database is built in a hidden staging folder beside ``target`` (on its file
+    system: ``write_bundle`` links the finished archive into place).
+    """
+    with Staging(target.parent, ".demiarch-export-") as staging:
+        snapshot = staging.path / DATABASE_NAME
+        write_sqlite_rows(snapshot, rows)
+        return write_bundle(snapshot, target, project_id=project_id, version=version)
+
+
+def bundle_rows(bundle: Path, project_id: str | None) -> tuple[Rows, Manifest]:
+    """Verify a bundle as on SQLite, bring it to head, and return its rows; runs in a thread.
+
+    ``project_id`` gives the project a new ID (its project record is renamed). A bundle of an
+    older revision is migrated on a scratch copy; one of a newer revision raises
+    ``SchemaTooNew``. Nothing is written outside a temporary folder.
+    """
+    from ..migrate import run_migrations
+
+    with tempfile.TemporaryDirectory(prefix="demiarch-import-") as scratch:
+        staging, manifest = read_bundle(bundle, Path(scratch), project_id)
+        with staging:
+            database = staging.path / DATABASE_NAME
+            if manifest.revision != HEAD_REVISION:
+                run_migrations(database, project=project_id or manifest.project_id)
+            return read_sqlite_rows(database), manifest
+
+
+# -- backups: bundles in a folder --------------------------------------------------------------
+
+BACKUP_NAME: Final = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)" + re.escape(BUNDLE_SUFFIX))
+"""``<sequence>-<UTC time>.demiarch.zip``: the sequence orders them even if the clock goes back."""
+
+
+def list_backups(directory: Path) -> list[Path]:
+    """Return the finished backups in ``directory``, newest first."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m[1]), n) for n in names if (m := BACKUP_NAME.fullmatch(n)) is not None]
+    return [directory / name for _, name in sorted(found, reverse=True)]
+
+
+def write_backup(
+    rows: Rows,
+    directory: Path | None,
+    dest: Path | None,
+    *,
+    project_id: str,
+    version: str,
+    keep: int | None,
+) -> Path:
+    """Write ``rows`` as a bundle into ``directory`` (or ``dest``, a new file or a directory)
+    under the next ``<sequence>-<UTC time>`` name; then keep only the newest ``keep`` there.
+    Runs in a thread.
+
+    A name is only given to a finished, fsynced archive (linked into place), so a crash leaves
+    a hidden staging folder (removed by the next backup), never a file that looks like a backup.
+    """
+    if dest is not None:
+        dest = dest.expanduser()
+        if dest.is_dir():
+            directory, dest = dest, None
+    try:
+        if dest is not None:
+            return write_rows_bundle(rows, dest, project_id=project_id, version=version)
+        assert directory is not None
+        make_private_dir(directory)
+        with Staging(directory, ".demiarch-backup-") as staging:
+            finished = write_rows_bundle(
+                rows,
+                staging.path / f"backup{BUNDLE_SUFFIX}",
+                project_id=project_id,
+                version=version,
+            )
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            while True:
+                existing = list_backups(directory)
+                newest = BACKUP_NAME.fullmatch(existing[0].name) if existing else None
+                seq = int(newest[1]) + 1 if newest is not None else 1
+                final = directory / f"{seq:06d}-{stamp}{BUNDLE_SUFFIX}"
+                try:
+                    os.link(finished, final)
+                except FileExistsError:
+                    continue  # another process took this number first
+                break
+        fsync_dir(directory)
+        if keep is not None:
+            for old in list_backups(directory)[keep:]:
+                old.unlink(missing_ok=True)  # another process may have pruned it
+            fsync_dir(directory)
+        return final
+    except BundleError as exc:  # the file exists, or the project record is missing
+        raise BackupError(exc.message, project=project_id, path=exc.path, hint=exc.hint) from exc
+    except (OSError, sqlite3.Error) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BackupError(
+            f"the backup could not be written: {why}",
+            project=project_id,
+            path=dest or directory,
+            hint="check that the folder exists, is writable and has free space",
+        ) from exc
+
+
+def backup_rows(backup: Path, project_id: str) -> Rows:
+    """Verify a backup (a bundle) of project ``project_id`` and return its rows at head.
+
+    Runs in a thread. A file that is not a sound bundle, or a bundle of another project, raises
+    ``BackupError`` (nothing changed); one of a newer revision, ``SchemaTooNew``.
+    """
+    try:
+        rows, manifest = bundle_rows(backup.expanduser(), None)
+    except (SchemaTooNew, BackupError):
+        raise
+    except StoreError as exc:
+        raise BackupError(
+            f"the backup cannot be restored: {exc.message}",
+            project=project_id,
+            path=backup,
+            hint="choose another backup (a bundle written by backup() or export_project()); "
+            "the project was left as it was",
+        ) from exc
+    except OSError as exc:
+        raise BackupError(
+            f"the backup cannot be read: {exc.strerror}",
+            project=project_id,
+            path=backup,
+            hint="check the path and its permissions; the project was left as it was",
+        ) from exc
+    if manifest.project_id != project_id:
+        raise BackupError(
+            f"the backup holds project {manifest.project_id!r}, not {project_id!r}",
+            project=project_id,
+            path=backup,
+            hint="restore a backup of this project; to add that project beside it, import the "
+            "bundle (import_project(), `demiarch-store import`)",
+        )
+    return rows

@@ -609,6 +609,36 @@ class PgEngine:
             last_checkpoint=None,
         )
 
+    # -- restore (added for backups on PostgreSQL; self-contained) -------------------------------
+
+    async def replace_rows(self, handle: PgHandle, rows: Rows) -> None:
+        """Replace every row of a project with ``rows`` in one transaction: all or nothing.
+
+        A restore: the project's row is locked as by a unit that reads (``begin_locked``), its
+        tables are emptied in reverse foreign-key order and refilled with the same statements
+        ``create_project(rows=...)`` runs, then it commits. Any failure rolls it all back.
+        """
+        ops = [Op(f'DELETE FROM "{t.name}"', ()) for t in reversed(metadata.sorted_tables)]
+        ops += [
+            Op(insert_sql(t.name, "?"), rows[t.name], many=True)
+            for t in metadata.sorted_tables
+            if rows.get(t.name)
+        ]
+        conn = await self.begin_locked(handle)
+        try:
+            async with conn.cursor() as cur:
+                await run_ops(cur, ops, handle)
+            await conn.execute("COMMIT")
+            self.counters.commits += 1
+        except StoreError:
+            self.counters.rollbacks += 1
+            raise
+        except BaseException as exc:
+            self.counters.rollbacks += 1
+            self.fail(exc, handle.project, "restoring the project")
+        finally:
+            await self.give_back(conn, rollback=True)
+
 
 def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:
     err = OutcomeUnknown(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
-from ..errors import StoreClosed, StoreError
+from ..backup import BACKUPS_DIR
+from ..errors import NotSupported, StoreClosed
 from ..health import HealthReport, StoreStats
 from ..project import AsyncProjectStore
 from ..schema import HEAD_REVISION
+from .bundles import backup_rows, list_backups, write_backup
 from .engine import PgEngine, ProjectRow
 from .session import PgHandle, PgSnapshot, PgTransaction
 
@@ -19,10 +22,10 @@ __all__ = ["PgProject"]
 class PgProject(AsyncProjectStore):
     """One project in a PostgreSQL database (a handle on its store's pool: nothing to close).
 
-    ``transaction()``, ``read()``, every repository, ``check()`` and ``stats()`` work as on
-    SQLite. ``path`` is None (errors name the project, and no file). What belongs to a file
-    (``backup()``, ``restore()``, ``vacuum()``, ``optimize()``) raises ``StoreError``: back
-    the database up with ``pg_dump``, or export the project as a bundle.
+    ``transaction()``, ``read()``, every repository, ``check()``, ``stats()``, ``backup()``,
+    ``backups()`` and ``restore()`` work as on SQLite (a backup is a bundle file). ``path`` is
+    None (errors name the project, and no file); ``vacuum()`` and ``optimize()`` raise
+    ``NotSupported`` (the server's autovacuum does their work).
     """
 
     def __init__(self, engine: PgEngine, row: ProjectRow) -> None:
@@ -40,10 +43,11 @@ class PgProject(AsyncProjectStore):
         return f"<PgProject {self.id!r}>"
 
     def _no_file(self, what: str) -> NoReturn:
-        raise StoreError(
-            f"{what} is not available on PostgreSQL: a project there is rows, not a file",
+        raise NotSupported(
+            f"{what} is not available on PostgreSQL: a project there lives in the database, "
+            "not in a file",
             project=self.id,
-            hint="back up the database with pg_dump, or export the project as a bundle",
+            hint="use the project's transaction(), read(), stats() and check()",
         )
 
     @property
@@ -106,22 +110,79 @@ class PgProject(AsyncProjectStore):
 
     @property
     def backups_dir(self) -> Path:
-        self._no_file("a backups folder")
+        """Where ``backup()`` writes by default: ``<projects_dir>/<id>/backups`` on this host.
+
+        As on SQLite; the folder holds only backups (bundles), since the project lives in the
+        database.
+        """
+        return self.config.projects_dir / self.id / BACKUPS_DIR
 
     def backups(self) -> list[Path]:
-        self._no_file("listing file backups")
+        """Return the backups in ``backups_dir``, newest first."""
+        return list_backups(self.backups_dir)
 
     async def backup(self, dest: Path | str | None = None) -> Path:
-        self._no_file("a file backup")
+        """Write the project as a bundle (the format of ``export_project``) and return its path.
+
+        Args:
+            dest: a new file to write, or a directory to write a new backup into. By default
+                the backup goes into ``backups_dir`` as ``<sequence>-<UTC time>.demiarch.zip``
+                and only the newest ``config.keep_backups`` there are kept.
+
+        The rows are read in one snapshot while writers keep writing. A backup is a whole
+        project's bundle: ``restore()`` puts it back, ``import_project`` makes a project of
+        it on either engine. (``pg_dump`` backs up every project of the database at once.)
+
+        Raises:
+            BackupError: the bundle could not be written, or ``dest`` exists.
+        """
+        from ..__version__ import __version__
+
+        self._check()
+        keep = self.config.keep_backups if dest is None else None
+        rows = await self._engine.dump(self._handle)
+        path: Path = await asyncio.to_thread(
+            write_backup,
+            rows,
+            self.backups_dir if dest is None else None,
+            None if dest is None else Path(dest),
+            project_id=self.id,
+            version=__version__,
+            keep=keep,
+        )
+        return path
 
     async def restore(self, backup: Path | str) -> None:
-        self._no_file("restoring a file backup")
+        """Replace the project's rows with a backup's, in one transaction: all or nothing.
+
+        The backup is a bundle of this project (from ``backup()`` or ``export_project``, on
+        either engine), verified as an import is before anything changes; one of an older
+        revision is migrated on a scratch copy first. The project stays open: units of work
+        that start after the restore see the backup's rows.
+
+        Raises:
+            BackupError: the file is missing, not a sound bundle, or holds another project;
+                the project is untouched.
+            SchemaTooNew: the backup comes from a newer demiarch-store; the project is
+                untouched.
+        """
+        self._check()
+        rows = await asyncio.to_thread(backup_rows, Path(backup), self.id)
+        await self._engine.replace_rows(self._handle, rows)
 
     async def vacuum(self) -> None:
-        self._no_file("vacuum (PostgreSQL's autovacuum does this)")
+        raise NotSupported(
+            "vacuum is not available on PostgreSQL: PostgreSQL's autovacuum does this",
+            project=self.id,
+            hint="nothing to do; a database administrator may run VACUUM on the server",
+        )
 
     async def optimize(self) -> None:
-        self._no_file("optimize (PostgreSQL's autovacuum analyses tables)")
+        raise NotSupported(
+            "optimize is not available on PostgreSQL: PostgreSQL's autovacuum analyses tables",
+            project=self.id,
+            hint="nothing to do; a database administrator may run ANALYZE on the server",
+        )
 
     async def check(self, *, full: bool = False) -> HealthReport:
         """Check that the server answers and the tables are all there, row security on."""
