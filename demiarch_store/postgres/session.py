@@ -52,12 +52,10 @@ def pg_sql(sql: str) -> str:
     # SQLite's LIMIT -1 is "no limit" (the repositories' default); PostgreSQL's is LIMIT NULL.
     text = _LIMIT.sub(r"LIMIT NULLIF(\1, -1)", sql)
     if _SQLITE_JSON.search(text):
-        # The LangGraph repositories' JSON filters and their checkpoint page query (a UNION of
-        # differently typed rows, which only SQLite's dynamic typing accepts).
+        # The repositories spell their JSON queries per engine (``Runner.dialect``).
         raise StoreError(
-            "this query uses SQLite's JSON functions (the LangGraph checkpointer's reads and "
-            "JSON filters), not supported on PostgreSQL yet",
-            hint="use a SQLite project for LangGraph checkpoints and filtered searches",
+            "a query in SQLite's JSON dialect reached PostgreSQL",
+            hint="this is a bug in demiarch-store: please report it",
         )
     text = _SQL[sql] = _NAMED.sub(place, text)
     return text
@@ -105,6 +103,7 @@ class PgTransaction(Transaction):
     """One unit of work on PostgreSQL (see the module's docstring)."""
 
     _pool: PgHandle  # type: ignore[assignment]
+    dialect = "postgresql"
 
     def __init__(self, handle: PgHandle) -> None:
         self._pool = handle
@@ -203,6 +202,7 @@ class PgSnapshot(Snapshot):
     """A read-only, consistent view of one project: one ``REPEATABLE READ`` transaction."""
 
     _pool: PgHandle  # type: ignore[assignment]
+    dialect = "postgresql"
 
     def __init__(self, handle: PgHandle) -> None:
         self._pool = handle
