@@ -263,10 +263,11 @@ class PgEngine:
         """Begin a read-only snapshot of a project."""
         conn = await self._get()
         try:
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            await conn.execute(
-                "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
-            )
+            async with conn.pipeline():  # one round trip for both
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await conn.execute(
+                    "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
+                )
         except BaseException as exc:
             await self.give_back(conn, rollback=True)
             self.fail(exc, handle.project, "starting a read")
