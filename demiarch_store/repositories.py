@@ -2019,10 +2019,10 @@ def _prefix_where(prefix: str | None) -> tuple[str, builtins.list[Any]]:
     ``.``), and its parameters."""
     if not prefix:
         return "1 = 1", []
-    return "(namespace = ? OR namespace LIKE ? ESCAPE '\\')", [
-        prefix,
-        _like_escape(prefix) + ".%",
-    ]
+    # Not LIKE: SQLite's ignores ASCII case, PostgreSQL's does not; substr compares exactly on
+    # both (and counts characters on both).
+    where = "(namespace = ? OR substr(namespace, 1, CAST(? AS INTEGER)) = ?)"
+    return where, [prefix, len(prefix) + 1, prefix + "."]
 
 
 class MemoryItemRepository(Repository[MemoryItem]):

@@ -133,6 +133,19 @@ async def test_search_finds_what_in_memory_store_finds(
         await project.close()
 
 
+async def test_a_namespace_prefix_matches_labels_exactly(config: StoreConfig) -> None:
+    """Case counts, and a label prefix is not a namespace prefix, on both engines alike (not
+    SQLite's LIKE, which ignores ASCII case)."""
+    async with opened(config) as project:
+        store = DemiarchStore(project)
+        for ns in (("users", "a"), ("Users", "b"), ("USERS",), ("users2", "c"), ("users",)):
+            await store.aput(ns, "k", {"ns": list(ns)})
+        found = await store.asearch(("users",))
+        assert sorted(i.namespace for i in found) == [("users",), ("users", "a")]
+        assert await store.alist_namespaces(prefix=("users",)) == [("users",), ("users", "a")]
+        assert [i.namespace for i in await store.asearch(("Users",))] == [("Users", "b")]
+
+
 async def test_comparison_operators_skip_items_without_the_key(store: Store) -> None:
     """LangGraph's in-memory store raises on these; ours compares like PostgreSQL's JSONB."""
     project, ours, _ = await _both(store)
