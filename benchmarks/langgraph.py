@@ -301,6 +301,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "cpus": _cpus(),
             "platform": platform.platform(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "database_url")},
         "cells": cells,
