@@ -146,6 +146,17 @@ async def test_a_namespace_prefix_matches_labels_exactly(config: StoreConfig) ->
         assert [i.namespace for i in await store.asearch(("Users",))] == [("Users", "b")]
 
 
+async def test_a_filter_on_an_integer_past_64_bits_is_invalid_on_both_engines(
+    config: StoreConfig,
+) -> None:
+    async with opened(config) as project:
+        store = DemiarchStore(project)
+        await store.aput(("n",), "k", {"n": 2**63 - 1})
+        assert [i.key for i in await store.asearch(("n",), filter={"n": 2**63 - 1})] == ["k"]
+        with pytest.raises(InvalidValue, match="64-bit"):
+            await store.asearch(("n",), filter={"n": 2**64})
+
+
 async def test_comparison_operators_skip_items_without_the_key(store: Store) -> None:
     """LangGraph's in-memory store raises on these; ours compares like PostgreSQL's JSONB."""
     project, ours, _ = await _both(store)
