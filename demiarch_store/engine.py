@@ -30,6 +30,10 @@ class Op(NamedTuple):
 class Runner(Protocol):
     """What a repository runs its statements on: a unit of work or a read snapshot."""
 
+    dialect: str
+    """``"sqlite"`` or ``"postgresql"``: the few queries SQL cannot say the same way on both
+    (JSON) pick their text by it."""
+
     def defer(self, op: Op) -> None:
         """Queue a write for commit."""
 

@@ -11,6 +11,7 @@ import builtins
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -1373,36 +1374,94 @@ def _rows_in(columns: Sequence[str], keys: Sequence[tuple[Any, ...]]) -> tuple[s
     return sql, [v for key in padded for v in key]
 
 
-def _json_path(key: str) -> str:
-    """Return the SQL/JSON path of a top-level key, quoted (any text may be a key)."""
-    return '$."' + _text(key, "filter key").replace("\\", "\\\\").replace('"', '\\"') + '"'
+_PLAIN_KEY = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]*')
+"""A key SQLite's JSON paths can name: printable ASCII without ``"`` or ``\\`` (a path label
+has no escapes, and the document's text holds any other character escaped)."""
 
 
-def json_equals(column: str, filter: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+def json_equals(
+    column: str, filter: Mapping[str, Any], dialect: str = "sqlite"
+) -> tuple[list[str], list[Any]]:
     """Return ``?``-style conditions that a JSON column's top-level keys equal scalar values.
 
     ``None`` matches a missing key or JSON null; ``True``/``False`` match JSON booleans only;
-    numbers and strings match equal numbers and strings. A ``dict`` or ``list`` value is an
-    ``InvalidValue`` here (callers compare those themselves).
+    numbers match JSON numbers equal to them, strings equal JSON strings. A ``dict`` or ``list``
+    value is an ``InvalidValue`` here (callers compare those themselves). ``dialect`` is the
+    session's (``Runner.dialect``): SQLite's JSON functions or PostgreSQL's ``jsonb``
+    operators, with the same results (documents are stored as text on both).
     """
     where: list[str] = []
     params: list[Any] = []
     for key, value in filter.items():
-        path = _json_path(key)
+        key = _text(key, "filter key")
         if value is None:
-            where.append(f"json_extract({column}, ?) IS NULL")
-            params.append(path)
+            kind = "null"
         elif isinstance(value, bool):
-            where.append(f"json_type({column}, ?) = ?")
-            params += [path, "true" if value else "false"]
-        elif isinstance(value, int | float | str):
-            where.append(f"json_extract({column}, ?) = ?")
-            params += [path, _text(value, "filter value") if isinstance(value, str) else value]
+            kind = "true" if value else "false"
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise InvalidValue(f"filter on {key!r} compares an integer out of 64-bit range")
+            kind = "number"
+        elif isinstance(value, float):
+            kind = "number"
+        elif isinstance(value, str):
+            kind = "text"
+            value = _text(value, "filter value")
         else:
             raise InvalidValue(
                 f"filter on {key!r} compares a {type(value).__name__}",
                 hint="filter on strings, numbers, booleans or None",
             )
+        if dialect == "postgresql":
+            # ``->`` with a text key: an array's elements are not keys (as in SQLite's paths).
+            item = f"({column}::jsonb -> ?::text)"
+            if kind == "null":
+                where.append(f"COALESCE({item}, 'null'::jsonb) = 'null'::jsonb")
+            elif kind in ("true", "false"):
+                where.append(f"{item} = '{kind}'::jsonb")
+            elif kind == "text":
+                where.append(f"{item} = to_jsonb(?::text)")
+            elif isinstance(value, int):
+                where.append(f"{item} = to_jsonb(?::numeric)")
+            else:  # as SQLite compares: in double precision
+                where.append(
+                    f"CASE WHEN jsonb_typeof({item}) = 'number' "
+                    f"THEN ({item} #>> '{{}}')::float8 END = ?::float8"
+                )
+                params.append(key)
+            params.append(key)
+        elif _PLAIN_KEY.fullmatch(key):
+            path = f'$."{key}"'
+            if kind == "null":
+                where.append(f"json_extract({column}, ?) IS NULL")
+            elif kind in ("true", "false"):
+                where.append(f"json_type({column}, ?) = '{kind}'")
+            elif kind == "text":
+                where.append(f"json_extract({column}, ?) = ? AND json_type({column}, ?) = 'text'")
+                params += [path, value]
+            else:
+                where.append(
+                    f"json_extract({column}, ?) = ? "
+                    f"AND json_type({column}, ?) IN ('integer', 'real')"
+                )
+                params += [path, value]
+            params.append(path)
+            continue
+        else:  # any other key, by its decoded text
+            each = f"FROM json_each({column}) AS j WHERE j.key = ?"
+            if kind == "null":
+                where.append(f"NOT EXISTS (SELECT 1 {each} AND j.type <> 'null')")
+            elif kind in ("true", "false"):
+                where.append(f"EXISTS (SELECT 1 {each} AND j.type = '{kind}')")
+            elif kind == "text":
+                where.append(f"EXISTS (SELECT 1 {each} AND j.type = 'text' AND j.atom = ?)")
+            else:
+                where.append(
+                    f"EXISTS (SELECT 1 {each} AND j.type IN ('integer', 'real') AND j.atom = ?)"
+                )
+            params.append(key)
+        if kind in ("text", "number"):
+            params.append(value)
     return where, params
 
 
@@ -1413,17 +1472,33 @@ def _graph_text(value: object, name: str) -> str:
 _LOAD = """WITH page AS ({page})
 SELECT 0, page.* FROM page
 UNION ALL
-SELECT 1, w.*, NULL, NULL FROM lg_writes AS w JOIN page ON w.thread_id = page.thread_id
+SELECT 1, w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.channel, w.idx,
+  w.task_path, w.value, w.value_type, NULL, NULL
+FROM lg_writes AS w JOIN page ON w.thread_id = page.thread_id
   AND w.checkpoint_ns = page.checkpoint_ns AND w.checkpoint_id = page.checkpoint_id
 UNION ALL
-SELECT 2, b.*, NULL, NULL, NULL, NULL, NULL FROM lg_blobs AS b
+SELECT 2, b.thread_id, b.checkpoint_ns, b.channel, b.version, b.value_type, NULL, NULL,
+  b.value, NULL, NULL, NULL
+FROM lg_blobs AS b
 WHERE (b.thread_id, b.checkpoint_ns, b.channel, b.version) IN (
   SELECT page.thread_id, page.checkpoint_ns, v.key, v.value
-  FROM page, json_each(page.channel_versions) AS v)"""
+  FROM page, {each}(page.channel_versions{cast}) AS v)"""
 """A page of checkpoints (``{page}``, a SELECT of whole rows) with their writes and the channel
-values they refer to, in one query: kind 0 rows are checkpoints, 1 writes, 2 channel values,
-each padded to the checkpoint's 11 columns. (``json_each`` is SQLite's; PostgreSQL spells it
-``jsonb_each_text``.)"""
+values they refer to, in one query: kind 0 rows are checkpoints, 1 writes, 2 channel values.
+Each is laid out in the checkpoint's 11 columns so that every column has one type (PostgreSQL's
+UNION requires it): a write's or channel value's columns go where a checkpoint has a column of
+their type (``_WRITE`` and ``_BLOB`` put them back in order), the rest are NULL. Channel
+versions are JSON strings, so ``json_each`` and ``jsonb_each_text`` give the same text."""
+_LOADS = {
+    "sqlite": functools.partial(_LOAD.format, each="json_each", cast=""),
+    "postgresql": functools.partial(_LOAD.format, each="jsonb_each_text", cast="::jsonb"),
+}
+_WRITE = (1, 2, 3, 4, 6, 5, 7, 9, 8)
+_BLOB = (1, 2, 3, 4, 5, 8)
+_WRITE_ORDER = attrgetter(
+    "thread_id", "checkpoint_ns", "checkpoint_id", "task_path", "task_id", "idx"
+)
+_BLOB_ORDER = attrgetter("thread_id", "checkpoint_ns", "channel", "version")
 
 
 class GraphCheckpointRepository(Repository[GraphCheckpoint]):
@@ -1556,7 +1631,8 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
         page, params = self._page(
             thread_id, checkpoint_ns, checkpoint_id, before, after_key, filter, limit
         )
-        rows = await self._s.fetch(_LOAD.format(page=page), params)  # type: ignore[arg-type]
+        sql = _LOADS[self._s.dialect](page=page)
+        rows = await self._s.fetch(sql, params)  # type: ignore[arg-type]
         checkpoints: builtins.list[GraphCheckpoint] = []
         writes: builtins.list[GraphWrite] = []
         blobs: builtins.list[GraphBlob] = []
@@ -1567,14 +1643,17 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
                 if kind == 0:
                     checkpoints.append(load_c(row[1:12]))
                 elif kind == 1:
-                    writes.append(load_w(row[1:10]))
+                    writes.append(load_w(tuple(row[i] for i in _WRITE)))
                 else:
-                    blobs.append(load_b(row[1:7]))
+                    blobs.append(load_b(tuple(row[i] for i in _BLOB)))
         except _UNLOADABLE as exc:
             raise self._s.damaged(self.noun, exc) from None
+        # The rows of a UNION come in no promised order: sort them as documented.
         checkpoints.sort(
             key=lambda c: (c.checkpoint_id, c.thread_id, c.checkpoint_ns), reverse=True
         )
+        writes.sort(key=_WRITE_ORDER)
+        blobs.sort(key=_BLOB_ORDER)
         return checkpoints, writes, blobs
 
     def _page(
@@ -1604,7 +1683,7 @@ class GraphCheckpointRepository(Repository[GraphCheckpoint]):
             where.append("(checkpoint_id, thread_id, checkpoint_ns) < (?, ?, ?)")
             params += [_text(v, "after_key") for v in after_key]
         if filter:
-            more, values = json_equals("metadata", filter)
+            more, values = json_equals("lg_checkpoints.metadata", filter, self._s.dialect)
             where += more
             params += values
         base = self.sql("select", lambda: select(self.table), positional=True)
@@ -1940,10 +2019,10 @@ def _prefix_where(prefix: str | None) -> tuple[str, builtins.list[Any]]:
     ``.``), and its parameters."""
     if not prefix:
         return "1 = 1", []
-    return "(namespace = ? OR namespace LIKE ? ESCAPE '\\')", [
-        prefix,
-        _like_escape(prefix) + ".%",
-    ]
+    # Not LIKE: SQLite's ignores ASCII case, PostgreSQL's does not; substr compares exactly on
+    # both (and counts characters on both).
+    where = "(namespace = ? OR substr(namespace, 1, CAST(? AS INTEGER)) = ?)"
+    return where, [prefix, len(prefix) + 1, prefix + "."]
 
 
 class MemoryItemRepository(Repository[MemoryItem]):
@@ -2040,12 +2119,13 @@ class MemoryItemRepository(Repository[MemoryItem]):
         clauses = [where, "(expires_at IS NULL OR expires_at > ?)"]
         params.append(to_micros(now or utcnow()))
         if filter:
-            more, values = json_equals("value", filter)
+            more, values = json_equals("memory_items.value", filter, self._s.dialect)
             clauses += more
             params += values
         base = self.sql("select", lambda: select(self.table), positional=True)
         sql = f"{base} WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC, namespace, key"
-        sql += f" LIMIT {_limit(limit)} OFFSET {_count(offset, 'offset')}"
+        sql += " LIMIT ? OFFSET ?"
+        params += [_limit(limit), _count(offset, "offset")]
         return await self._rows(sql, params)  # type: ignore[arg-type]
 
     async def namespaces(

@@ -37,6 +37,7 @@ class Session(Repositories):
     """What repositories run on (``engine.Runner``): a unit of work or a snapshot."""
 
     _pool: Pool
+    dialect = "sqlite"
 
     def defer(self, op: Op) -> None:
         """Queue a write for commit."""

@@ -1,5 +1,7 @@
 """A child process for the LangGraph concurrency and fault tests.
 
+DB is a project's file, or URL#PROJECT_ID: a project on a PostgreSQL server.
+
 python tests/langgraph_child.py DB turns PREFIX THREADS TURNS
     runs THREADS LangGraph threads named PREFIX-<n> concurrently, TURNS turns each, and
     prints one JSON line: {"threads": ..., "turns": ...}
@@ -13,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -21,7 +26,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import AsyncProjectStore, Store, StoreConfig
 from demiarch_store.integrations.langgraph import DemiarchSaver
 
 
@@ -67,8 +72,21 @@ def loop_graph(steps: int) -> Any:
     return builder
 
 
-async def turns(db: Path, prefix: str, threads: int, n: int) -> None:
-    async with AsyncProjectStore(db) as project:
+@asynccontextmanager
+async def opened(db: str) -> AsyncIterator[Any]:
+    """The project ``db`` names (see the module's docstring), closed when the block ends."""
+    if db.startswith("postgresql://"):
+        url, _, project_id = db.rpartition("#")
+        config = StoreConfig(projects_dir=Path(tempfile.gettempdir()), database_url=url)
+        async with Store(config) as store:
+            yield await store.open_project(project_id)
+    else:
+        async with AsyncProjectStore(Path(db)) as project:
+            yield project
+
+
+async def turns(db: str, prefix: str, threads: int, n: int) -> None:
+    async with opened(db) as project:
         graph = chat_graph().compile(checkpointer=DemiarchSaver(project))
 
         async def one(i: int) -> None:
@@ -82,8 +100,8 @@ async def turns(db: Path, prefix: str, threads: int, n: int) -> None:
     print(json.dumps({"threads": threads, "turns": n}), flush=True)
 
 
-async def loop(db: Path, thread_id: str, steps: int) -> None:
-    async with AsyncProjectStore(db) as project:
+async def loop(db: str, thread_id: str, steps: int) -> None:
+    async with opened(db) as project:
         graph = loop_graph(steps).compile(checkpointer=DemiarchSaver(project))
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": steps * 4}
         state = await graph.aget_state(config)
@@ -96,7 +114,7 @@ async def loop(db: Path, thread_id: str, steps: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    db, mode = Path(argv[1]), argv[2]
+    db, mode = argv[1], argv[2]
     if mode == "turns":
         asyncio.run(turns(db, argv[3], int(argv[4]), int(argv[5])))
     elif mode == "loop":

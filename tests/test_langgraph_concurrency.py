@@ -12,18 +12,38 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import AsyncProjectStore, Store, StoreConfig
 from demiarch_store.integrations.langgraph import DemiarchSaver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from langgraph_child import chat_graph, loop_graph  # noqa: E402
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """The tests that take ``config`` run on SQLite and on PostgreSQL (conftest.engine_config);
+    the others need a project file (another process opens it, or it is killed) and say so."""
+    return engine_config
+
+
+@asynccontextmanager
+async def opened(config: StoreConfig, project_id: str | None = None) -> AsyncIterator[Any]:
+    """A new project (or ``project_id`` again) on ``config``'s engine, closed with its store."""
+    async with Store(config) as store:
+        if project_id is None:
+            yield await store.create_project(name="langgraph")
+        else:
+            yield await store.open_project(project_id)
+
 
 CHILD = Path(__file__).resolve().parent / "langgraph_child.py"
 TIMEOUT = 240
@@ -52,8 +72,8 @@ async def _verify_threads(project: AsyncProjectStore, names: list[str], turns: i
                 assert tup.pending_writes == [], (name, tup.metadata)
 
 
-async def test_64_threads_of_one_graph_at_once(tmp_path: Path) -> None:
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+async def test_64_threads_of_one_graph_at_once(config: StoreConfig) -> None:
+    async with opened(config) as project:
         graph = chat_graph().compile(checkpointer=DemiarchSaver(project))
         names = [f"t-{i}" for i in range(64)]
 
@@ -72,8 +92,8 @@ async def test_64_threads_of_one_graph_at_once(tmp_path: Path) -> None:
             assert await r.lg_checkpoints.count() == 64 * 12
 
 
-async def test_os_threads_on_the_sync_api_at_once(tmp_path: Path) -> None:
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+async def test_os_threads_on_the_sync_api_at_once(config: StoreConfig) -> None:
+    async with opened(config) as project:
         graph = chat_graph().compile(checkpointer=DemiarchSaver(project))
         names = [f"os-{i}" for i in range(16)]
         errors: list[BaseException] = []
@@ -98,17 +118,18 @@ async def test_os_threads_on_the_sync_api_at_once(tmp_path: Path) -> None:
         await _verify_threads(project, names, 3)
 
 
-def test_four_processes_on_one_project(tmp_path: Path) -> None:
-    db = tmp_path / "shared.sqlite"
+def test_four_processes_on_one_project(config: StoreConfig) -> None:
+    async def create() -> tuple[str, str]:
+        async with Store(config) as store:
+            project = await store.create_project(name="shared")
+            if config.database_url is not None:
+                return project.id, f"{config.database_url}#{project.id}"
+            return project.id, str(project.path)
 
-    async def create() -> None:
-        async with AsyncProjectStore(db):
-            pass
-
-    asyncio.run(create())  # created once, so no process races to build the schema
+    project_id, db = asyncio.run(create())  # created once, so no process races to build the schema
     procs = [
         subprocess.Popen(
-            [sys.executable, str(CHILD), str(db), "turns", f"p{i}", "16", "4"],
+            [sys.executable, str(CHILD), db, "turns", f"p{i}", "16", "4"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -130,7 +151,7 @@ def test_four_processes_on_one_project(tmp_path: Path) -> None:
     assert outs == [{"threads": 16, "turns": 4}] * 4
 
     async def verify() -> None:
-        async with AsyncProjectStore(db) as project:
+        async with opened(config, project_id) as project:
             names = [f"p{i}-{n}" for i in range(4) for n in range(16)]
             await _verify_threads(project, names, 4)
             async with project.read() as r:
@@ -141,6 +162,8 @@ def test_four_processes_on_one_project(tmp_path: Path) -> None:
 
 
 def test_kill_9_mid_run_leaves_the_last_committed_checkpoint_resumable(tmp_path: Path) -> None:
+    """SQLite only: what a kill can damage is the project's file (on PostgreSQL the server
+    holds the data; a killed client is a dropped connection, tested in test_postgres.py)."""
     db = tmp_path / "killed.sqlite"
     steps = 100_000  # far more than it reaches before the kill
     proc = subprocess.Popen(

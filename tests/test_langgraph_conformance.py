@@ -1,9 +1,9 @@
-"""LangGraph's own conformance suite for checkpointers, run against DemiarchSaver on a real file."""
+"""LangGraph's own conformance suite for checkpointers, run against DemiarchSaver on each engine:
+a real SQLite file and the real PostgreSQL server (conftest.engine_config)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
@@ -13,21 +13,22 @@ from langgraph.checkpoint.conformance.capabilities import (
 )
 from langgraph.checkpoint.conformance.report import ProgressCallbacks
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import Store, StoreConfig
 from demiarch_store.integrations.langgraph import DemiarchSaver
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_every_capability_passes(tmp_path: Path) -> None:
-    made: list[Path] = []
+async def test_every_capability_passes(engine_config: StoreConfig) -> None:
+    made: list[str] = []
 
     @checkpointer_test(name="DemiarchSaver")
     async def demiarch_saver() -> AsyncIterator[DemiarchSaver]:
-        # A fresh project file per capability suite, closed when the suite ends.
-        path = tmp_path / f"suite-{len(made)}.sqlite"
-        made.append(path)
-        async with AsyncProjectStore(path) as project:
+        # A fresh project per capability suite (a file, or rows on the server), closed when
+        # the suite ends.
+        async with Store(engine_config) as store:
+            project = await store.create_project(name=f"suite-{len(made)}")
+            made.append(project.id)
             yield DemiarchSaver(project)
 
     failures: list[str] = []
@@ -46,5 +47,6 @@ async def test_every_capability_passes(tmp_path: Path) -> None:
     }
     assert all(r.tests_passed > 0 and r.tests_failed == 0 for r in report.results.values())
     assert len(made) == len(ALL_CAPABILITIES)  # one fresh saver per capability suite
-    async with AsyncProjectStore(made[0]) as project:
+    async with Store(engine_config) as store:
+        project = await store.open_project(made[0])
         assert DetectedCapabilities.from_instance(DemiarchSaver(project)).missing == frozenset()

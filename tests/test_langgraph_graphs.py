@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -22,11 +24,29 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import Store, StoreConfig
 from demiarch_store.integrations import langgraph as integration
 from demiarch_store.integrations.langgraph import DemiarchSaver, SyncCallOnLoop
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """The tests that take ``config`` run on SQLite and on PostgreSQL (conftest.engine_config);
+    the others need a project file (another process opens it, or it is killed) and say so."""
+    return engine_config
+
+
+@asynccontextmanager
+async def opened(config: StoreConfig, project_id: str | None = None) -> AsyncIterator[Any]:
+    """A new project (or ``project_id`` again) on ``config``'s engine, closed with its store."""
+    async with Store(config) as store:
+        if project_id is None:
+            yield await store.create_project(name="langgraph")
+        else:
+            yield await store.open_project(project_id)
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -105,9 +125,9 @@ async def run_script(saver: BaseCheckpointSaver[Any]) -> list[tuple[Any, ...]]:
     return shape([s async for s in graph.aget_state_history(config)])
 
 
-async def test_same_state_history_as_in_memory_saver(tmp_path: Path) -> None:
+async def test_same_state_history_as_in_memory_saver(config: StoreConfig) -> None:
     theirs = await run_script(InMemorySaver())
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    async with opened(config) as project:
         ours = await run_script(DemiarchSaver(project))
     assert ours == theirs
     assert len(ours) > 12  # turns, a fork and a replay
@@ -116,10 +136,10 @@ async def test_same_state_history_as_in_memory_saver(tmp_path: Path) -> None:
     assert ours[0][0]["turns"] == 2
 
 
-async def test_history_filter_before_and_limit_like_in_memory_saver(tmp_path: Path) -> None:
+async def test_history_filter_before_and_limit_like_in_memory_saver(config: StoreConfig) -> None:
     memory = InMemorySaver()
     await run_script(memory)
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    async with opened(config) as project:
         saver = DemiarchSaver(project)
         await run_script(saver)
         for kwargs in (
@@ -143,7 +163,7 @@ async def test_history_filter_before_and_limit_like_in_memory_saver(tmp_path: Pa
         assert [t.config for t in older] == [t.config for t in newest[5:7]]
 
 
-async def test_a_subgraph_checkpoints_under_its_namespace_and_resumes(tmp_path: Path) -> None:
+async def test_a_subgraph_checkpoints_under_its_namespace_and_resumes(config: StoreConfig) -> None:
     class Inner(TypedDict):
         text: str
 
@@ -165,7 +185,7 @@ async def test_a_subgraph_checkpoints_under_its_namespace_and_resumes(tmp_path: 
     outer.add_edge("prepare", "review")
     outer.add_edge("review", END)
 
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    async with opened(config) as project:
         graph = outer.compile(checkpointer=DemiarchSaver(project))
         config = thread("sub")
         paused = await graph.ainvoke({"text": "start"}, config)
@@ -182,8 +202,8 @@ async def test_a_subgraph_checkpoints_under_its_namespace_and_resumes(tmp_path: 
         assert done["text"] == "start / prepared / yes"
 
 
-async def test_sync_invoke_from_a_thread_and_a_clear_error_on_the_loop(tmp_path: Path) -> None:
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+async def test_sync_invoke_from_a_thread_and_a_clear_error_on_the_loop(config: StoreConfig) -> None:
+    async with opened(config) as project:
         saver = DemiarchSaver(project)
         graph = chat_graph().compile(checkpointer=saver)
         out: dict[str, Any] = {}
@@ -204,7 +224,7 @@ async def test_sync_invoke_from_a_thread_and_a_clear_error_on_the_loop(tmp_path:
         assert state.values["turns"] == 2  # the refused call wrote nothing
 
 
-async def test_an_unchanged_channel_value_is_stored_once(tmp_path: Path) -> None:
+async def test_an_unchanged_channel_value_is_stored_once(config: StoreConfig) -> None:
     class Big(TypedDict):
         docs: list[str]
         counter: int
@@ -216,7 +236,7 @@ async def test_an_unchanged_channel_value_is_stored_once(tmp_path: Path) -> None
     builder.add_node("step", step)
     builder.add_edge(START, "step")
     builder.add_edge("step", END)
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    async with opened(config) as project:
         graph = builder.compile(checkpointer=DemiarchSaver(project))
         docs = ["x" * 1000] * 50
         await graph.ainvoke({"docs": docs, "counter": 0}, thread("big"))
@@ -231,11 +251,12 @@ async def test_an_unchanged_channel_value_is_stored_once(tmp_path: Path) -> None
 
 
 async def test_alist_reads_a_page_in_one_query(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    config: StoreConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from demiarch_store.postgres.session import PgSnapshot
     from demiarch_store.transaction import Snapshot, Transaction
 
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    async with opened(config) as project:
         saver = DemiarchSaver(project)
         graph = chat_graph(replies=200).compile(checkpointer=saver)
         await graph.ainvoke({**say("hi", 0), "turns": 0, "notes": ""}, thread("q"))
@@ -243,7 +264,7 @@ async def test_alist_reads_a_page_in_one_query(
             await graph.ainvoke(say(f"turn {n}", n), thread("q"))
         queries = 0
         # A lone read runs in a unit of work (in place), under load in a snapshot: count both.
-        for cls in (Snapshot, Transaction):
+        for cls in (Snapshot, Transaction, PgSnapshot):
 
             def counting(fetch: Any) -> Any:
                 async def count(self: Any, sql: str, params: Any) -> list[Any]:
@@ -265,6 +286,7 @@ async def test_alist_reads_a_page_in_one_query(
 
 
 def test_the_example_pauses_exits_and_a_new_process_resumes(tmp_path: Path) -> None:
+    """SQLite only: the example takes a project file, all the new process has."""
     db = tmp_path / "agent.sqlite"
 
     def run(*args: str) -> str:

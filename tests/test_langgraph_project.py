@@ -12,7 +12,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from demiarch_store import Store, StoreConfig
+from demiarch_store import ProjectNotFound, Store, StoreConfig
 from demiarch_store.cli import main
 from demiarch_store.integrations.langgraph import DemiarchSaver, DemiarchStore
 
@@ -50,6 +50,7 @@ async def _state(project: Any, thread_id: str) -> Any:
 async def test_backup_restore_and_bundles_carry_threads_and_memory(
     tmp_path: Path, config: StoreConfig
 ) -> None:
+    """SQLite only: a backup is a copy of the project's file (PostgreSQL's are pg_dump's)."""
     async with Store(config) as store:
         project = await store.create_project(name="graphs")
         await _fill(project)
@@ -70,7 +71,29 @@ async def test_backup_restore_and_bundles_carry_threads_and_memory(
         assert not path.parent.exists()
 
 
+async def test_bundles_carry_threads_and_memory_on_each_engine(
+    tmp_path: Path, engine_config: StoreConfig
+) -> None:
+    async with Store(engine_config) as store:
+        project = await store.create_project(name="graphs")
+        await _fill(project)
+        bundle = await store.export_project(project.id, tmp_path)
+        await DemiarchSaver(project).adelete_thread("alpha")
+        assert await _state(project, "alpha") == {}
+        imported = await store.import_project(bundle, project_id=f"copy{project.id}")
+        assert await _state(imported, "alpha") == {"n": 1}
+        assert await _state(imported, "beta") == {"n": 11}
+        item = await DemiarchStore(imported).aget(("users", "u1"), "prefs")
+        assert item is not None and item.value == {"theme": "dark"}
+        report = await imported.check(full=True)
+        assert report.ok, report.problems
+        await store.delete_project(imported.id)
+        with pytest.raises(ProjectNotFound):
+            await store.open_project(imported.id)
+
+
 async def test_check_sees_an_orphaned_embedding(tmp_path: Path, config: StoreConfig) -> None:
+    """SQLite only: the damage is done to the project's file behind the store's back."""
     async with Store(config) as store:
         project = await store.create_project(name="graphs")
         await _fill(project)
@@ -86,9 +109,25 @@ async def test_check_sees_an_orphaned_embedding(tmp_path: Path, config: StoreCon
         assert any("memory_vectors" in p for p in report.problems)
 
 
+async def test_threads_have_counts_sizes_and_latest_step_on_each_engine(
+    engine_config: StoreConfig,
+) -> None:
+    async with Store(engine_config) as store:
+        project = await store.create_project(name="graphs")
+        await _fill(project)
+        async with project.read() as r:
+            threads = {t.thread_id: t for t in await r.lg_checkpoints.threads()}
+    assert set(threads) == {"alpha", "beta"}
+    assert threads["alpha"].checkpoints == 9 and threads["beta"].checkpoints == 3
+    assert threads["alpha"].latest_step == 7 and threads["beta"].latest_step == 1
+    assert threads["alpha"].size_bytes > threads["beta"].size_bytes > 0
+
+
 async def test_show_lists_threads_with_counts_sizes_and_latest_step(
     config: StoreConfig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite only: `show` reports the project's files (the repository part, ``threads()``, is
+    tested on both engines above)."""
     async with Store(config) as store:
         project = await store.create_project(name="graphs")
         await _fill(project)

@@ -6,17 +6,36 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from langgraph.store.base import Item
 from langgraph.store.memory import InMemoryStore
 
-from demiarch_store import AsyncProjectStore, InvalidValue
+from demiarch_store import AsyncProjectStore, InvalidValue, Store, StoreConfig
 from demiarch_store.integrations.langgraph import DemiarchStore, SyncCallOnLoop
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """The tests that take ``config`` run on SQLite and on PostgreSQL (conftest.engine_config);
+    the others need a project file (another process opens it, or it is killed) and say so."""
+    return engine_config
+
+
+@asynccontextmanager
+async def opened(config: StoreConfig, project_id: str | None = None) -> AsyncIterator[Any]:
+    """A new project (or ``project_id`` again) on ``config``'s engine, closed with its store."""
+    async with Store(config) as store:
+        if project_id is None:
+            yield await store.create_project(name="langgraph")
+        else:
+            yield await store.open_project(project_id)
+
 
 DOCS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("users", "alice", "memories"), "m1", {"text": "likes dark roast coffee", "score": 3}),
@@ -32,8 +51,8 @@ def _view(items: list[Any]) -> list[tuple[tuple[str, ...], str, Any]]:
     return [(i.namespace, i.key, i.value) for i in items]
 
 
-async def test_get_put_delete_and_none_deletes(tmp_path: Path) -> None:
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+async def test_get_put_delete_and_none_deletes(config: StoreConfig) -> None:
+    async with opened(config) as project:
         store = DemiarchStore(project)
         await store.aput(("users", "u1"), "k", {"a": 1, "é": "ü"})
         item = await store.aget(("users", "u1"), "k")
@@ -53,8 +72,8 @@ async def test_get_put_delete_and_none_deletes(tmp_path: Path) -> None:
             await store.abatch([store_put(("bad.label",), "k", {"a": 1})])
         with pytest.raises(InvalidValue):
             await store.abatch([store_put((), "k", {"a": 1})])
-    # Durable: a new process (here: a new store on the file) sees what was committed.
-    async with AsyncProjectStore(tmp_path / "p.sqlite") as project:
+    # Durable: a new store on the same project sees what was committed.
+    async with opened(config, project.id) as project:
         async with project.read() as r:
             assert await r.memory_items.count() == 0
 
@@ -65,8 +84,8 @@ def store_put(namespace: tuple[str, ...], key: str, value: Any) -> Any:
     return PutOp(namespace, key, value)
 
 
-async def _both(tmp_path: Path, **kwargs: Any) -> tuple[AsyncProjectStore, DemiarchStore, Any]:
-    project = await AsyncProjectStore(tmp_path / "mem.sqlite").open()
+async def _both(store: Store, **kwargs: Any) -> tuple[AsyncProjectStore, DemiarchStore, Any]:
+    project = await store.create_project(name="memory")
     ours = DemiarchStore(project, **kwargs)
     theirs = InMemoryStore(**kwargs)
     for ns, key, value in DOCS:
@@ -96,9 +115,9 @@ async def _both(tmp_path: Path, **kwargs: Any) -> tuple[AsyncProjectStore, Demia
     ],
 )
 async def test_search_finds_what_in_memory_store_finds(
-    tmp_path: Path, prefix: tuple[str, ...], kwargs: dict[str, Any]
+    store: Store, prefix: tuple[str, ...], kwargs: dict[str, Any]
 ) -> None:
-    project, ours, theirs = await _both(tmp_path)
+    project, ours, theirs = await _both(store)
     try:
         got = await ours.asearch(prefix, **kwargs)
         want = await theirs.asearch(prefix, **kwargs)
@@ -114,9 +133,33 @@ async def test_search_finds_what_in_memory_store_finds(
         await project.close()
 
 
-async def test_comparison_operators_skip_items_without_the_key(tmp_path: Path) -> None:
+async def test_a_namespace_prefix_matches_labels_exactly(config: StoreConfig) -> None:
+    """Case counts, and a label prefix is not a namespace prefix, on both engines alike (not
+    SQLite's LIKE, which ignores ASCII case)."""
+    async with opened(config) as project:
+        store = DemiarchStore(project)
+        for ns in (("users", "a"), ("Users", "b"), ("USERS",), ("users2", "c"), ("users",)):
+            await store.aput(ns, "k", {"ns": list(ns)})
+        found = await store.asearch(("users",))
+        assert sorted(i.namespace for i in found) == [("users",), ("users", "a")]
+        assert await store.alist_namespaces(prefix=("users",)) == [("users",), ("users", "a")]
+        assert [i.namespace for i in await store.asearch(("Users",))] == [("Users", "b")]
+
+
+async def test_a_filter_on_an_integer_past_64_bits_is_invalid_on_both_engines(
+    config: StoreConfig,
+) -> None:
+    async with opened(config) as project:
+        store = DemiarchStore(project)
+        await store.aput(("n",), "k", {"n": 2**63 - 1})
+        assert [i.key for i in await store.asearch(("n",), filter={"n": 2**63 - 1})] == ["k"]
+        with pytest.raises(InvalidValue, match="64-bit"):
+            await store.asearch(("n",), filter={"n": 2**64})
+
+
+async def test_comparison_operators_skip_items_without_the_key(store: Store) -> None:
     """LangGraph's in-memory store raises on these; ours compares like PostgreSQL's JSONB."""
-    project, ours, _ = await _both(tmp_path)
+    project, ours, _ = await _both(store)
     try:
         found = await ours.asearch((), filter={"score": {"$gte": 5}})
         assert sorted(i.value["score"] for i in found) == [5, 8]
@@ -128,8 +171,8 @@ async def test_comparison_operators_skip_items_without_the_key(tmp_path: Path) -
         await project.close()
 
 
-async def test_text_query_ranks_by_the_words_it_finds(tmp_path: Path) -> None:
-    project, ours, _ = await _both(tmp_path)
+async def test_text_query_ranks_by_the_words_it_finds(store: Store) -> None:
+    project, ours, _ = await _both(store)
     try:
         hits = await ours.asearch((), query="dark coffee")
         # Ties: the most recently updated first.
@@ -153,9 +196,9 @@ def _embed(texts: list[str]) -> list[list[float]]:
     return out
 
 
-async def test_vector_search_ranks_like_in_memory_store(tmp_path: Path) -> None:
+async def test_vector_search_ranks_like_in_memory_store(store: Store) -> None:
     index = {"dims": 26, "embed": _embed, "fields": ["text"]}
-    project, ours, theirs = await _both(tmp_path, index=index)
+    project, ours, theirs = await _both(store, index=index)
     try:
         for query in ("coffee roast", "green tea", "rust parser"):
             got = await ours.asearch((), query=query, limit=10)
@@ -184,8 +227,8 @@ async def test_vector_search_ranks_like_in_memory_store(tmp_path: Path) -> None:
         await project.close()
 
 
-async def test_list_namespaces_like_in_memory_store(tmp_path: Path) -> None:
-    project, ours, theirs = await _both(tmp_path)
+async def test_list_namespaces_like_in_memory_store(store: Store) -> None:
+    project, ours, theirs = await _both(store)
     try:
         cases: list[dict[str, Any]] = [
             {},
@@ -203,9 +246,9 @@ async def test_list_namespaces_like_in_memory_store(tmp_path: Path) -> None:
         await project.close()
 
 
-async def test_ttl_expires_refreshes_on_read_and_sweeps(tmp_path: Path) -> None:
+async def test_ttl_expires_refreshes_on_read_and_sweeps(config: StoreConfig) -> None:
     ttl = 1.5  # seconds: reads 0.3 s apart keep an item alive even on a loaded machine
-    async with AsyncProjectStore(tmp_path / "ttl.sqlite") as project:
+    async with opened(config) as project:
         store = DemiarchStore(project, ttl={"default_ttl": ttl / 60, "refresh_on_read": True})
         await store.aput(("s",), "kept", {"v": 1})
         await store.aput(("s",), "read", {"v": 2})
@@ -236,9 +279,9 @@ async def test_ttl_expires_refreshes_on_read_and_sweeps(tmp_path: Path) -> None:
 
 
 async def test_sync_calls_from_another_thread_and_a_clear_error_on_the_loop(
-    tmp_path: Path,
+    config: StoreConfig,
 ) -> None:
-    async with AsyncProjectStore(tmp_path / "sync.sqlite") as project:
+    async with opened(config) as project:
         store = DemiarchStore(project)
         out: dict[str, Any] = {}
 
@@ -253,4 +296,4 @@ async def test_sync_calls_from_another_thread_and_a_clear_error_on_the_loop(
         assert out["item"].value == {"from": "thread"} and len(out["found"]) == 1
         with pytest.raises(SyncCallOnLoop) as info:
             store.get(("t",), "k")
-        assert "async" in str(info.value) and str(project.path) in str(info.value)
+        assert "async" in str(info.value) and project.id in str(info.value)

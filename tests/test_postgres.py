@@ -579,29 +579,97 @@ async def test_cancelled_units_are_whole_or_absent(pg_config: StoreConfig) -> No
         assert {f"u{i}" for i in done} <= set(counts)
 
 
-async def test_langgraph_store_runs_and_the_checkpointer_says_it_is_not_supported_yet(
-    pg_config: StoreConfig,
+async def test_langgraph_checkpoints_and_json_filters_answer_as_on_sqlite(
+    pg_config: StoreConfig, tmp_path: Path
 ) -> None:
-    """DemiarchStore (LangGraph's BaseStore) works on PostgreSQL except JSON filters; the
-    checkpointer's page query is SQLite's: both raise a StoreError that says so."""
+    """The LangGraph checkpointer and DemiarchStore's filtered search run on PostgreSQL
+    (``jsonb`` operators over the documents' text, a UNION typed per column) and answer exactly
+    as on SQLite: the same checkpoint tuples, and the same documents for every filter,
+    including the cases where a naive translation differs (JSON true against 1, a string
+    against a number, keys with quotes, dots or accents, arrays, missing keys, nulls)."""
     from langgraph.checkpoint.base import empty_checkpoint
 
     from demiarch_store.integrations.langgraph import DemiarchSaver, DemiarchStore
 
-    async with Store(pg_config) as store:
-        project = await store.create_project(name="langgraph")
-        memory = DemiarchStore(project)
-        await memory.aput(("users", "42"), "prefs", {"theme": "dark"})
-        assert (await memory.aget(("users", "42"), "prefs")).value == {"theme": "dark"}
-        assert [i.key for i in await memory.asearch(("users",))] == ["prefs"]
-        assert await memory.alist_namespaces() == [("users", "42")]
-        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
-            await memory.asearch(("users",), filter={"theme": "dark"})
-        saver = DemiarchSaver(project)
-        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-        await saver.aput(config, empty_checkpoint(), {}, {})  # writes work
-        with pytest.raises(StoreError, match="not supported on PostgreSQL yet"):
-            await saver.aget_tuple(config)
+    docs: dict[str, object] = {
+        "a": {"x": 1, "s": "1", "b": True, "n": None, 'q"k': 2, "é": "v", "d.k": 3},
+        "b": {"x": 1.0, "s": 1, "b": 1, "f": 0.30000000000000004, 'q"k': "2", "é": "w"},
+        "c": {"x": True, "s": {"1": 1}, "b": False, "n": 0, "f": 0.3, "0": "zero"},
+        "d": {"x": "1", "s": ["1"], "b": "true", "n": "null", "big": 2**62 + 1},
+        "e": ["1", "x"],
+        "f": "x",
+        "g": {},
+    }
+    filters: list[dict[str, object]] = [
+        {"x": 1},
+        {"x": 1.0},
+        {"x": True},
+        {"x": "1"},
+        {"s": "1"},
+        {"s": 1},
+        {"b": True},
+        {"b": False},
+        {"b": 1},
+        {"n": None},
+        {"missing": None},
+        {"f": 0.30000000000000004},
+        {"f": 0.3},
+        {'q"k': 2},
+        {'q"k': "2"},
+        {"é": "v"},
+        {"é": None},
+        {"d.k": 3},
+        {"0": "zero"},
+        {"big": 2**62 + 1},
+        {"big": 2**62},
+        {"x": 1, "b": True},
+    ]
+    results: dict[str, list[list[str]]] = {}
+    tuples: dict[str, list[object]] = {}
+    sqlite_config = StoreConfig(projects_dir=tmp_path / "projects")
+    for engine, config in (("sqlite", sqlite_config), ("postgresql", pg_config)):
+        async with Store(config) as store:
+            project = await store.create_project(name="langgraph")
+            memory = DemiarchStore(project)
+            for key, value in docs.items():
+                await memory.aput(("docs",), key, {"v": value} if key in "efg" else value)
+            # Documents that are not objects: stored under "v" above; here as they are.
+            async with project.transaction() as tx:
+                for key in "efg":
+                    await tx.memory_items.put("raw", key, docs[key])
+            answers = []
+            for f in filters:
+                found = [i.key for i in await memory.asearch(("docs",), filter=f, limit=50)]
+                async with project.read() as r:
+                    raw = await r.memory_items.search("raw", filter=f)
+                answers.append(sorted(found) + sorted(i.key for i in raw))
+            results[engine] = answers
+            saver = DemiarchSaver(project)
+            config_t = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+            checkpoint = empty_checkpoint()
+            checkpoint["channel_values"] = {"messages": ["hi"]}
+            checkpoint["channel_versions"] = {"messages": saver.get_next_version(None, None)}
+            versions = checkpoint["channel_versions"]
+            meta = {"source": "input", "step": -1}
+            stored = await saver.aput(config_t, checkpoint, meta, versions)  # type: ignore[arg-type]
+            await saver.aput_writes(stored, [("messages", "there")], task_id="task-1")
+            got = await saver.aget_tuple(config_t)
+            assert got is not None
+            assert got.checkpoint["channel_values"] == {"messages": ["hi"]}
+            assert got.pending_writes == [("task-1", "messages", "there")]
+            listed = [c async for c in saver.alist(None, filter={"source": "input"})]
+            assert [c.checkpoint["id"] for c in listed] == [checkpoint["id"]]
+            assert [c async for c in saver.alist(None, filter={"step": True})] == []
+            tuples[engine] = [got.metadata, got.pending_writes, len(listed)]
+    assert results["postgresql"] == results["sqlite"]
+    assert tuples["postgresql"] == tuples["sqlite"]
+    by_filter = dict(zip(map(repr, filters), results["sqlite"], strict=True))
+    assert by_filter[repr({"x": 1})] == ["a", "b"]  # never the JSON true of "c"
+    assert by_filter[repr({"s": "1"})] == ["a"]  # never the number of "b", the array of "d"
+    assert by_filter[repr({'q"k': 2})] == ["a"]
+    assert by_filter[repr({"é": "v"})] == ["a"]
+    assert by_filter[repr({"0": "zero"})] == ["c"]  # never the first element of an array
+    assert by_filter[repr({"missing": None})] == [*"abcdefg", *"efg"]
 
 
 def test_the_postgresql_page_example_runs_as_shown(pg_database_url: str, tmp_path: Path) -> None:

@@ -16,6 +16,10 @@ def quick_read(project: AsyncProjectStore) -> Snapshot | Transaction:
     a hop to a reader's thread and back, which costs a lone caller more than SQLite spends on the
     query (LangGraph superstep at 1 thread: +20-35%). Under load, snapshots share read
     transactions on the readers and leave the writer to the writes, so they win there.
-    Either way the read sees every unit acknowledged before it began.
+    Either way the read sees every unit acknowledged before it began. On PostgreSQL (a project
+    without a file) a unit that reads locks its project's row until it ends, so reads there are
+    always snapshots, which run side by side.
     """
-    return project.transaction() if not project.busy else project.read()
+    if project.busy or project.path is None:
+        return project.read()
+    return project.transaction()

@@ -286,8 +286,9 @@ class PgEngine:
         """Begin a read-only snapshot of a project."""
         conn = await self._get()
         try:
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            await conn.execute(SCOPE, (handle.project,))
+            async with conn.pipeline():  # one round trip for both
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await conn.execute(SCOPE, (handle.project,))
         except BaseException as exc:
             await self.give_back(conn, rollback=True)
             self.fail(exc, handle.project, "starting a read")

@@ -55,12 +55,10 @@ def pg_sql(sql: str) -> str:
     # The tables are shared: every unique key leads with project_id (``ddl``).
     text = _CONFLICT.sub("ON CONFLICT (project_id, ", text)
     if _SQLITE_JSON.search(text):
-        # The LangGraph repositories' JSON filters and their checkpoint page query (a UNION of
-        # differently typed rows, which only SQLite's dynamic typing accepts).
+        # The repositories spell their JSON queries per engine (``Runner.dialect``).
         raise StoreError(
-            "this query uses SQLite's JSON functions (the LangGraph checkpointer's reads and "
-            "JSON filters), not supported on PostgreSQL yet",
-            hint="use a SQLite project for LangGraph checkpoints and filtered searches",
+            "a query in SQLite's JSON dialect reached PostgreSQL",
+            hint="this is a bug in demiarch-store: please report it",
         )
     text = _SQL[sql] = _NAMED.sub(place, text)
     return text
@@ -107,6 +105,7 @@ class PgTransaction(Transaction):
     """One unit of work on PostgreSQL (see the module's docstring)."""
 
     _pool: PgHandle  # type: ignore[assignment]
+    dialect = "postgresql"
 
     def __init__(self, handle: PgHandle) -> None:
         self._pool = handle
@@ -205,6 +204,7 @@ class PgSnapshot(Snapshot):
     """A read-only, consistent view of one project: one ``REPEATABLE READ`` transaction."""
 
     _pool: PgHandle  # type: ignore[assignment]
+    dialect = "postgresql"
 
     def __init__(self, handle: PgHandle) -> None:
         self._pool = handle
