@@ -1,4 +1,4 @@
-"""The public contract of DESIGN.md, exercised end to end on a real file."""
+"""The public contract of DESIGN.md, exercised end to end on a real file and on the server."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import demiarch_store
 from demiarch_store import (
     AsyncProjectStore,
     NotFound,
+    ProjectNotFound,
     Store,
     StoreClosed,
     StoreConfig,
@@ -28,11 +29,16 @@ def test_all_is_complete_and_sorted() -> None:
     assert set(demiarch_store.__all__) == public
 
 
-async def test_contract_flow(config: StoreConfig) -> None:
+async def test_contract_flow(engine_config: StoreConfig) -> None:
+    config = engine_config
     async with Store(config) as store:
         project = await store.create_project(name="my app")
-        assert project.path == config.projects_dir / project.id / "database.sqlite"
-        assert project.path.is_file()
+        if config.database_url is None:
+            assert project.path == config.projects_dir / project.id / "database.sqlite"
+            assert project.path.is_file()
+        else:  # a project on PostgreSQL is rows of a shared database, not a file
+            assert project.path is None
+            assert not config.projects_dir.exists()
 
         async with project.transaction() as tx:
             conv = await tx.conversations.create(title="planning")
@@ -51,16 +57,23 @@ async def test_contract_flow(config: StoreConfig) -> None:
                 await r.messages.get("nope")
 
         infos = await store.list_projects()
+        if config.database_url is not None:  # the session's database holds others' projects
+            infos = [i for i in infos if i.id == project.id]
         assert [(i.id, i.name, i.status) for i in infos] == [(project.id, "my app", "ok")]
         assert await store.open_project(project.id) is project
 
         await store.delete_project(project.id)
-        assert not project.path.parent.exists()
+        if project.path is not None:
+            assert not project.path.parent.exists()
         with pytest.raises(StoreClosed):
             project.transaction()
+        with pytest.raises(ProjectNotFound):
+            await store.open_project(project.id)
+        assert project.id not in {i.id for i in await store.list_projects()}
 
 
 async def test_project_store_alone_on_one_file(tmp_path: Path) -> None:
+    # SQLite only: a project store opened on a file of its own, without a Store.
     path = tmp_path / "agent.sqlite"
     async with AsyncProjectStore(path) as project:
         async with project.transaction() as tx:

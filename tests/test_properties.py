@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import unicodedata
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 from conftest import SOAK
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from demiarch_store import (
@@ -178,37 +178,76 @@ class Runner:
 
     loop: asyncio.AbstractEventLoop
     project: AsyncProjectStore
+    postgres: bool = False
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coro)
 
+    def refused(self, *texts: str | None) -> bool:
+        """True if the engine must refuse these texts: PostgreSQL stores no NUL in text (it
+        raises InvalidValue, tested here); SQLite stores every string."""
+        return self.postgres and any(t is not None and "\x00" in t for t in texts)
+
+    async def refuses(self, unit: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``unit``: it raises InvalidValue, and none of its writes is there."""
+
+        async def counts() -> tuple[int, int, Any]:
+            async with self.project.read() as r:
+                convs = await r.conversations.list()
+                return len(convs), await r.messages.count(), [c.title for c in convs]
+
+        before = await counts()
+        with pytest.raises(InvalidValue, match="NUL characters"):
+            await unit()
+        assert await counts() == before
+
 
 @pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Runner]:
+def runner(engine_config: StoreConfig) -> Iterator[Runner]:
+    """A project on each engine: a file of its own on SQLite; on PostgreSQL, a project of the
+    session's database (the store is opened and closed on this fixture's loop)."""
     loop = asyncio.new_event_loop()
     try:
-        project = loop.run_until_complete(AsyncProjectStore(tmp_path / "rt.sqlite").open())
+        if engine_config.database_url is None:
+            path = engine_config.projects_dir / "rt.sqlite"
+            project = loop.run_until_complete(AsyncProjectStore(path).open())
+            try:
+                yield Runner(loop, project)
+            finally:
+                loop.run_until_complete(project.close())
+            return
+        store = Store(engine_config)
         try:
-            yield Runner(loop, project)
+            project = loop.run_until_complete(store.create_project(name="round trips"))
+            yield Runner(loop, project, postgres=True)
+            loop.run_until_complete(store.delete_project(project.id))
         finally:
-            loop.run_until_complete(project.close())
+            loop.run_until_complete(store.close())
     finally:
         loop.close()
 
 
 @given(title=st.none() | texts, meta=json_values, content=texts, role=st.text(min_size=1,
                                                                                max_size=32))
+@example(title=None, meta=None, content="a\x00b", role="user")  # kept on SQLite, refused on PG
 def test_conversations_and_messages_round_trip(
     runner: Runner, title: str | None, meta: Any, content: str, role: str
 ) -> None:
-    async def go() -> None:
-        project = runner.project
-        async with project.transaction() as tx:
+    async def write() -> tuple[Any, Any, Any]:
+        async with runner.project.transaction() as tx:
             conv = await tx.conversations.create(title=title, meta=meta)
             msg = await tx.messages.append(conv.id, role=role, content=content, meta=meta)
             many = await tx.messages.append_many(
                 conv.id, [{"role": role, "content": content, "meta": meta}] * 2
             )
+        return conv, msg, many
+
+    async def go() -> None:
+        project = runner.project
+        if runner.refused(title, content, role):
+            await runner.refuses(write)
+            return
+        conv, msg, many = await write()
         async with project.read() as r:
             assert await r.conversations.get(conv.id) == conv
             assert await r.messages.get(msg.id) == msg
@@ -222,6 +261,7 @@ def test_conversations_and_messages_round_trip(
 
 
 @given(title=texts, meta=json_values)
+@example(title="\x00", meta=1)
 def test_updates_round_trip(runner: Runner, title: str, meta: Any) -> None:
     assume(meta is not None)  # None means "leave unchanged"
 
@@ -229,8 +269,15 @@ def test_updates_round_trip(runner: Runner, title: str, meta: Any) -> None:
         project = runner.project
         async with project.transaction() as tx:
             conv = await tx.conversations.create(title="before")
-        async with project.transaction() as tx:
-            await tx.conversations.update(conv.id, title=title, meta=meta)
+
+        async def update() -> None:
+            async with project.transaction() as tx:
+                await tx.conversations.update(conv.id, title=title, meta=meta)
+
+        if runner.refused(title):
+            await runner.refuses(update)  # the title stays "before"
+            return
+        await update()
         async with project.read() as r:
             got = await r.conversations.get(conv.id)
         assert (got.id, got.title, got.created_at) == (conv.id, title, conv.created_at)
@@ -251,10 +298,11 @@ short = st.text(min_size=1, max_size=30)
     cost=amounts.filter(lambda d: d >= 0),
     tokens=st.integers(0, 2**40),
 )
+@example(name="n\x00", text="", meta=None, blob=b"", cost=Decimal(0), tokens=0)
 def test_every_repository_round_trips(
     runner: Runner, name: str, text: str, meta: Any, blob: bytes, cost: Decimal, tokens: int
 ) -> None:
-    async def go() -> None:
+    async def write() -> None:
         project = runner.project
         unique = name + new_record_id()  # names are unique per table; the project is shared
         async with project.transaction() as tx:
@@ -286,6 +334,12 @@ def test_every_repository_round_trips(
                         assert _exact(getattr(got, f)) == _exact(meta), (repo, f)
         assert call.cost_usd == cost and checkpoint.state == blob and code.content == text
 
+    async def go() -> None:
+        if runner.refused(name, text):
+            await runner.refuses(write)  # the unit is refused whole
+            return
+        await write()
+
     runner.run(go())
 
 
@@ -299,6 +353,7 @@ def test_every_repository_round_trips(
 def test_migrations_down_and_up_keep_generated_data(
     tmp_path_factory: pytest.TempPathFactory, conversations: list[tuple[Any, Any, list[str]]]
 ) -> None:
+    # SQLite only: migrate_project runs the migrations on a project file (not on PostgreSQL).
     config = StoreConfig(projects_dir=tmp_path_factory.mktemp("mig") / "projects")
 
     async def go() -> None:

@@ -247,10 +247,17 @@ class PgEngine:
             raise StoreError("the store is closed", hint="open a new Store")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        try:
-            conn: psycopg.AsyncConnection[Any] = await self._pool.getconn()
-        except psycopg_pool.PoolTimeout as exc:
-            self.fail(exc, None, "waiting for a connection")
+        while True:
+            wait = self.config.acquire_timeout - (loop.time() - t0)
+            try:
+                conn: psycopg.AsyncConnection[Any] = await self._pool.getconn(timeout=wait)
+            except psycopg_pool.PoolTimeout as exc:
+                self.fail(exc, None, "waiting for a connection")
+            if not _lost(conn):
+                break
+            # The server closed it while it sat in the pool (a restart, a terminated backend):
+            # the pool drops it and connects anew, and the unit takes another one.
+            await self._pool.putconn(conn)
         self.counters.pool_wait.add(loop.time() - t0)
         return conn
 
@@ -581,13 +588,15 @@ class PgEngine:
         return problems
 
     async def _query(self, sql: str, params: Any, project: str | None) -> list[Any]:
+        conn = await self._get()
         try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(sql, params)
-                rows: list[Any] = await cur.fetchall()
-                return rows
+            cur = await conn.execute(sql, params)
+            rows: list[Any] = await cur.fetchall()
+            return rows
         except BaseException as exc:
             self.fail(exc, project, "reading the registry")
+        finally:
+            await self.give_back(conn, rollback=True)
 
     def stats(self, in_flight: int = 0) -> StoreStats:
         c = self.counters
@@ -639,6 +648,20 @@ class PgEngine:
             self.fail(exc, handle.project, "restoring the project")
         finally:
             await self.give_back(conn, rollback=True)
+
+
+def _lost(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """True if the server has closed ``conn`` (read without blocking: no round trip)."""
+    pgconn = conn.pgconn
+    try:
+        # What the socket holds: the server's goodbye (a shutdown or termination notice) on the
+        # first read, its end of file on the second, which marks the connection bad.
+        for _ in range(2):
+            if pgconn.status == psycopg.pq.ConnStatus.OK:
+                pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True
+    return pgconn.status != psycopg.pq.ConnStatus.OK
 
 
 def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:

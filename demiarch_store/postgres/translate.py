@@ -55,8 +55,9 @@ def translate(exc: BaseException, *, project: str | None, url: str, action: str)
         detail, hint = _constraint(exc)
         err = ConstraintViolation(f"{action} failed: {detail}", **where, hint=hint)
     elif isinstance(exc, pg.DataError):
+        why = f"SQLSTATE {exc.sqlstate}" if exc.sqlstate else "refused before it was sent"
         err = InvalidValue(
-            f"{action} failed: a value cannot be stored (SQLSTATE {exc.sqlstate})",
+            f"{action} failed: a value cannot be stored ({why})",
             **where,
             hint="check the values passed (NUL characters in text, numbers out of range)",
         )
