@@ -8,13 +8,14 @@ with its own connections. Nothing here imports an engine, so imports run one way
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .errors import CorruptDatabase, NotFound
 
-__all__ = ["Op", "Runner"]
+__all__ = ["Op", "Runner", "settle"]
 
 
 class Op(NamedTuple):
@@ -48,3 +49,40 @@ class Runner(Protocol):
 
     def not_found(self, message: str) -> NotFound:
         """The error for a record that is not there."""
+
+
+async def settle(fut: asyncio.Future[Any], *, cancels: int) -> None:
+    """Wait for a commit that can no longer be stopped; raise its error, if any, as is.
+
+    Cancelling a unit of work never leaves its caller guessing: a cancellation that arrives
+    (or arrived: ``cancels``) while the commit is in flight waits for its outcome. If the unit
+    committed, the caller gets no error now and the cancellation at its next ``await``; if not,
+    ``CancelledError``. So ``CancelledError`` from a unit of work means it was not applied.
+    """
+    outcome: BaseException | None = None
+    while True:
+        try:
+            await asyncio.shield(fut)
+            break
+        except asyncio.CancelledError:
+            # Count it even when the commit is already done: a cancel that arrives after the
+            # commit finished but before this task resumed must not be swallowed.
+            cancels += 1
+            if fut.done():
+                outcome = None if fut.cancelled() else fut.exception()
+                break
+        except BaseException as exc:
+            outcome = exc
+            break
+    if cancels:
+        task = asyncio.current_task()
+        assert task is not None
+        for _ in range(cancels - 1):
+            task.uncancel()
+        if outcome is None:
+            task.uncancel()
+            task.cancel()  # delivered at the caller's next await, after the commit
+            return
+        raise asyncio.CancelledError
+    if outcome is not None:
+        raise outcome

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from typing import Any, Final
 
-from ..engine import Op
+from ..engine import Op, settle
 from ..errors import PoolTimeout, StorageError, StoreClosed
 from .connection import _BACKOFF_BASE, _BACKOFF_CAP, _is_busy, _rollback_if_active, run_ops
 from .state import _PENDING, ELSEWHERE, PoolState, _resolve, _retrieve, _Unit
@@ -326,38 +326,13 @@ class Writing(PoolState):
         self._upkeep()
 
     async def _settle(self, fut: asyncio.Future[Any], *, cancels: int) -> None:
-        """Wait for a commit that can no longer be stopped.
-
-        A cancellation meanwhile waits for the outcome: if the unit committed, the caller gets
-        no error now and the cancellation at its next await; if not, ``CancelledError``.
-        """
-        outcome: BaseException | None = None
-        while True:
-            try:
-                await asyncio.shield(fut)
-                break
-            except asyncio.CancelledError:
-                # Count it even when the commit is already done: a cancel that arrives after the
-                # commit finished but before this task resumed must not be swallowed.
-                cancels += 1
-                if fut.done():
-                    outcome = None if fut.cancelled() else fut.exception()
-                    break
-            except BaseException as exc:
-                outcome = exc
-                break
-        if cancels:
-            task = asyncio.current_task()
-            assert task is not None
-            for _ in range(cancels - 1):
-                task.uncancel()
-            if outcome is None:
-                task.uncancel()
-                task.cancel()  # delivered at the caller's next await, after the commit
-                return
-            raise asyncio.CancelledError
-        if outcome is not None:
-            raise self.translate(outcome, "committing a transaction") from None
+        """Wait for a commit that can no longer be stopped (``engine.settle``)."""
+        try:
+            await settle(fut, cancels=cancels)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise self.translate(exc, "committing a transaction") from None
 
     def take_writer(self) -> bool:
         """Hold the writer now if it is free and nobody waits (what ``acquire_writer`` does
