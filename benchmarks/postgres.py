@@ -117,26 +117,35 @@ def seed_baseline(url: str, rows: int) -> tuple[str, list[str]]:
     return conv, keys
 
 
-def server_cpu(pids: list[int]) -> float:
-    """CPU seconds the server processes ``pids`` have used (user + system), from ``/proc``."""
+def server_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds each server process in ``pids`` has used (user + system), from ``/proc``."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # not on this machine (a remote server), or gone
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def backends(admin: str, database: str) -> list[int]:
+    """The server processes of a database's connections."""
     with psycopg.connect(admin, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
         ).fetchall()
     return [r[0] for r in rows]
+
+
+def started_at(admin: str) -> str:
+    """When the server started: a restart during the run makes its figures meaningless."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 class PgDemiarch:
@@ -335,7 +344,7 @@ async def run_cells(
     """
     systems: list[Any] = []
     keys: dict[str, list[str]] = {}
-    pids: dict[str, list[int]] = {}
+    databases: dict[str, str] = {}
     cells: list[PgCell] = []
     try:
         for cls in SYSTEMS:
@@ -344,9 +353,7 @@ async def run_cells(
             system = cls(url)
             keys[cls.name] = await system.open(s.seed_rows)
             systems.append(system)
-            # Every pool connection open (the store's pool grows on demand): then its backends.
-            await measure_async(_op(system, "W2"), _keys(keys[cls.name]), 2 * POOL, 0.1)
-            pids[cls.name] = await asyncio.to_thread(backends, admin, name)
+            databases[cls.name] = name
         for workload in s.workloads:
             for system in systems:  # warm-up: prepared statements, pools at their size
                 await measure_async(
@@ -356,12 +363,14 @@ async def run_cells(
                 runs: dict[str, list[PgCell]] = {system.name: [] for system in systems}
                 for _ in range(s.repeats):
                     for system in systems:
+                        pids = await asyncio.to_thread(backends, admin, databases[system.name])
                         gc.collect()
-                        before = server_cpu(pids[system.name])
+                        before = server_cpu(pids)
                         result = await measure_async(
                             _op(system, workload), _keys(keys[system.name]), conc, s.duration
                         )
-                        used = server_cpu(pids[system.name]) - before
+                        after = server_cpu(pids)  # (a connection opened meanwhile: not counted)
+                        used = sum(after[p] - before[p] for p in after if p in before)
                         c = _cell(system.name, workload, "-", conc, *result)
                         cell = PgCell(**asdict(c))
                         cell.server_cpu_us = used / cell.ops * 1e6 if cell.ops else None
@@ -556,9 +565,20 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"settings: {s}\n")
     print(HEADER)
     made: list[str] = []
+    info["server_started"] = started_at(args.admin_url)
     cells, more = await run_cells(s, args.admin_url, made, lambda line: print(line, flush=True))
     rows = ratios(cells)
     checks = targets(rows, cells)
+    if started_at(args.admin_url) != info["server_started"]:
+        checks.append(
+            {
+                "target": "the server ran the whole run",
+                "want": "no restart",
+                "got": "restarted",
+                "met": False,
+            }
+        )
+        print("The server restarted during the run: its figures are meaningless; run it again.")
     info["load_average_end"] = os.getloadavg()
     info["duration_s"] = (datetime.now(UTC) - started).total_seconds()
     doc = {

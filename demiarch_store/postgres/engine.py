@@ -15,11 +15,13 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final, NoReturn, cast
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg
+from psycopg import sql
 from psycopg.adapt import Dumper
 
 from ..config import StoreConfig
@@ -54,6 +56,8 @@ _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
 _GROUP_MAX: Final = 64
 """Units of work one group commit takes at most."""
+_GROUP_ROWS: Final = 1000
+"""Rows after which a group commit takes no more units: big batches commit side by side."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -244,12 +248,17 @@ class PgEngine:
         """Begin a unit that reads: its schema, and its project's row locked until it ends."""
         conn = await self._get()
         try:
-            await conn.execute("BEGIN")
+            # One simple query (no parameters: literals), one round trip.
             cur = await conn.execute(
-                f"SELECT set_config('search_path', %s, true) FROM {REGISTRY}.projects "
-                "WHERE project_id = %s FOR UPDATE",
-                (f'"{handle.schema}"', handle.project),
+                _simple(
+                    "BEGIN; SELECT set_config('search_path', {}, true) "
+                    f"FROM {REGISTRY}.projects WHERE project_id = {{}} FOR UPDATE",
+                    f'"{handle.schema}"',
+                    handle.project,
+                ),
+                prepare=False,
             )
+            cur.nextset()  # past BEGIN's result
             if await cur.fetchone() is None:
                 raise ProjectNotFound(
                     "the project was deleted", project=handle.project, hint="create it again"
@@ -263,9 +272,14 @@ class PgEngine:
         """Begin a read-only snapshot of a project."""
         conn = await self._get()
         try:
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # One simple query (no parameters: literals), one round trip.
             await conn.execute(
-                "SELECT set_config('search_path', %s, true)", (f'"{handle.schema}"',)
+                _simple(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                    "SELECT set_config('search_path', {}, true)",
+                    f'"{handle.schema}"',
+                ),
+                prepare=False,
             )
         except BaseException as exc:
             await self.give_back(conn, rollback=True)
@@ -314,10 +328,12 @@ class PgEngine:
         """Commit queued units, a group at a time, until the queue is empty."""
         while self._queue:
             batch: list[_Queued] = []
-            while self._queue and len(batch) < _GROUP_MAX:
+            rows = 0
+            while self._queue and len(batch) < _GROUP_MAX and rows < _GROUP_ROWS:
                 item = self._queue.popleft()
                 item.taken = True
                 batch.append(item)
+                rows += sum(len(op.params) if op.many else 1 for op in item.ops)
             try:
                 await self._commit_group(batch)
             except BaseException as exc:  # pragma: no cover - _commit_group settles every unit
@@ -341,15 +357,18 @@ class PgEngine:
             async with conn.pipeline() as pipeline:
                 await conn.execute("BEGIN")
                 async with conn.cursor() as cur:
+                    current = None
                     for item in batch:
-                        await cur.execute(
-                            "SELECT set_config('search_path', %s, true)",
-                            (f'"{item.handle.schema}"',),
-                        )
+                        if item.handle.project != current:  # consecutive units share it
+                            current = item.handle.project
+                            await cur.execute(
+                                "SELECT set_config('search_path', %s, true)",
+                                (f'"{item.handle.schema}"',),
+                            )
                         await run_ops(cur, item.ops, item.handle)
                 await pipeline.sync()
             committing = True
-            await conn.execute("COMMIT")
+            await conn.commit()  # (no cursor: the cheapest call)
         except psycopg.OperationalError as exc:
             if committing and exc.sqlstate not in RETRYABLE:
                 for item in batch:
@@ -401,7 +420,7 @@ class PgEngine:
                 else:  # a statement that must change a row: its row count is read at once
                     await self._begin_unit(conn, handle, ops)
                 committing = True
-                await conn.execute("COMMIT")
+                await conn.commit()  # (no cursor: the cheapest call)
                 self.counters.commits += 1
                 return
             except psycopg.OperationalError as exc:
@@ -584,6 +603,13 @@ class PgEngine:
             idle_checkpoints=0,
             last_checkpoint=None,
         )
+
+
+@lru_cache(maxsize=4096)
+def _simple(template: str, *literals: str) -> bytes:
+    """Return ``template`` with ``literals`` quoted in: several statements in one simple query
+    (one round trip; the extended protocol takes one statement, and parameters need it)."""
+    return sql.SQL(template).format(*map(sql.Literal, literals)).as_bytes(None)
 
 
 def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:

@@ -148,7 +148,7 @@ class PgTransaction(Transaction):
                 except BaseException as err:
                     engine.fail(err, handle.project, "running a transaction")
                 try:
-                    await conn.execute("COMMIT")
+                    await conn.commit()
                 except psycopg.OperationalError as err:
                     raise OutcomeUnknown(
                         "the connection to the server was lost during COMMIT: the unit of work "
@@ -225,7 +225,14 @@ class PgSnapshot(Snapshot):
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._pool.engine.give_back(conn, rollback=True)
+            try:
+                # Read only: COMMIT ends it as ROLLBACK would, and connection.commit() sends it
+                # without a cursor (rollback() would drop the prepared statements).
+                await conn.commit()
+            except psycopg.Error:
+                pass  # rolled back by give_back, or a broken connection the pool drops
+            finally:
+                await self._pool.engine.give_back(conn, rollback=True)
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
         return await self.fetch(sql, {"id": id})
