@@ -272,12 +272,13 @@ class PgEngine:
         """Begin a read-only snapshot of a project."""
         conn = await self._get()
         try:
-            # One simple query (no parameters: literals), one round trip.
+            # One simple query (no parameters: literals), one round trip; SET LOCAL is the
+            # set_config(..., true) the server neither plans nor executes as a query.
+            # (The schema's name is an identifier safe to quote as is: ddl.schema_name.)
             await conn.execute(
                 _simple(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-                    "SELECT set_config('search_path', {}, true)",
-                    f'"{handle.schema}"',
+                    f'SET LOCAL search_path TO "{handle.schema}"'
                 ),
                 prepare=False,
             )
