@@ -49,18 +49,22 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	touch $(BENCH_STAMP)
 
 # Throughput and latency against raw sqlite3, aiosqlite and SQLAlchemy, then DemiarchSaver against
-# LangGraph's AsyncSqliteSaver; a few minutes each.
-# Writes benchmarks/results/{results.json,results.md,throughput.png,langgraph.json,langgraph.md}.
+# LangGraph's AsyncSqliteSaver, then the PostgreSQL engine against raw psycopg and SQLAlchemy on
+# the local server (DEMIARCH_BENCH_DATABASE_URL); a few minutes each.
+# Writes benchmarks/results/{results.json,results.md,throughput.png,langgraph.json,langgraph.md,
+# postgres.json,postgres.md}.
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.langgraph
 	$(PY) -m benchmarks.sessions
+	$(PY) -m benchmarks.postgres
 
 # A smoke run in seconds (results in benchmarks/results/quick/, not committed).
 bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/quick
 	$(PY) -m benchmarks.langgraph --quick --out benchmarks/results/quick
 	$(PY) -m benchmarks.sessions --quick --out benchmarks/results/quick
+	$(PY) -m benchmarks.postgres --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) build dist site *.egg-info

@@ -15,11 +15,13 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final, NoReturn, cast
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg
+from psycopg import sql
 from psycopg.adapt import Dumper
 
 from ..config import StoreConfig
@@ -54,6 +56,8 @@ _BACKOFF_BASE: Final = 0.002
 _BACKOFF_CAP: Final = 0.25
 _GROUP_MAX: Final = 64
 """Units of work one group commit takes at most."""
+_GROUP_ROWS: Final = 1000
+"""Rows after which a group commit takes no more units: big batches commit side by side."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -275,11 +279,19 @@ class PgEngine:
         """Begin a unit that reads: bound to its project, whose row stays locked until it ends."""
         conn = await self._get()
         try:
-            await conn.execute("BEGIN")
+            # One simple query (no parameters: literals), one round trip.
             cur = await conn.execute(
-                SCOPE + " FROM projects WHERE project_id = %s AND id = %s FOR UPDATE",
-                (handle.project, handle.project, handle.project),
+                _simple(
+                    "BEGIN; SELECT set_config('demiarch.project', {}, true), "
+                    "set_config('role', 'demiarch_project', true) "
+                    "FROM projects WHERE project_id = {} AND id = {} FOR UPDATE",
+                    handle.project,
+                    handle.project,
+                    handle.project,
+                ),
+                prepare=False,
             )
+            cur.nextset()  # past BEGIN's result
             if await cur.fetchone() is None:
                 raise ProjectNotFound(
                     "the project was deleted", project=handle.project, hint="create it again"
@@ -293,9 +305,16 @@ class PgEngine:
         """Begin a read-only snapshot of a project."""
         conn = await self._get()
         try:
-            async with conn.pipeline():  # one round trip for both
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                await conn.execute(SCOPE, (handle.project,))
+            # One simple query (no parameters: literals), one round trip; SET LOCAL is the
+            # set_config(..., true) the server neither plans nor executes as a query.
+            await conn.execute(
+                _simple(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                    "SET LOCAL demiarch.project TO {}; SET LOCAL ROLE demiarch_project",
+                    handle.project,
+                ),
+                prepare=False,
+            )
         except BaseException as exc:
             await self.give_back(conn, rollback=True)
             self.fail(exc, handle.project, "starting a read")
@@ -343,10 +362,12 @@ class PgEngine:
         """Commit queued units, a group at a time, until the queue is empty."""
         while self._queue:
             batch: list[_Queued] = []
-            while self._queue and len(batch) < _GROUP_MAX:
+            rows = 0
+            while self._queue and len(batch) < _GROUP_MAX and rows < _GROUP_ROWS:
                 item = self._queue.popleft()
                 item.taken = True
                 batch.append(item)
+                rows += sum(len(op.params) if op.many else 1 for op in item.ops)
             try:
                 await self._commit_group(batch)
             except BaseException as exc:  # pragma: no cover - _commit_group settles every unit
@@ -370,12 +391,15 @@ class PgEngine:
             async with conn.pipeline() as pipeline:
                 await conn.execute("BEGIN")
                 async with conn.cursor() as cur:
+                    current = None
                     for item in batch:
-                        await cur.execute(SCOPE, (item.handle.project,))
+                        if item.handle.project != current:  # consecutive units share it
+                            current = item.handle.project
+                            await cur.execute(SCOPE, (current,))
                         await run_ops(cur, item.ops, item.handle)
                 await pipeline.sync()
             committing = True
-            await conn.execute("COMMIT")
+            await conn.commit()  # (no cursor: the cheapest call)
         except psycopg.OperationalError as exc:
             if committing and exc.sqlstate not in RETRYABLE:
                 for item in batch:
@@ -427,7 +451,7 @@ class PgEngine:
                 else:  # a statement that must change a row: its row count is read at once
                     await self._begin_unit(conn, handle, ops)
                 committing = True
-                await conn.execute("COMMIT")
+                await conn.commit()  # (no cursor: the cheapest call)
                 self.counters.commits += 1
                 return
             except psycopg.OperationalError as exc:
@@ -662,6 +686,13 @@ def _lost(conn: psycopg.AsyncConnection[Any]) -> bool:
     except psycopg.OperationalError:
         return True
     return pgconn.status != psycopg.pq.ConnStatus.OK
+
+
+@lru_cache(maxsize=4096)
+def _simple(template: str, *literals: str) -> bytes:
+    """Return ``template`` with ``literals`` quoted in: several statements in one simple query
+    (one round trip; the extended protocol takes one statement, and parameters need it)."""
+    return sql.SQL(template).format(*map(sql.Literal, literals)).as_bytes(None)
 
 
 def _outcome_unknown(handle: PgHandle, exc: BaseException) -> OutcomeUnknown:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 
@@ -36,6 +36,10 @@ _SQLITE_JSON = re.compile(r"\bjson_(?:each|extract|type)\(")
 _LIMIT = re.compile(r"\bLIMIT (:[A-Za-z_]\w*|\?)")
 _CONFLICT = re.compile(r"\bON CONFLICT \(")
 _SQL: dict[str, str] = {}
+_PLAIN_INSERT = re.compile(r'INSERT INTO [\w"]+ \([^()]*\) VALUES (\((?:%s, )*%s\))')
+_MULTI_ROW_PARAMS: Final = 6000
+"""Parameters one multi-row INSERT takes at most (the protocol's limit is 65,535)."""
+_MULTI: dict[tuple[str, int, int], bytes] = {}
 
 
 def pg_sql(sql: str) -> str:
@@ -64,12 +68,54 @@ def pg_sql(sql: str) -> str:
     return text
 
 
+def _multi_row(text: str, rows: int, width: int) -> bytes:
+    """Return ``text``, a one-row ``INSERT ... VALUES (%s, ...)``, for ``rows`` rows.
+
+    With PostgreSQL's own ``$n`` placeholders, for a ``RawCursor``: psycopg parses (and caches)
+    ``%s`` placeholders only in statements of up to 50 parameters.
+    """
+    try:
+        return _MULTI[text, rows, width]
+    except KeyError:
+        pass
+    m = _PLAIN_INSERT.fullmatch(text)
+    assert m is not None
+    if len(_MULTI) >= 256:  # (batches of many sizes: the texts are cheap to make again)
+        _MULTI.clear()
+    values = ", ".join(
+        "(" + ", ".join(f"${n}" for n in range(r * width + 1, (r + 1) * width + 1)) + ")"
+        for r in range(rows)
+    )
+    out = _MULTI[text, rows, width] = (text[: m.start(1)] + values).encode()
+    return out
+
+
 async def run_ops(cur: psycopg.AsyncCursor[Any], ops: list[Op], handle: PgHandle) -> None:
-    """Run a unit's statements in order on an open transaction."""
+    """Run a unit's statements in order on an open transaction.
+
+    A batch of a plain ``INSERT`` (no ``ON CONFLICT``, positional parameters) goes as a few
+    multi-row statements of up to ``_MULTI_ROW_PARAMS`` parameters each: the same rows, for a
+    fraction of the client's and the server's work per row of ``executemany``.
+    """
     for sql, params, many, missing in ops:
         text = pg_sql(sql)
         if many:
-            await cur.executemany(text, params)
+            if (
+                missing is None
+                and isinstance(params, list | tuple)
+                and len(params) > 1
+                and isinstance(params[0], tuple | list)
+                and _PLAIN_INSERT.fullmatch(text)
+            ):
+                width = len(params[0])
+                step = max(1, _MULTI_ROW_PARAMS // max(1, width))
+                raw = psycopg.AsyncRawCursor(cur.connection)
+                for start in range(0, len(params), step):
+                    chunk = params[start : start + step]
+                    flat = [value for row in chunk for value in row]
+                    await raw.execute(_multi_row(text, len(chunk), width), flat)
+            else:
+                await cur.executemany(text, params)
         else:
             await cur.execute(text, params)
         if missing is not None and cur.rowcount == 0:
@@ -149,7 +195,7 @@ class PgTransaction(Transaction):
                 except BaseException as err:
                     engine.fail(err, handle.project, "running a transaction")
                 try:
-                    await conn.execute("COMMIT")
+                    await conn.commit()
                 except psycopg.OperationalError as err:
                     raise OutcomeUnknown(
                         "the connection to the server was lost during COMMIT: the unit of work "
@@ -227,7 +273,14 @@ class PgSnapshot(Snapshot):
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._pool.engine.give_back(conn, rollback=True)
+            try:
+                # Read only: COMMIT ends it as ROLLBACK would, and connection.commit() sends it
+                # without a cursor (rollback() would drop the prepared statements).
+                await conn.commit()
+            except psycopg.Error:
+                pass  # rolled back by give_back, or a broken connection the pool drops
+            finally:
+                await self._pool.engine.give_back(conn, rollback=True)
 
     async def fetch_by_id(self, sql: str, id: str, select_in: str) -> list[Any]:
         return await self.fetch(sql, {"id": id})
