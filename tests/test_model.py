@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from demiarch_store import (
     AsyncProjectStore,
@@ -35,6 +42,7 @@ from demiarch_store import (
     Conversation,
     Message,
     NotFound,
+    Store,
     StoreConfig,
     Transaction,
 )
@@ -244,14 +252,25 @@ class Outcome:
 
 
 class ConcurrencyMachine(RuleBasedStateMachine):
-    """One project under batches of concurrent units; the model is two dicts."""
+    """One project under batches of concurrent units; the model is two dicts.
+
+    On SQLite the project is a file of its own; with ``database_url`` set (a subclass's), a
+    project of that PostgreSQL database, created by a Store the machine opens and closes."""
+
+    database_url: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="demiarch-model-"))
         self.path = self.dir / "model.sqlite"
-        self.config = StoreConfig(projects_dir=self.dir, busy_deadline=5.0, acquire_timeout=30.0)
+        self.config = StoreConfig(
+            projects_dir=self.dir,
+            busy_deadline=5.0,
+            acquire_timeout=30.0,
+            database_url=self.database_url,
+        )
+        self.store: Store | None = None
         self.project: AsyncProjectStore | None = None
         self.convs: dict[str, ConvState] = {}
         self.shared: ConvState | None = None
@@ -267,7 +286,11 @@ class ConcurrencyMachine(RuleBasedStateMachine):
     @initialize()
     def open_project(self) -> None:
         async def go() -> None:
-            self.project = await AsyncProjectStore(self.path, config=self.config).open()
+            if self.database_url is None:
+                self.project = await AsyncProjectStore(self.path, config=self.config).open()
+            else:
+                self.store = Store(self.config)
+                self.project = await self.store.create_project(name="model")
             async with self.p.transaction() as tx:
                 shared = await tx.conversations.create(title="shared")
             self.shared = ConvState(shared, "shared")
@@ -276,7 +299,12 @@ class ConcurrencyMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if self.project is not None:
+            if self.store is not None:
+                store = self.store
+                if self.project is not None:
+                    self.run(store.delete_project(self.project.id))
+                self.run(store.close())
+            elif self.project is not None:
                 self.run(self.project.close())
             if self.path.exists():
                 conn = sqlite3.connect(self.path)
@@ -296,8 +324,13 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         """Close the project and open the file again: what committed is still there."""
 
         async def go() -> None:
-            await self.p.close()
-            self.project = await AsyncProjectStore(self.path, config=self.config).open()
+            if self.store is None:
+                await self.p.close()
+                self.project = await AsyncProjectStore(self.path, config=self.config).open()
+                return
+            await self.store.close()  # on PostgreSQL: a new store, new connections
+            self.store = Store(self.config)
+            self.project = await self.store.open_project(self.p.id)
 
         self.run(go())
 
@@ -502,9 +535,15 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         expected[self.shared.record.id] = self.shared
 
         async def go() -> None:
-            pool = self.p.pool
-            assert pool._in_flight == 0 and not pool._writer_busy and not pool._queue
-            assert len(pool._readers_idle) == len(pool._readers_all), "a reader was not returned"
+            if self.store is None:
+                pool = self.p.pool
+                assert pool._in_flight == 0 and not pool._writer_busy and not pool._queue
+                assert len(pool._readers_idle) == len(pool._readers_all), "a reader not returned"
+            else:
+                engine = self.p.handle.engine  # type: ignore[attr-defined]
+                await asyncio.gather(*engine._lanes)  # a lane gives its connection back last
+                assert not engine._queue, "a unit was left queued"
+                assert self.p.stats().connections_in_use == 0, "a connection was not returned"
             async with self.p.read() as r:
                 convs = await r.conversations.list()
                 got = {c.id: c for c in convs}
@@ -523,7 +562,26 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         self.run(go())
 
 
-TestConcurrency = ConcurrencyMachine.TestCase
+def test_concurrency(engine_config: StoreConfig) -> None:
+    """The machine on each engine (on PostgreSQL, projects of the session's database)."""
+    machine = type(
+        "ConcurrencyMachine", (ConcurrencyMachine,), {"database_url": engine_config.database_url}
+    )
+    if engine_config.database_url is None:
+        run_state_machine_as_test(machine, settings=settings())
+        return
+    # On PostgreSQL a step costs round trips to the server: fewer examples (never none), and
+    # no replaying or shrinking, whose reruns of the same steps the server's timing can steer
+    # elsewhere (Hypothesis then reports its own "flaky" error, not the failure).
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            settings(),
+            max_examples=max(5, settings().max_examples // 3),
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+        ),
+    )
 
 
 # -- regressions the machine found, kept as plain tests ------------------------------------------

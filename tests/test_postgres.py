@@ -576,7 +576,9 @@ async def test_cancelled_units_are_whole_or_absent(pg_config: StoreConfig) -> No
             for m in await r.messages.list(conv.id):
                 counts[m.content] = counts.get(m.content, 0) + 1
         assert set(counts.values()) <= {3}  # a unit is all there or not at all
-        assert {f"u{i}" for i in done} <= set(counts)
+        # ...and there if and only if its block returned: CancelledError means not applied.
+        assert set(counts) == {f"u{i}" for i in done}
+        assert any(task.cancelled() for task in tasks)
 
 
 async def test_langgraph_checkpoints_and_json_filters_answer_as_on_sqlite(

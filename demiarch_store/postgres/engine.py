@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 
 from ..config import StoreConfig
-from ..engine import Op, Runner
+from ..engine import Op, Runner, settle
 from ..errors import (
     MigrationError,
     OutcomeUnknown,
@@ -337,7 +337,8 @@ class PgEngine:
         and each of its units runs alone (``_run_alone``), so one bad unit never sinks others.
         """
         if any(op.missing is not None for op in ops):  # reads a row count: runs alone
-            await self._run_alone(handle, ops)
+            # Its own task: a cancellation waits for the outcome (``engine.settle``).
+            await settle(asyncio.ensure_future(self._run_alone(handle, ops)), cancels=0)
             return
         loop = asyncio.get_running_loop()
         item = _Queued(handle, ops, loop.create_future())
@@ -352,11 +353,9 @@ class PgEngine:
             if not item.taken:
                 self._queue.remove(item)  # never sent: nothing was written
                 raise
-            # Sent: the server decides; wait for the outcome, so nothing is left running.
-            await asyncio.wait([item.fut])
-            if not item.fut.cancelled():
-                item.fut.exception()  # retrieved: the caller was cancelled
-            raise
+            # Sent: the server decides. Committed: no error now, the cancellation at the
+            # caller's next await; not: CancelledError (``engine.settle``).
+            await settle(item.fut, cancels=1)
 
     async def _lane(self) -> None:
         """Commit queued units, a group at a time, until the queue is empty."""

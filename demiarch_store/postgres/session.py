@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 
 from ..config import StoreConfig
-from ..engine import Op
+from ..engine import Op, settle
 from ..errors import NotFound, OutcomeUnknown, StoreError
 from ..transaction import Snapshot, Transaction
 
@@ -186,29 +186,38 @@ class PgTransaction(Transaction):
             elif exc is not None:
                 engine.counters.rollbacks += 1
             return
+        if exc is not None or self._failed is not None:
+            engine.counters.rollbacks += 1
+            await engine.give_back(conn, rollback=True)
+            return
+        # Its own task: a cancellation now waits for the outcome (engine.settle), so the
+        # caller's CancelledError always means "not applied".
+        await settle(asyncio.ensure_future(self._finish(conn)), cancels=0)
+
+    async def _finish(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Send the unit's last writes, commit, and give the connection back."""
+        handle = self._pool
+        engine = handle.engine
         ok = False
         try:
-            if exc is None and self._failed is None:
-                try:
-                    async with conn.cursor() as cur:
-                        await run_ops(cur, self._ops[self._flushed :], handle)
-                except BaseException as err:
-                    engine.fail(err, handle.project, "running a transaction")
-                try:
-                    await conn.commit()
-                except psycopg.OperationalError as err:
-                    raise OutcomeUnknown(
-                        "the connection to the server was lost during COMMIT: the unit of work "
-                        "may or may not have been applied",
-                        project=handle.project,
-                        hint="read the records to find out before running the unit again",
-                    ) from err
-                except BaseException as err:
-                    engine.fail(err, handle.project, "committing")
-                engine.counters.commits += 1
-                ok = True
-            else:
-                engine.counters.rollbacks += 1
+            try:
+                async with conn.cursor() as cur:
+                    await run_ops(cur, self._ops[self._flushed :], handle)
+            except BaseException as err:
+                engine.fail(err, handle.project, "running a transaction")
+            try:
+                await conn.commit()
+            except psycopg.OperationalError as err:
+                raise OutcomeUnknown(
+                    "the connection to the server was lost during COMMIT: the unit of work "
+                    "may or may not have been applied",
+                    project=handle.project,
+                    hint="read the records to find out before running the unit again",
+                ) from err
+            except BaseException as err:
+                engine.fail(err, handle.project, "committing")
+            engine.counters.commits += 1
+            ok = True
         finally:
             await engine.give_back(conn, rollback=not ok)
 
