@@ -58,6 +58,8 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.langgraph
 	$(PY) -m benchmarks.sessions
 	$(PY) -m benchmarks.postgres
+	$(PY) -m benchmarks.langgraph --engine postgresql
+	$(PY) -m benchmarks.pg_projects
 
 # A smoke run in seconds (results in benchmarks/results/quick/, not committed).
 bench-quick: $(BENCH_STAMP)

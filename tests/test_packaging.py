@@ -258,3 +258,34 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     loops = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert loops == []
     assert graph["demiarch_store.errors"].isdisjoint({"demiarch_store.schema"})
+
+
+def test_every_error_is_in_the_readme_tree_and_the_errors_page() -> None:
+    """The README's tree of errors and docs/errors.md name every StoreError the package exports,
+    under its right parent."""
+    import re
+
+    import demiarch_store
+    from demiarch_store import StoreError
+
+    root = Path(__file__).resolve().parent.parent
+    errors = {
+        name: cls
+        for name in demiarch_store.__all__
+        if isinstance(cls := getattr(demiarch_store, name), type) and issubclass(cls, StoreError)
+    }
+    for page in ("README.md", "docs/errors.md"):
+        text = (root / page).read_text()
+        tree = text[text.index("StoreError\n├") :]
+        tree = tree[: tree.index("```")]
+        depth: dict[str, int] = {}
+        parents: list[str] = ["StoreError"]
+        for line in tree.splitlines()[1:]:
+            found = re.match(r"^([│ ]*)[├└]── (\w+)", line)
+            assert found, line
+            level = len(found[1]) // 4
+            name = found[2]
+            depth[name] = level
+            parents[level + 1 :] = [name]
+            assert errors[name].__bases__[0].__name__ == parents[level], (page, name)
+        assert set(depth) == set(errors) - {"StoreError"}, page

@@ -674,13 +674,16 @@ async def test_langgraph_checkpoints_and_json_filters_answer_as_on_sqlite(
     assert by_filter[repr({"missing": None})] == [*"abcdefg", *"efg"]
 
 
-def test_the_postgresql_page_example_runs_as_shown(pg_database_url: str, tmp_path: Path) -> None:
-    """docs/postgresql.md's example, run against the server: created and used on PostgreSQL,
-    exported, imported into SQLite, printing what the page shows."""
+@pytest.mark.parametrize("page", ["README.md", "docs/postgresql.md"])
+def test_the_postgresql_page_example_runs_as_shown(
+    page: str, pg_database_url: str, tmp_path: Path
+) -> None:
+    """The README's and docs/postgresql.md's example, run against the server: created and
+    used on PostgreSQL, exported, imported into SQLite, printing what the page shows."""
     import re
     import subprocess
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "postgresql.md").read_text()
+    page = (Path(__file__).resolve().parent.parent / page).read_text()
     section = page[page.index("<!-- checked by tests/test_postgres.py -->") :]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     shown = re.search(r"Output.*?:\n\n```text\n(.*?)```", section, re.S)
