@@ -977,3 +977,19 @@ def test_four_processes_writing_one_project_lose_nothing(
             assert mine == [f"p{n}:{i}" for i in range(60)]
 
     asyncio.run(check())
+
+
+async def test_an_unreachable_server_is_named_without_its_password(tmp_path: Path) -> None:
+    """The error names the server (user, host, port, database) so it can be fixed, and never
+    the password of the URL."""
+    config = StoreConfig(
+        projects_dir=tmp_path,
+        database_url="postgresql://agent:s3cret-pw@127.0.0.1:1/agents",
+        acquire_timeout=1.0,
+    )
+    with pytest.raises(StorageError) as caught:
+        async with Store(config) as store:
+            await store.list_projects()
+    shown = str(caught.value)
+    assert "postgresql://agent@127.0.0.1:1/agents" in shown
+    assert "s3cret-pw" not in shown and "s3cret-pw" not in repr(caught.value)

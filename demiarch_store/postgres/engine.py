@@ -154,10 +154,15 @@ class PgEngine:
 
     @property
     def shown_url(self) -> str:
-        """The URL without a password (for messages)."""
-        return (
-            psycopg.conninfo.make_conninfo(self.url, password="") if "@" in self.url else self.url
-        )
+        """Where the server is, for messages: ``postgresql://user@host:port/dbname``, never a
+        password."""
+        try:
+            parts = psycopg.conninfo.conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError:
+            return "the configured database_url"
+        user = f"{parts['user']}@" if parts.get("user") else ""
+        port = f":{parts['port']}" if parts.get("port") else ""
+        return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
     def fail(self, exc: BaseException, project: str | None, action: str) -> NoReturn:
         """Raise the library's error for ``exc`` (``exc`` itself if it is not a driver error)."""
