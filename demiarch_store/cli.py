@@ -708,7 +708,7 @@ async def _delete(config: StoreConfig, project_id: str) -> None:
 def delete_command(state: State, project_id: str, yes: bool) -> None:
     """Delete a project and all its files (asks first unless --yes).
 
-    On PostgreSQL: its rows and its registry entry; its backups on this host are kept.
+    On PostgreSQL: its rows in every table; its backups on this host are kept.
     """
     store = Store(state.config())
     if store.config.database_url is not None:
@@ -734,7 +734,7 @@ def delete_command(state: State, project_id: str, yes: bool) -> None:
 
 
 async def _pg_info(config: StoreConfig, project_id: str) -> ProjectInfo:
-    """Describe a project of a PostgreSQL database from its registry (without opening it)."""
+    """Describe a project of a PostgreSQL database from its row (without opening it)."""
     async with Store(config) as store:
         for info in await store.list_projects():
             if info.id == project_id:

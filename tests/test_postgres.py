@@ -343,7 +343,7 @@ async def test_a_database_at_a_newer_revision_is_schema_too_new(
 
 def test_four_processes_prepare_one_database_once(pg_database_url: str, tmp_path: Path) -> None:
     """Four processes open stores on a new database at once: the advisory lock lets one create
-    the registry; all then write to one project."""
+    the tables; all then write to one project."""
     import subprocess
 
     dbname = f"demiarch_race_{os.getpid()}"

@@ -1,4 +1,4 @@
-"""The PostgreSQL engine of a store: one bounded pool, the registry of projects, retries.
+"""The PostgreSQL engine of a store: one bounded pool, its projects, retries.
 
 The store's ``PgEngine`` owns one ``psycopg_pool.AsyncConnectionPool`` (at most
 ``StoreConfig.pool_size`` connections, ``acquire_timeout`` to get one, else ``PoolTimeout``);
@@ -85,7 +85,7 @@ class _Queued:
 
 @dataclass(frozen=True)
 class ProjectRow:
-    """A project as the registry knows it."""
+    """A project as its row of ``projects`` describes it."""
 
     id: str
     name: str
@@ -127,7 +127,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 class PgEngine:
-    """One store's connections to a PostgreSQL database, and the registry of its projects."""
+    """One store's connections to a PostgreSQL database, and the projects in it."""
 
     def __init__(self, config: StoreConfig) -> None:
         assert config.database_url is not None
@@ -622,7 +622,7 @@ class PgEngine:
             rows: list[Any] = await cur.fetchall()
             return rows
         except BaseException as exc:
-            self.fail(exc, project, "reading the registry")
+            self.fail(exc, project, "reading the list of projects")
         finally:
             await self.give_back(conn, rollback=True)
 

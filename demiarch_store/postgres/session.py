@@ -2,10 +2,12 @@
 
 A unit that only writes sends its statements at the end, in one transaction, retried whole on a
 serialization failure or deadlock (``PgEngine.run_unit``). A unit that reads first takes a
-connection, begins (``READ COMMITTED``) and locks its project's registry row (``FOR UPDATE``),
-so units that read then write serialise per project as ``BEGIN IMMEDIATE`` makes them on SQLite;
-its writes so far are sent before each query, so it reads its own writes. A snapshot is one
-``REPEATABLE READ READ ONLY`` transaction.
+connection, begins (``READ COMMITTED``) and locks its project's row of ``projects``
+(``FOR UPDATE``), so units that read then write serialise per project as ``BEGIN IMMEDIATE``
+makes them on SQLite; its writes so far are sent before each query, so it reads its own writes.
+A snapshot is one ``REPEATABLE READ READ ONLY`` transaction. Every one of them is bound to its
+project (``ddl.SCOPE``): row-level security shows it that project's rows only. A cancelled unit
+raises only if it was not applied (``engine.settle``).
 """
 
 from __future__ import annotations
