@@ -4,6 +4,7 @@
     python session_child.py DB pop SESSION_ID TASKS
     python session_child.py DB adk TAG SESSIONS TURNS
 
+DB is a project's file, or URL#PROJECT_ID: a project on a PostgreSQL server.
 
 Runs SESSIONS Agents SDK sessions (``s0``..) on the project at DB at once, each adding TURNS
 turns of two items (``TAG:s<i>:<n>:user`` and ``...:assistant``) and reading its last 20, and
@@ -17,10 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import AsyncProjectStore, Store, StoreConfig
 from demiarch_store.integrations.openai_agents import DemiarchSession
+
+
+@asynccontextmanager
+async def opened(db: str) -> AsyncIterator[AsyncProjectStore]:
+    """The project ``db`` names (see the module's docstring), closed when the block ends."""
+    if db.startswith("postgresql://"):
+        url, _, project_id = db.rpartition("#")
+        config = StoreConfig(projects_dir=Path(tempfile.gettempdir()), database_url=url)
+        async with Store(config) as store:
+            yield await store.open_project(project_id)
+    else:
+        async with AsyncProjectStore(Path(db)) as project:
+            yield project
 
 
 async def agent(project: AsyncProjectStore, tag: str, sid: str, turns: int) -> None:
@@ -38,14 +55,14 @@ async def agent(project: AsyncProjectStore, tag: str, sid: str, turns: int) -> N
         n += 1
 
 
-async def main(db: Path, tag: str, sessions: int, turns: int) -> None:
-    async with AsyncProjectStore(db) as project:
+async def main(db: str, tag: str, sessions: int, turns: int) -> None:
+    async with opened(db) as project:
         await asyncio.gather(*(agent(project, tag, f"s{i}", turns) for i in range(sessions)))
     print("done", flush=True)
 
 
-async def pop(db: Path, sid: str, tasks: int) -> None:
-    async with AsyncProjectStore(db) as project:
+async def pop(db: str, sid: str, tasks: int) -> None:
+    async with opened(db) as project:
         session = DemiarchSession(sid, project)
 
         async def popper() -> None:
@@ -56,12 +73,12 @@ async def pop(db: Path, sid: str, tasks: int) -> None:
     print("done", flush=True)
 
 
-async def adk(db: Path, tag: str, sessions: int, turns: int) -> None:
+async def adk(db: str, tag: str, sessions: int, turns: int) -> None:
     from google.adk.events import Event, EventActions
 
     from demiarch_store.integrations.adk import DemiarchSessionService
 
-    async with AsyncProjectStore(db) as project:
+    async with opened(db) as project:
         service = DemiarchSessionService(project)
 
         async def agent(i: int) -> None:
@@ -78,10 +95,10 @@ async def adk(db: Path, tag: str, sessions: int, turns: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[2] == "adk":
-        asyncio.run(adk(Path(sys.argv[1]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+        asyncio.run(adk(sys.argv[1], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
         sys.exit(0)
     if sys.argv[2] == "pop":
-        asyncio.run(pop(Path(sys.argv[1]), sys.argv[3], int(sys.argv[4])))
+        asyncio.run(pop(sys.argv[1], sys.argv[3], int(sys.argv[4])))
         sys.exit(0)
     db, tag, sessions, turns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    asyncio.run(main(Path(db), tag, sessions, -1 if "--forever" in sys.argv else turns))
+    asyncio.run(main(db, tag, sessions, -1 if "--forever" in sys.argv else turns))

@@ -1,4 +1,10 @@
-"""Bundles: export a consistent snapshot to one file, import it anywhere, refuse damaged ones."""
+"""Bundles: export a consistent snapshot to one file, import it anywhere, refuse damaged ones.
+
+The tests taking ``engine_config`` are about behaviour and run on SQLite and on PostgreSQL
+(export from PostgreSQL, import into PostgreSQL); the ones taking ``config`` are about files in
+the projects folder (staging, a half-written import) or about the bundle's bytes, and run on
+SQLite (test_postgres.py and test_postgres_parity.py move bundles between the engines).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,10 +81,12 @@ async def _project_with_data(store: Store, name: str = "exported") -> AsyncProje
 
 
 async def test_export_is_a_consistent_online_snapshot_and_imports_elsewhere(
-    tmp_path: Path, config: StoreConfig
+    tmp_path: Path, engine_config: StoreConfig
 ) -> None:
+    config = engine_config
     async with Store(config) as store:
         project = await _project_with_data(store)
+        project_id, revision = project.id, project.revision
         conv_id = (await _conversations(project))[0]
         stop = asyncio.Event()
 
@@ -92,32 +101,38 @@ async def test_export_is_a_consistent_online_snapshot_and_imports_elsewhere(
 
         task = asyncio.create_task(writer())
         await asyncio.sleep(0.01)
-        bundle = await store.export_project(project.id, tmp_path)
+        bundle = await store.export_project(project_id, tmp_path)
         stop.set()
         written = await task
-    assert bundle == tmp_path / f"{project.id}.demiarch.zip"
+        if config.database_url is not None:
+            # "Elsewhere" on PostgreSQL is the same database once the project has left it.
+            await store.delete_project(project_id)
+    assert bundle == tmp_path / f"{project_id}.demiarch.zip"
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporaries
     manifest = json.loads(_members(bundle)["manifest.json"])
-    assert manifest["project_id"] == project.id and manifest["name"] == "exported"
-    assert manifest["revision"] == project.revision and manifest["format_version"] == 1
+    assert manifest["project_id"] == project_id and manifest["name"] == "exported"
+    assert manifest["revision"] == revision and manifest["format_version"] == 1
     assert len(manifest["sha256"]) == 64 and manifest["created_at"].endswith("+00:00")
 
-    other = StoreConfig(projects_dir=tmp_path / "elsewhere")
-    async with Store(other) as store:
+    copy_id = f"{project_id}_copy"  # the session's PostgreSQL database is shared by all tests
+    async with Store(replace(config, projects_dir=tmp_path / "elsewhere")) as store:
         imported = await store.import_project(bundle)  # keeps its own ID
-        assert imported.id == project.id
-        renamed = await store.import_project(bundle, project_id="copy")
+        assert imported.id == project_id
+        renamed = await store.import_project(bundle, project_id=copy_id)
         for copy in (imported, renamed):
             async with copy.read() as r:
                 record = await r.projects.get(copy.id)  # the record follows the new ID
                 assert record.name == "exported"
                 messages = await r.messages.list(conv_id)
+            assert [m.content for m in messages[:20]] == ["hi"] * 20
             # A prefix of the writes, in order, without gaps: one consistent snapshot.
             tools = [m.content for m in messages if m.role == "tool"]
             assert tools == [str(n) for n in range(len(tools))] and len(tools) <= written
         infos = {i.id: i.status for i in await store.list_projects()}
-        assert infos == {project.id: "ok", "copy": "ok"}
+        if config.database_url is not None:  # other tests' projects are listed there too
+            infos = {k: v for k, v in infos.items() if k in (project_id, copy_id)}
+        assert infos == {project_id: "ok", copy_id: "ok"}
 
 
 async def _conversations(project: AsyncProjectStore) -> list[str]:
@@ -125,18 +140,36 @@ async def _conversations(project: AsyncProjectStore) -> list[str]:
         return [c.id for c in await r.conversations.list()]
 
 
+async def _state(store: Store, project: AsyncProjectStore) -> tuple[object, ...]:
+    """What a refused import must leave as it was: the projects listed and this one's rows."""
+    async with project.read() as r:
+        convs = [(c.id, c.title) for c in await r.conversations.list()]
+        messages = [(m.id, m.content) for c, _ in convs for m in await r.messages.list(c)]
+    listed = sorted((i.id, i.status) for i in await store.list_projects())
+    return listed, convs, messages, project.revision
+
+
 async def test_importing_into_a_taken_id_writes_nothing(
-    tmp_path: Path, config: StoreConfig
+    tmp_path: Path, engine_config: StoreConfig
 ) -> None:
+    config = engine_config
     async with Store(config) as store:
         project = await _project_with_data(store)
         bundle = await store.export_project(project.id, tmp_path / "b.zip")
-        before = _listing(config.projects_dir)
+        # Another project's bundle aimed at this ID: merged rows would show in _state.
+        other = await _project_with_data(store, name="other")
+        async with other.transaction() as tx:
+            await tx.conversations.create(title="only in the other project")
+        other_bundle = await store.export_project(other.id, tmp_path / "other.zip")
+        await store.delete_project(other.id)
+        before = _listing(config.projects_dir), await _state(store, project)
         with pytest.raises(ProjectExists, match=project.id):
             await store.import_project(bundle)
+        with pytest.raises(ProjectExists, match=project.id):
+            await store.import_project(other_bundle, project_id=project.id)
         with pytest.raises(InvalidProjectId):
             await store.import_project(bundle, project_id="../escape")
-        assert _listing(config.projects_dir) == before
+        assert (_listing(config.projects_dir), await _state(store, project)) == before
         with pytest.raises(BundleError, match="already exists"):
             await store.export_project(project.id, bundle)
 
@@ -201,6 +234,8 @@ def _bad_bundles(bundle: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+# SQLite only: about the bundle's bytes and the projects folder (a PostgreSQL import verifies the
+# bundle with the same code before it sends a row; test_postgres_parity.py refuses one part-way).
 async def test_a_damaged_or_unsafe_bundle_is_refused_and_nothing_is_written(
     tmp_path: Path, config: StoreConfig
 ) -> None:
@@ -223,6 +258,8 @@ async def test_a_damaged_or_unsafe_bundle_is_refused_and_nothing_is_written(
         assert again.id == project.id
 
 
+# SQLite only: a bundle is a file on disk whoever wrote it; the engines trade bundles in
+# test_postgres.py.
 def test_a_bundle_exported_by_another_process_imports_here(tmp_path: Path) -> None:
     code = (
         "import asyncio, sys\n"
@@ -255,6 +292,7 @@ def test_a_bundle_exported_by_another_process_imports_here(tmp_path: Path) -> No
     assert os.listdir(tmp_path / "ours") == ["child"]
 
 
+# SQLite only: about the files a cancelled import's thread leaves in the projects folder.
 @pytest.mark.parametrize("ticks", [0, 1, 2, 5, 20, 200])
 async def test_a_cancelled_import_leaves_nothing_behind(
     tmp_path: Path, config: StoreConfig, ticks: int
@@ -311,6 +349,7 @@ def _make_dir(path: Path, *, age_days: float = 0) -> Path:
     return path
 
 
+# SQLite only: staging folders exist only in a projects folder.
 async def test_staging_left_by_a_killed_process_is_removed_and_live_ones_kept(
     tmp_path: Path, config: StoreConfig
 ) -> None:

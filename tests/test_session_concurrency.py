@@ -1,6 +1,7 @@
 """Sessions under load and faults: many at once, several processes, kill -9 mid-turn.
 
-Real processes on one real project file; every wait has a timeout.
+Real processes on one real project (a SQLite file, or a project on the PostgreSQL server: the
+tests taking ``config`` run on both engines); every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -12,19 +13,47 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from google.adk.events import Event, EventActions
 from google.genai import types
 
-from demiarch_store import AsyncProjectStore
+from demiarch_store import AsyncProjectStore, Store, StoreConfig
 from demiarch_store.integrations.adk import DemiarchSessionService
 from demiarch_store.integrations.openai_agents import DemiarchSession
 
 pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).resolve().parent / "session_child.py"
+
+
+@pytest.fixture
+def config(engine_config: StoreConfig) -> StoreConfig:
+    """The tests taking ``config`` (or ``project``) run on SQLite and on PostgreSQL."""
+    return engine_config
+
+
+@asynccontextmanager
+async def opened(config: StoreConfig, project_id: str | None = None) -> AsyncIterator[Any]:
+    """A new project (or ``project_id`` again) on ``config``'s engine, closed with its store."""
+    async with Store(config) as store:
+        if project_id is None:
+            yield await store.create_project(name="shared")
+        else:
+            yield await store.open_project(project_id)
+
+
+async def shared_project(config: StoreConfig) -> tuple[str, str]:
+    """Create a project before the children race; return its ID and the children's DB argument
+    (its file, or ``URL#ID`` on PostgreSQL: see session_child.py)."""
+    async with opened(config) as project:
+        if config.database_url is not None:
+            return project.id, f"{config.database_url}#{project.id}"
+        return project.id, str(project.path)
 
 
 def expected(tag: str, sid: str, turns: int) -> list[str]:
@@ -82,7 +111,7 @@ async def test_64_adk_sessions_at_once(project: AsyncProjectStore) -> None:
 
 
 def spawn(
-    db: Path, tag: str, sessions: int | str, turns: int, *extra: str
+    db: Path | str, tag: str, sessions: int | str, turns: int, *extra: str
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(db), tag, str(sessions), str(turns), *extra],
@@ -92,10 +121,8 @@ def spawn(
     )
 
 
-async def test_four_processes_on_one_project(tmp_path: Path) -> None:
-    db = tmp_path / "db.sqlite"
-    async with AsyncProjectStore(db):
-        pass  # created and migrated once, before the children race
+async def test_four_processes_on_one_project(config: StoreConfig) -> None:
+    project_id, db = await shared_project(config)  # created once, before the children race
     sessions, turns = 8, 15
     children = [spawn(db, f"p{k}", sessions, turns) for k in range(4)]
     try:
@@ -108,7 +135,7 @@ async def test_four_processes_on_one_project(tmp_path: Path) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait(10)
-    async with AsyncProjectStore(db) as project:
+    async with opened(config, project_id) as project:
         for i in range(sessions):
             items = await contents(project, f"s{i}")
             # Four processes share each session ID: every process's turns, each in its order,
@@ -121,10 +148,10 @@ async def test_four_processes_on_one_project(tmp_path: Path) -> None:
                 assert a.endswith(":user") and b == a.replace(":user", ":assistant")
 
 
-async def test_pops_in_three_processes_never_return_the_same_item(tmp_path: Path) -> None:
-    db = tmp_path / "db.sqlite"
+async def test_pops_in_three_processes_never_return_the_same_item(config: StoreConfig) -> None:
+    project_id, db = await shared_project(config)
     items = [{"role": "user", "content": f"item {i}"} for i in range(300)]
-    async with AsyncProjectStore(db) as project:
+    async with opened(config, project_id) as project:
         await DemiarchSession("shared", project).add_items(items)
     children = [spawn(db, "pop", "shared", 4) for _ in range(3)]
     popped: list[str] = []
@@ -140,15 +167,13 @@ async def test_pops_in_three_processes_never_return_the_same_item(tmp_path: Path
                 child.kill()
                 child.communicate(timeout=30)
     assert sorted(popped) == sorted(i["content"] for i in items)  # each exactly once
-    async with AsyncProjectStore(db) as project:
+    async with opened(config, project_id) as project:
         assert await DemiarchSession("shared", project).get_items() == []
 
 
-async def test_four_processes_of_adk_sessions_share_app_state(tmp_path: Path) -> None:
+async def test_four_processes_of_adk_sessions_share_app_state(config: StoreConfig) -> None:
     """Shared state is read and written in one unit of work: no process's keys are lost."""
-    db = tmp_path / "db.sqlite"
-    async with AsyncProjectStore(db):
-        pass
+    project_id, db = await shared_project(config)
     sessions, turns = 6, 10
     children = [spawn(db, "adk", f"u{k}", sessions, str(turns)) for k in range(4)]
     try:
@@ -161,7 +186,7 @@ async def test_four_processes_of_adk_sessions_share_app_state(tmp_path: Path) ->
             if child.poll() is None:
                 child.kill()
                 child.communicate(timeout=30)
-    async with AsyncProjectStore(db) as project:
+    async with opened(config, project_id) as project:
         service = DemiarchSessionService(project)
         listed = (await service.list_sessions(app_name="app")).sessions
         assert len(listed) == 4 * sessions
@@ -182,21 +207,31 @@ async def test_four_processes_of_adk_sessions_share_app_state(tmp_path: Path) ->
                 }
 
 
-def read_acks(child: subprocess.Popen[str], want: int, timeout: float) -> list[str]:
+def read_acks(child: subprocess.Popen[str], want: int, timeout: float) -> tuple[list[str], str]:
+    """Read ``want`` or more lines of the child's output; return them and the unfinished rest.
+
+    Reads the pipe's descriptor itself: a buffered readline() keeps lines read ahead in its
+    buffer, where neither select() nor a later communicate() (which reads the descriptor) sees
+    them, so acknowledged turns went missing from the count.
+    """
     assert child.stdout is not None
-    lines: list[str] = []
+    fd = child.stdout.fileno()
+    text = ""
     deadline = time.monotonic() + timeout
-    while len(lines) < want:
+    while text.count("\n") < want:
         left = deadline - time.monotonic()
-        assert left > 0, f"only {len(lines)} acks in {timeout}s"
-        ready, _, _ = select.select([child.stdout], [], [], left)
+        assert left > 0, f"only {text.count(chr(10))} acks in {timeout}s"
+        ready, _, _ = select.select([fd], [], [], left)
         if ready:
-            line = child.stdout.readline()
-            assert line, "the child ended early"
-            lines.append(line.strip())
-    return lines
+            chunk = os.read(fd, 65536)
+            assert chunk, "the child ended early"
+            text += chunk.decode()
+    *lines, rest = text.split("\n")
+    return [line.strip() for line in lines], rest
 
 
+# SQLite only: what a kill can damage is the project's file (on PostgreSQL a killed client is a
+# dropped connection whose transaction the server rolls back, tested in test_postgres.py).
 @pytest.mark.parametrize("round_", range(3))
 async def test_kill_9_mid_turn_loses_no_acknowledged_item(tmp_path: Path, round_: int) -> None:
     db = tmp_path / "db.sqlite"
@@ -204,10 +239,11 @@ async def test_kill_9_mid_turn_loses_no_acknowledged_item(tmp_path: Path, round_
         pass
     child = spawn(db, "k", 4, 0, "--forever")
     try:
-        acks = read_acks(child, 40 + 25 * round_, timeout=120)
+        acks, partial = read_acks(child, 40 + 25 * round_, timeout=120)
         os.kill(child.pid, signal.SIGKILL)  # mid-turn: the others are writing right now
         # Acks the child printed before it died but this process had not read yet count too.
         rest, _ = child.communicate(timeout=30)
+        rest = partial + rest
         whole = [line for line in rest.splitlines(keepends=True) if line.endswith("\n")]
         acks += [line.strip() for line in whole if line.startswith("acked ")]
     finally:
