@@ -14,7 +14,7 @@ import sqlite3
 import stat
 import tempfile
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -112,6 +112,23 @@ class Checkpoint:
     def blocked(self) -> bool:
         """True when a reader's snapshot kept frames from being copied back."""
         return self.busy or self.checkpointed_frames < self.log_frames
+
+
+@dataclass
+class Counters:
+    """What a store's engine counts (one set per pool; ``StoreStats`` is their snapshot)."""
+
+    commits: int = 0
+    rollbacks: int = 0
+    busy_retries: int = 0
+    busy_errors: int = 0
+    pool_timeouts: int = 0
+    groups: int = 0
+    idle_checkpoints: int = 0
+    checkpoints: int = 0
+    last_checkpoint: Checkpoint | None = None
+    pool_wait: Reservoir = field(default_factory=Reservoir)
+    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, NoReturn, cast
@@ -35,7 +35,7 @@ from ..errors import (
     StorageError,
     StoreError,
 )
-from ..health import Reservoir, StoreStats
+from ..health import Counters, StoreStats
 from ..ids import new_project_id, validate_project_id
 from ..repositories import ProjectRepository
 from ..revisions import known_revisions
@@ -59,18 +59,6 @@ _GROUP_MAX: Final = 64
 _GROUP_ROWS: Final = 1000
 """Rows after which a group commit takes no more units: big batches commit side by side."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class Counters:
-    commits: int = 0
-    rollbacks: int = 0
-    busy_retries: int = 0
-    busy_errors: int = 0
-    pool_timeouts: int = 0
-    groups: int = 0
-    pool_wait: Reservoir = field(default_factory=Reservoir)
-    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 @dataclass(eq=False)

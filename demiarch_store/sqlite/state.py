@@ -7,7 +7,6 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,8 +15,7 @@ from ..engine import Op
 from ..errors import DatabaseBusy, StoreClosed, translate
 from ..health import (
     UPKEEP_SECONDS,
-    Checkpoint,
-    Reservoir,
+    Counters,
 )
 from .connection import RowMissing, _open_busy_ms
 from .wal_index import WalIndex
@@ -27,21 +25,6 @@ log = logging.getLogger("demiarch_store")
 
 _HERE_STREAK: Final = 4
 """Operations run in place by one task in a row before it yields to the event loop once."""
-
-
-@dataclass
-class _Counters:
-    commits: int = 0
-    rollbacks: int = 0
-    busy_retries: int = 0
-    busy_errors: int = 0
-    pool_timeouts: int = 0
-    groups: int = 0
-    idle_checkpoints: int = 0
-    checkpoints: int = 0
-    last_checkpoint: Checkpoint | None = None
-    pool_wait: Reservoir = field(default_factory=Reservoir)
-    transaction_seconds: Reservoir = field(default_factory=Reservoir)
 
 
 class _Unit:
@@ -91,7 +74,7 @@ class PoolState:
         self.path = path
         self.config = config
         self.project = project
-        self.counters = _Counters()
+        self.counters = Counters()
         self._loop = asyncio.get_running_loop()
         self._writer: Worker | None = None
         self._readers_idle: list[Worker] = []
