@@ -172,6 +172,28 @@ def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
+def link_numbered(source: Path, existing: list[Path], directory: Path, suffix: str) -> Path:
+    """Hard-link ``source`` into ``directory`` as the next backup, ``<seq>-<UTC time><suffix>``.
+
+    ``existing`` is the folder's backups, newest first. Two processes that pick the same number
+    race for the link: the loser takes the next one.
+    """
+    stamp = _utc_stamp()
+    newest = _SEQUENCE.match(existing[0].name) if existing else None
+    seq = int(newest[1]) + 1 if newest is not None else 1
+    while True:
+        final = directory / f"{seq:06d}-{stamp}{suffix}"
+        try:
+            os.link(source, final)
+        except FileExistsError:
+            seq += 1  # another process took this number first
+            continue
+        return final
+
+
+_SEQUENCE = re.compile(r"(\d+)-")
+
+
 def backups_dir_for(database: Path) -> Path:
     """Return where a database's backups go: ``<project dir>/backups``.
 
@@ -215,17 +237,7 @@ def take_backup(
             os.link(partial, dest)  # refuses an existing file, like O_EXCL
             final = dest
         else:
-            stamp = _utc_stamp()
-            while True:
-                existing = list_backups(directory)
-                newest = _BACKUP_NAME.fullmatch(existing[0].name) if existing else None
-                seq = int(newest[1]) + 1 if newest is not None else 1
-                final = directory / f"{seq:06d}-{stamp}.sqlite"
-                try:
-                    os.link(partial, final)
-                except FileExistsError:
-                    continue  # another process took this number first
-                break
+            final = link_numbered(partial, list_backups(directory), directory, ".sqlite")
     finally:
         os.unlink(partial)
     fsync_dir(directory)

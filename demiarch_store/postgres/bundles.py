@@ -14,11 +14,10 @@ import os
 import re
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Final
 
-from ..backup import Staging, fsync_dir, make_private_dir
+from ..backup import Staging, fsync_dir, link_numbered, make_private_dir
 from ..bundles import BUNDLE_SUFFIX, Manifest, read_bundle, write_bundle
 from ..errors import BackupError, BundleError, SchemaTooNew, StoreError
 from ..ids import DATABASE_NAME
@@ -169,17 +168,7 @@ def write_backup(
                 project_id=project_id,
                 version=version,
             )
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            while True:
-                existing = list_backups(directory)
-                newest = BACKUP_NAME.fullmatch(existing[0].name) if existing else None
-                seq = int(newest[1]) + 1 if newest is not None else 1
-                final = directory / f"{seq:06d}-{stamp}{BUNDLE_SUFFIX}"
-                try:
-                    os.link(finished, final)
-                except FileExistsError:
-                    continue  # another process took this number first
-                break
+            final = link_numbered(finished, list_backups(directory), directory, BUNDLE_SUFFIX)
         fsync_dir(directory)
         if keep is not None:
             for old in list_backups(directory)[keep:]:
